@@ -1,0 +1,110 @@
+import datetime
+
+from google.protobuf import struct_pb2 as _struct_pb2
+from ecology.v1 import world_pb2 as _world_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class CreateAgentRequest(_message.Message):
+    __slots__ = ("name", "config", "metadata", "endowment", "rpc_rate", "rpc_burst", "compute_rate", "compute_capacity", "disk_quota_bytes", "llm_budget_micro_usd", "access_contract_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    ENDOWMENT_FIELD_NUMBER: _ClassVar[int]
+    RPC_RATE_FIELD_NUMBER: _ClassVar[int]
+    RPC_BURST_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_RATE_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    DISK_QUOTA_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LLM_BUDGET_MICRO_USD_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_CONTRACT_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    config: str
+    metadata: _struct_pb2.Struct
+    endowment: int
+    rpc_rate: float
+    rpc_burst: float
+    compute_rate: float
+    compute_capacity: float
+    disk_quota_bytes: int
+    llm_budget_micro_usd: int
+    access_contract_id: str
+    def __init__(self, name: _Optional[str] = ..., config: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., endowment: _Optional[int] = ..., rpc_rate: _Optional[float] = ..., rpc_burst: _Optional[float] = ..., compute_rate: _Optional[float] = ..., compute_capacity: _Optional[float] = ..., disk_quota_bytes: _Optional[int] = ..., llm_budget_micro_usd: _Optional[int] = ..., access_contract_id: _Optional[str] = ...) -> None: ...
+
+class CreateAgentResponse(_message.Message):
+    __slots__ = ("agent_id", "token", "agent")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    token: str
+    agent: _world_pb2.Artifact
+    def __init__(self, agent_id: _Optional[str] = ..., token: _Optional[str] = ..., agent: _Optional[_Union[_world_pb2.Artifact, _Mapping]] = ...) -> None: ...
+
+class ListAgentsRequest(_message.Message):
+    __slots__ = ("page_size", "cursor")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    cursor: str
+    def __init__(self, page_size: _Optional[int] = ..., cursor: _Optional[str] = ...) -> None: ...
+
+class AgentSummary(_message.Message):
+    __slots__ = ("agent_id", "scrip", "flow", "stock", "deleted")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SCRIP_FIELD_NUMBER: _ClassVar[int]
+    FLOW_FIELD_NUMBER: _ClassVar[int]
+    STOCK_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    scrip: int
+    flow: _containers.RepeatedCompositeFieldContainer[_world_pb2.FlowResource]
+    stock: _containers.RepeatedCompositeFieldContainer[_world_pb2.StockResource]
+    deleted: bool
+    def __init__(self, agent_id: _Optional[str] = ..., scrip: _Optional[int] = ..., flow: _Optional[_Iterable[_Union[_world_pb2.FlowResource, _Mapping]]] = ..., stock: _Optional[_Iterable[_Union[_world_pb2.StockResource, _Mapping]]] = ..., deleted: _Optional[bool] = ...) -> None: ...
+
+class ListAgentsResponse(_message.Message):
+    __slots__ = ("agents", "next_cursor")
+    AGENTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    agents: _containers.RepeatedCompositeFieldContainer[AgentSummary]
+    next_cursor: str
+    def __init__(self, agents: _Optional[_Iterable[_Union[AgentSummary, _Mapping]]] = ..., next_cursor: _Optional[str] = ...) -> None: ...
+
+class GetStatsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetStatsResponse(_message.Message):
+    __slots__ = ("now", "agents", "artifacts", "tombstones", "minted", "burned", "total_balances", "last_event_seq", "ledger_entries", "uptime_seconds", "schema_version", "listen")
+    NOW_FIELD_NUMBER: _ClassVar[int]
+    AGENTS_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACTS_FIELD_NUMBER: _ClassVar[int]
+    TOMBSTONES_FIELD_NUMBER: _ClassVar[int]
+    MINTED_FIELD_NUMBER: _ClassVar[int]
+    BURNED_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BALANCES_FIELD_NUMBER: _ClassVar[int]
+    LAST_EVENT_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LEDGER_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LISTEN_FIELD_NUMBER: _ClassVar[int]
+    now: _timestamp_pb2.Timestamp
+    agents: int
+    artifacts: int
+    tombstones: int
+    minted: int
+    burned: int
+    total_balances: int
+    last_event_seq: int
+    ledger_entries: int
+    uptime_seconds: float
+    schema_version: int
+    listen: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, now: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agents: _Optional[int] = ..., artifacts: _Optional[int] = ..., tombstones: _Optional[int] = ..., minted: _Optional[int] = ..., burned: _Optional[int] = ..., total_balances: _Optional[int] = ..., last_event_seq: _Optional[int] = ..., ledger_entries: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., schema_version: _Optional[int] = ..., listen: _Optional[_Iterable[str]] = ...) -> None: ...
