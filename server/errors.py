@@ -1,0 +1,112 @@
+"""The one list of failure reasons, and the exception that carries them.
+
+Every failure a client can see is a KernelError: a reason from `Reason`, a message for
+humans, the field at fault (for INVALID_ARGS), and `retry_after` (seconds) exactly when
+waiting can make the same call succeed. The RPC layer (server/rpc/status.py) turns it into
+a gRPC status with google.rpc ErrorInfo and RetryInfo details.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import grpc
+
+
+class Reason(str, enum.Enum):
+    """ErrorInfo.reason values, with the gRPC status code each maps to."""
+
+    NOT_FOUND = "NOT_FOUND"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
+    ACCESS_DENIED = "ACCESS_DENIED"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    ADMIN_ONLY = "ADMIN_ONLY"
+    INSUFFICIENT_FUNDS = "INSUFFICIENT_FUNDS"
+    INSUFFICIENT_RESOURCES = "INSUFFICIENT_RESOURCES"
+    QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
+    RATE_LIMITED = "RATE_LIMITED"
+    TOO_MANY_IN_FLIGHT = "TOO_MANY_IN_FLIGHT"
+    TOO_MANY_STREAMS = "TOO_MANY_STREAMS"
+    INVALID_ARGS = "INVALID_ARGS"
+    EXECUTION_ERROR = "EXECUTION_ERROR"
+    SANDBOX_UNAVAILABLE = "SANDBOX_UNAVAILABLE"
+    TIMEOUT = "TIMEOUT"
+    DELETED = "DELETED"
+    CONFLICT = "CONFLICT"
+    NOT_LISTED = "NOT_LISTED"
+    INTERNAL = "INTERNAL"
+
+    @property
+    def code(self) -> grpc.StatusCode:
+        return _CODES[self]
+
+
+_CODES = {
+    Reason.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    Reason.ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
+    Reason.ACCESS_DENIED: grpc.StatusCode.PERMISSION_DENIED,
+    Reason.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    Reason.ADMIN_ONLY: grpc.StatusCode.PERMISSION_DENIED,
+    Reason.INSUFFICIENT_FUNDS: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.INSUFFICIENT_RESOURCES: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Reason.QUOTA_EXCEEDED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Reason.RATE_LIMITED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Reason.TOO_MANY_IN_FLIGHT: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Reason.TOO_MANY_STREAMS: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Reason.INVALID_ARGS: grpc.StatusCode.INVALID_ARGUMENT,
+    Reason.EXECUTION_ERROR: grpc.StatusCode.ABORTED,
+    Reason.SANDBOX_UNAVAILABLE: grpc.StatusCode.UNIMPLEMENTED,
+    Reason.TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Reason.DELETED: grpc.StatusCode.NOT_FOUND,
+    Reason.CONFLICT: grpc.StatusCode.ABORTED,
+    Reason.NOT_LISTED: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.INTERNAL: grpc.StatusCode.INTERNAL,
+}
+
+
+class KernelError(Exception):
+    """A failure with a documented reason. Raising it inside a kernel operation rolls
+    that operation back completely (server/storage/executor.py)."""
+
+    def __init__(
+        self,
+        reason: Reason,
+        message: str,
+        *,
+        field: str | None = None,
+        retry_after: float | None = None,
+        code: grpc.StatusCode | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.field = field
+        self.retry_after = retry_after
+        self.code = code or reason.code
+
+    def to_dict(self) -> dict:
+        """JSON form, used to remember failed outcomes for idempotent retries."""
+        return {
+            "reason": self.reason.value,
+            "message": self.message,
+            "field": self.field,
+            "retry_after": self.retry_after,
+            "code": self.code.name,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "KernelError":
+        return cls(
+            Reason(d["reason"]),
+            d["message"],
+            field=d.get("field"),
+            retry_after=d.get("retry_after"),
+            code=grpc.StatusCode[d["code"]],
+        )
+
+    def __repr__(self) -> str:
+        return f"KernelError({self.reason.value}, {self.message!r})"
+
+
+def invalid(field: str, message: str) -> KernelError:
+    return KernelError(Reason.INVALID_ARGS, f"{field}: {message}", field=field)
