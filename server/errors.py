@@ -110,3 +110,27 @@ class KernelError(Exception):
 
 def invalid(field: str, message: str) -> KernelError:
     return KernelError(Reason.INVALID_ARGS, f"{field}: {message}", field=field)
+
+
+# When each reason happens; the handbook and the README's error table come from here.
+REASON_HELP: dict[Reason, str] = {
+    Reason.NOT_FOUND: "No artifact or principal with that id.",
+    Reason.ALREADY_EXISTS: "The id is taken (create_only, CreateAgent).",
+    Reason.ACCESS_DENIED: "The artifact's access contract said no; the message carries its reason.",
+    Reason.UNAUTHENTICATED: "No token, or a token the server does not know.",
+    Reason.ADMIN_ONLY: "An agent token was used on the Admin service.",
+    Reason.INSUFFICIENT_FUNDS: "Not enough scrip for a transfer or purchase.",
+    Reason.INSUFFICIENT_RESOURCES: "In debt on a flow resource (RetryInfo says until when), or not enough quota to give away.",
+    Reason.QUOTA_EXCEEDED: "A write would exceed the disk quota. Waiting does not help: delete, shrink, or get quota.",
+    Reason.RATE_LIMITED: "Too many calls for this principal or connection; RetryInfo says when to retry.",
+    Reason.TOO_MANY_IN_FLIGHT: "Too many concurrent calls from this principal; RetryInfo says when to retry.",
+    Reason.TOO_MANY_STREAMS: "Too many open Subscribe streams for this principal.",
+    Reason.INVALID_ARGS: "Malformed input; ErrorInfo.metadata['field'] names the field. Nothing changed.",
+    Reason.EXECUTION_ERROR: "The invoked code raised an error.",
+    Reason.SANDBOX_UNAVAILABLE: "The artifact is user code and this server runs no sandbox for it.",
+    Reason.TIMEOUT: "The invoked code ran out of time.",
+    Reason.DELETED: "The artifact is a tombstone.",
+    Reason.CONFLICT: "expected_version did not match, or the artifact is already listed in escrow.",
+    Reason.NOT_LISTED: "genesis_escrow: the artifact is not for sale.",
+    Reason.INTERNAL: "A server fault; nothing was applied.",
+}

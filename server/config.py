@@ -1,0 +1,166 @@
+"""Server configuration: documented defaults for everything, loaded from an optional TOML
+file. Unknown keys and wrong types are errors that name the key (ConfigError).
+
+Every key and its default is listed in DEFAULTS below; the README reproduces it.
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    pass
+
+
+# section -> key -> default. The type of the default is the type the key must have
+# (ints are accepted where floats are expected).
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "server": {
+        # Where to listen when --listen is not given: "host:port" or "unix:PATH".
+        "listen": ["127.0.0.1:50051"],
+        # Environment variable holding the admin token (checked first).
+        "admin_token_env": "ECOLOGY_ADMIN_TOKEN",
+        # File holding the admin token; "" means <data-dir>/admin.token, created on
+        # first start (mode 0600) when neither the variable nor the file gives one.
+        "admin_token_file": "",
+        # Largest request or response message accepted, bytes.
+        "max_message_bytes": 4 * 1024 * 1024,
+        # How long idempotency records (client request ids) are remembered, seconds.
+        "idempotency_window_seconds": 86400.0,
+        # Largest number of operations committed together in one transaction.
+        "max_batch": 512,
+        # Seconds to drain in-flight calls on SIGTERM.
+        "shutdown_grace_seconds": 5.0,
+    },
+    "limits": {
+        "max_content_bytes": 1024 * 1024,
+        "max_metadata_bytes": 16 * 1024,
+        "max_state_bytes": 64 * 1024,
+        "max_interface_methods": 64,
+        "max_schema_bytes": 16 * 1024,
+        # Invocation arguments: nesting depth, and number of values in total.
+        "max_args_depth": 16,
+        "max_args_items": 1024,
+        "max_args_bytes": 256 * 1024,
+        "max_page_size": 500,
+        "max_subscribe_filters": 64,
+    },
+    "agents": {
+        # Scrip minted to each new agent (recorded as a mint).
+        "endowment": 1000,
+        "disk_quota_bytes": 10 * 1024 * 1024,
+        "llm_budget_micro_usd": 1_000_000,
+        # Flow resource `compute`: units per second and bucket capacity.
+        "compute_rate": 10.0,
+        "compute_capacity": 100.0,
+    },
+    "rate_limits": {
+        # Per principal (survives reconnects) and per connection, calls per second.
+        "principal_rate": 200.0,
+        "principal_burst": 400.0,
+        "connection_rate": 1000.0,
+        "connection_burst": 2000.0,
+        "max_in_flight_per_principal": 64,
+        "max_streams_per_principal": 8,
+    },
+    # Compute charged per verb, and per genesis method ("artifact.method"), in units of
+    # the `compute` flow resource. A genesis call pays `invoke` plus its own entry.
+    "costs": {
+        "read": 1.0,
+        "write": 2.0,
+        "delete": 1.0,
+        "invoke": 1.0,
+        "genesis_ledger.transfer": 1.0,
+        "genesis_escrow.list": 1.0,
+        "genesis_escrow.purchase": 1.0,
+        "genesis_store.search": 2.0,
+    },
+}
+
+# Sections whose keys are open (any string), with values of the given type.
+_OPEN_SECTIONS = {"costs": float}
+
+
+@dataclass(frozen=True)
+class Config:
+    data: dict[str, dict[str, Any]]
+
+    def __getitem__(self, section: str) -> dict[str, Any]:
+        return self.data[section]
+
+    @property
+    def server(self) -> dict[str, Any]:
+        return self.data["server"]
+
+    @property
+    def limits(self) -> dict[str, Any]:
+        return self.data["limits"]
+
+    @property
+    def agents(self) -> dict[str, Any]:
+        return self.data["agents"]
+
+    @property
+    def rate_limits(self) -> dict[str, Any]:
+        return self.data["rate_limits"]
+
+    def cost(self, key: str) -> float:
+        return float(self.data["costs"].get(key, 0.0))
+
+
+def _check_type(key: str, value: Any, default: Any) -> Any:
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, list):
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise ConfigError(f"config key {key}: expected {type(default).__name__}, got {value!r}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+        raise ConfigError(f"config key {key}: must not be negative, got {value!r}")
+    return value
+
+
+def build(overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults merged with `overrides` (same shape as the TOML file), validated."""
+    data = copy.deepcopy(DEFAULTS)
+    for section, values in (overrides or {}).items():
+        if section not in data:
+            raise ConfigError(f"config key {section}: unknown section")
+        if not isinstance(values, dict):
+            raise ConfigError(f"config key {section}: must be a table")
+        for key, value in values.items():
+            name = f"{section}.{key}"
+            if section in _OPEN_SECTIONS:
+                data[section][key] = _check_type(name, value, 0.0)
+            elif key not in data[section]:
+                raise ConfigError(f"config key {name}: unknown key")
+            else:
+                data[section][key] = _check_type(name, value, DEFAULTS[section][key])
+    if data["server"]["max_batch"] < 1:
+        raise ConfigError("config key server.max_batch: must be at least 1")
+    return Config(data)
+
+
+def load(path: str | Path | None) -> Config:
+    if path is None:
+        return build()
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path}: not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path}: {e}") from None
+    return build(raw)

@@ -1,0 +1,35 @@
+"""The four built-in contracts, as invokable genesis artifacts (their logic lives in
+server/kernel/contracts.py; invoking them here answers the same question)."""
+
+from __future__ import annotations
+
+from server.genesis.base import Call, Genesis
+from server.kernel import contracts
+
+DESCRIPTIONS = {
+    "genesis_freeware": "Default contract: anyone may read and invoke; only the controller may write, delete, transfer.",
+    "genesis_self_owned": "For agents: the artifact itself (and its controller, initially itself) reads and invokes; "
+                          "only the controller writes, deletes, transfers.",
+    "genesis_private": "Only the controller may do anything.",
+    "genesis_public": "Anyone may do anything.",
+}
+
+
+class BuiltinContract(Genesis):
+    def __init__(self, kernel, contract_id: str) -> None:
+        self.id = contract_id
+        self.description = DESCRIPTIONS[contract_id]
+        self._fn = contracts.BUILTIN[contract_id]
+        super().__init__(kernel)
+
+    def interface(self) -> list[dict]:
+        return contracts.CONTRACT_INTERFACE
+
+    def call(self, conn, caller, name, args, now):
+        ctx = {"metadata": {}, "state": {}, "created_by": "", "now": now, **args["context"]}
+        d = self._fn(args["artifact_id"], args["action"], args["requester_id"], ctx)
+        return {"allowed": d.allowed, "reason": d.reason}
+
+
+def build(kernel) -> list[Genesis]:
+    return [BuiltinContract(kernel, cid) for cid in contracts.BUILTIN]

@@ -1,0 +1,225 @@
+"""The artifact model: validation of ids and fields, and its rows in SQLite."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import jsonschema
+
+from server.errors import KernelError, Reason, invalid
+
+# Ids: 1..128 characters from [A-Za-z0-9._:-], starting with a letter or digit.
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}")
+METHOD_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+RESERVED_PREFIX = "genesis_"
+# The issuance account of the ledger: the source of mints and sink of burns.
+SYSTEM_ACCOUNT = "genesis_system"
+
+
+def check_id(value: Any, field_name: str = "artifact_id") -> str:
+    if not isinstance(value, str) or not value:
+        raise invalid(field_name, "an artifact id is required")
+    if len(value) > 128:
+        raise invalid(field_name, "at most 128 characters")
+    if not ID_PATTERN.fullmatch(value):
+        raise invalid(field_name, "allowed characters are A-Z a-z 0-9 . _ : - (first: letter or digit)")
+    return value
+
+
+def derive_kind(has_standing: bool, can_execute: bool) -> str:
+    if has_standing:
+        return "agent" if can_execute else "account"
+    return "tool" if can_execute else "data"
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, allow_nan=False)
+
+
+@dataclass
+class Artifact:
+    id: str
+    content: str
+    created_by: str
+    access_contract_id: str
+    has_standing: bool
+    can_execute: bool
+    interface: list[dict]
+    metadata: dict
+    state: dict
+    version: int
+    created_at: float
+    updated_at: float
+    size_bytes: int
+    billed_to: str
+    deleted: bool = False
+
+    @property
+    def kind(self) -> str:
+        return derive_kind(self.has_standing, self.can_execute)
+
+    @property
+    def controller(self) -> str | None:
+        c = self.state.get("controller")
+        return c if isinstance(c, str) else None
+
+    def method(self, name: str) -> dict | None:
+        for m in self.interface:
+            if m["name"] == name:
+                return m
+        return None
+
+    def to_dict(self, *, with_content: bool = True) -> dict:
+        d = {
+            "id": self.id,
+            "content": self.content if with_content else "",
+            "created_by": self.created_by,
+            "access_contract_id": self.access_contract_id,
+            "has_standing": self.has_standing,
+            "can_execute": self.can_execute,
+            "interface": self.interface,
+            "metadata": self.metadata,
+            "state": self.state,
+            "kind": self.kind,
+            "version": self.version,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "size_bytes": self.size_bytes,
+            "deleted": self.deleted,
+            "billed_to": self.billed_to,
+        }
+        return d
+
+    def summary(self) -> dict:
+        """Discovery view: everything but content."""
+        return self.to_dict(with_content=False)
+
+
+_COLUMNS = (
+    "id, content, created_by, access_contract_id, has_standing, can_execute, interface, "
+    "metadata, state, version, created_at, updated_at, size_bytes, deleted, billed_to"
+)
+
+
+def from_row(row: sqlite3.Row) -> Artifact:
+    return Artifact(
+        id=row["id"],
+        content=row["content"],
+        created_by=row["created_by"],
+        access_contract_id=row["access_contract_id"],
+        has_standing=bool(row["has_standing"]),
+        can_execute=bool(row["can_execute"]),
+        interface=json.loads(row["interface"]),
+        metadata=json.loads(row["metadata"]),
+        state=json.loads(row["state"]),
+        version=row["version"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        size_bytes=row["size_bytes"],
+        deleted=bool(row["deleted"]),
+        billed_to=row["billed_to"],
+    )
+
+
+def get(conn: sqlite3.Connection, artifact_id: str) -> Artifact | None:
+    row = conn.execute(f"SELECT {_COLUMNS} FROM artifacts WHERE id = ?", (artifact_id,)).fetchone()
+    return from_row(row) if row else None
+
+
+def require(conn: sqlite3.Connection, artifact_id: str, *, allow_deleted: bool = False) -> Artifact:
+    art = get(conn, artifact_id)
+    if art is None:
+        raise KernelError(Reason.NOT_FOUND, f"no artifact {artifact_id!r}", field="artifact_id")
+    if art.deleted and not allow_deleted:
+        raise KernelError(Reason.DELETED, f"artifact {artifact_id!r} was deleted", field="artifact_id")
+    return art
+
+
+def insert(conn: sqlite3.Connection, art: Artifact) -> None:
+    conn.execute(
+        f"INSERT INTO artifacts ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            art.id, art.content, art.created_by, art.access_contract_id, int(art.has_standing),
+            int(art.can_execute), dumps(art.interface), dumps(art.metadata), dumps(art.state),
+            art.version, art.created_at, art.updated_at, art.size_bytes, int(art.deleted),
+            art.billed_to,
+        ),
+    )
+
+
+def save(conn: sqlite3.Connection, art: Artifact) -> None:
+    """Write back a changed artifact (caller bumps version and updated_at)."""
+    conn.execute(
+        "UPDATE artifacts SET content=?, access_contract_id=?, interface=?, metadata=?, state=?, "
+        "version=?, updated_at=?, size_bytes=?, deleted=?, billed_to=? WHERE id=?",
+        (
+            art.content, art.access_contract_id, dumps(art.interface), dumps(art.metadata),
+            dumps(art.state), art.version, art.updated_at, art.size_bytes, int(art.deleted),
+            art.billed_to, art.id,
+        ),
+    )
+
+
+def bump(art: Artifact, now: float, **changes: Any) -> Artifact:
+    return replace(art, version=art.version + 1, updated_at=now, **changes)
+
+
+def validate_interface(methods: Any, limits: dict) -> list[dict]:
+    """Normalise and check an interface: unique method names, valid JSON Schemas."""
+    if not isinstance(methods, list):
+        raise invalid("interface", "must be a list of methods")
+    if len(methods) > limits["max_interface_methods"]:
+        raise invalid("interface", f"at most {limits['max_interface_methods']} methods")
+    seen = set()
+    out = []
+    for i, m in enumerate(methods):
+        name = m.get("name") if isinstance(m, dict) else None
+        if not isinstance(name, str) or not METHOD_PATTERN.fullmatch(name):
+            raise invalid(f"interface[{i}].name", "must match [A-Za-z_][A-Za-z0-9_]{0,63}")
+        if name in seen:
+            raise invalid(f"interface[{i}].name", f"duplicate method {name!r}")
+        seen.add(name)
+        schema = m.get("input_schema") or {}
+        if not isinstance(schema, dict):
+            raise invalid(f"interface[{i}].input_schema", "must be an object")
+        if len(dumps(schema)) > limits["max_schema_bytes"]:
+            raise invalid(f"interface[{i}].input_schema", "too large")
+        try:
+            jsonschema.Draft202012Validator.check_schema(schema)
+        except jsonschema.SchemaError as e:
+            raise invalid(f"interface[{i}].input_schema", f"not a valid JSON Schema: {e.message}")
+        desc = m.get("description", "")
+        if not isinstance(desc, str) or len(desc) > 4096:
+            raise invalid(f"interface[{i}].description", "must be a string of at most 4096 characters")
+        out.append({"name": name, "description": desc, "input_schema": schema})
+    return out
+
+
+_validators: dict[str, jsonschema.protocols.Validator] = {}
+
+
+def validate_args(art: Artifact, method: str, args: dict) -> None:
+    spec = art.method(method)
+    if spec is None:
+        names = ", ".join(m["name"] for m in art.interface) or "none"
+        raise KernelError(
+            Reason.INVALID_ARGS, f"{art.id} has no method {method!r} (methods: {names})", field="method"
+        )
+    key = dumps(spec["input_schema"])
+    validator = _validators.get(key)
+    if validator is None:
+        validator = jsonschema.Draft202012Validator(spec["input_schema"])
+        if len(_validators) < 4096:
+            _validators[key] = validator
+    error = jsonschema.exceptions.best_match(validator.iter_errors(args))
+    if error is not None:
+        where = ".".join(str(p) for p in error.absolute_path)
+        raise KernelError(
+            Reason.INVALID_ARGS,
+            f"args{'.' + where if where else ''}: {error.message}",
+            field=f"args.{where}" if where else "args",
+        )

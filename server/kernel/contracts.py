@@ -1,0 +1,148 @@
+"""Access control: the one code path every verb goes through.
+
+`authorize()` asks the target's access contract `check_permission(artifact_id, action,
+requester_id, context)` and raises ACCESS_DENIED unless it answers allowed. There is no
+owner bypass: the kernel has no notion of an owner; the built-in contracts read
+`state.controller`, which changes only through the `transfer` action.
+
+Contracts are pure functions of their inputs. The four built-ins run in-process (they are
+kernel code, not user code). A user-written contract (any executable artifact with a
+`check_permission` method) is evaluated by a `ContractRunner`; the server plugs in the
+sandboxed runner, and until one is configured user contracts deny (fail closed). Callers
+never change when a runner is added.
+
+Fail closed: a contract that does not exist, was deleted, errors or times out denies,
+and the reason says so.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from typing import Protocol
+
+from server.errors import KernelError, Reason
+from server.kernel import artifacts
+from server.kernel.artifacts import Artifact
+
+ACTIONS = ("read", "write", "invoke", "delete", "transfer")
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    reason: str
+
+
+def _controller(ctx: dict) -> str | None:
+    c = ctx["state"].get("controller")
+    return c if isinstance(c, str) else None
+
+
+def freeware(artifact_id: str, action: str, requester_id: str, ctx: dict) -> Decision:
+    if action in ("read", "invoke"):
+        return Decision(True, "freeware: anyone may read and invoke")
+    if requester_id == _controller(ctx):
+        return Decision(True, "freeware: the controller may " + action)
+    return Decision(False, f"freeware: only the controller may {action}")
+
+
+def self_owned(artifact_id: str, action: str, requester_id: str, ctx: dict) -> Decision:
+    # Control starts with the artifact itself (controller = its own id). The artifact
+    # may always read and invoke itself - an agent whose configuration was sold keeps
+    # reading the configuration its new controller writes.
+    controller = _controller(ctx)
+    if action in ("read", "invoke") and requester_id in (artifact_id, controller):
+        return Decision(True, "self_owned: the artifact itself or its controller")
+    if requester_id == controller:
+        return Decision(True, "self_owned: the controller may " + action)
+    return Decision(False, f"self_owned: only {controller or artifact_id} may {action}")
+
+
+def private(artifact_id: str, action: str, requester_id: str, ctx: dict) -> Decision:
+    if requester_id == _controller(ctx):
+        return Decision(True, "private: the controller")
+    return Decision(False, "private: only the controller may do anything")
+
+
+def public(artifact_id: str, action: str, requester_id: str, ctx: dict) -> Decision:
+    return Decision(True, "public: anyone may do anything")
+
+
+BUILTIN = {
+    "genesis_freeware": freeware,
+    "genesis_self_owned": self_owned,
+    "genesis_private": private,
+    "genesis_public": public,
+}
+
+CONTRACT_METHOD = "check_permission"
+CONTRACT_INTERFACE = [{
+    "name": CONTRACT_METHOD,
+    "description": "Answer whether requester_id may perform action on artifact_id. Pure.",
+    "input_schema": {
+        "type": "object",
+        "properties": {
+            "artifact_id": {"type": "string"},
+            "action": {"enum": list(ACTIONS)},
+            "requester_id": {"type": "string"},
+            "context": {"type": "object"},
+        },
+        "required": ["artifact_id", "action", "requester_id", "context"],
+        "additionalProperties": False,
+    },
+}]
+
+
+class ContractRunner(Protocol):
+    """Evaluates user-written contracts (in the sandbox). Must be pure and bounded:
+    errors and timeouts come back as a denying Decision, never as an exception."""
+
+    def check(self, contract: Artifact, artifact_id: str, action: str,
+              requester_id: str, context: dict) -> Decision: ...
+
+
+class NoSandboxRunner:
+    """Until the sandbox is configured, user-written contracts deny (fail closed)."""
+
+    def check(self, contract, artifact_id, action, requester_id, context) -> Decision:
+        return Decision(False, f"contract {contract.id} is user code and no sandbox is configured")
+
+
+def context_for(target: Artifact, now: float) -> dict:
+    return {
+        "metadata": target.metadata,
+        "state": target.state,
+        "created_by": target.created_by,
+        "kind": target.kind,
+        "now": now,
+    }
+
+
+def is_contract(art: Artifact | None) -> bool:
+    return bool(art and not art.deleted and art.can_execute and art.method(CONTRACT_METHOD))
+
+
+def evaluate(conn: sqlite3.Connection, runner: ContractRunner, target: Artifact, action: str,
+             requester_id: str, now: float) -> Decision:
+    contract_id = target.access_contract_id
+    contract = artifacts.get(conn, contract_id)
+    if contract is None or contract.deleted:
+        return Decision(False, f"contract {contract_id} no longer exists; access denied (fail closed)")
+    ctx = context_for(target, now)
+    builtin = BUILTIN.get(contract_id)
+    if builtin is not None:
+        return builtin(target.id, action, requester_id, ctx)
+    if not is_contract(contract):
+        return Decision(False, f"{contract_id} is not a contract; access denied (fail closed)")
+    return runner.check(contract, target.id, action, requester_id, ctx)
+
+
+def authorize(conn: sqlite3.Connection, runner: ContractRunner, target: Artifact, action: str,
+              requester_id: str, now: float) -> None:
+    """The single permission gate. Raises ACCESS_DENIED with the contract's reason."""
+    decision = evaluate(conn, runner, target, action, requester_id, now)
+    if not decision.allowed:
+        raise KernelError(
+            Reason.ACCESS_DENIED, f"{action} on {target.id} denied: {decision.reason}", field="artifact_id"
+        )

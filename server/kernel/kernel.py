@@ -1,0 +1,422 @@
+"""The verbs: read, write, delete, invoke - and the operator's create_agent.
+
+Each `op_*` method is one atomic operation, run by the executor inside a savepoint: it
+checks everything first (ids, contract, resources), then changes state, and any
+KernelError on the way undoes all of it. Read-only queries (`get_state`,
+`list_artifacts`, `stats`) take a read connection and never see uncommitted state.
+
+Charging: the caller pays `costs.<verb>` compute (plus `costs.<genesis>.<method>` for a
+genesis method). A call that fails changes nothing - it is not charged either; the RPC
+rate limits bound how often one can fail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable
+from typing import Any
+
+from server.config import Config
+from server.errors import KernelError, Reason, invalid
+from server.kernel import artifacts, contracts, events, ledger, resources
+from server.kernel.artifacts import Artifact, SYSTEM_ACCOUNT, dumps
+from server.storage.executor import Failed
+
+DEFAULT_CONTRACT = "genesis_freeware"
+AGENT_CONTRACT = "genesis_self_owned"
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Kernel:
+    def __init__(self, config: Config, *, clock: Callable[[], float] = time.time,
+                 runner: contracts.ContractRunner | None = None) -> None:
+        self.config = config
+        self.clock = clock
+        self.runner = runner or contracts.NoSandboxRunner()
+        from server.genesis import build_genesis  # genesis artifacts call back into the kernel
+
+        self.genesis = build_genesis(self)
+
+    # -- bootstrap -----------------------------------------------------------------
+
+    def bootstrap(self, conn: sqlite3.Connection) -> None:
+        """Create (or refresh) the genesis artifacts. Idempotent; run at every start."""
+        now = self.clock()
+        for g in self.genesis.values():
+            existing = artifacts.get(conn, g.id)
+            content = g.content()
+            interface = g.interface()
+            if existing is None:
+                artifacts.insert(conn, Artifact(
+                    id=g.id, content=content, created_by=SYSTEM_ACCOUNT,
+                    access_contract_id=DEFAULT_CONTRACT, has_standing=g.has_standing,
+                    can_execute=True, interface=interface,
+                    metadata={"kind": "genesis", "description": g.description},
+                    state={"controller": SYSTEM_ACCOUNT}, version=1, created_at=now,
+                    updated_at=now, size_bytes=len(content.encode()), billed_to=SYSTEM_ACCOUNT,
+                ))
+                if g.has_standing:
+                    ledger.open_account(conn, g.id)
+            elif existing.content != content or existing.interface != interface:
+                artifacts.save(conn, artifacts.bump(
+                    existing, now, content=content, interface=interface,
+                    size_bytes=len(content.encode())))
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def authorize(self, conn, target: Artifact, action: str, requester: str, now: float) -> None:
+        contracts.authorize(conn, self.runner, target, action, requester, now)
+
+    def charge(self, conn, payer: str, cost_key: str, now: float) -> None:
+        resources.charge(conn, payer, "compute", self.config.cost(cost_key), now)
+
+    def _limit_json(self, value: Any, field: str, max_bytes: int) -> dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise invalid(field, "must be an object")
+        try:
+            text = dumps(value)
+        except ValueError:
+            raise invalid(field, "numbers must be finite")
+        if len(text.encode()) > max_bytes:
+            raise invalid(field, f"at most {max_bytes} bytes as JSON")
+        return value
+
+    # -- idempotency -------------------------------------------------------------------
+
+    def idempotent(self, conn, caller: str, request_id: str, method: str,
+                   op: Callable[[], Any]) -> Any:
+        """Run `op` once per (caller, request_id): a retry returns the first outcome.
+        Failures that waiting could fix (retry_after set) are not remembered."""
+        if not request_id:
+            return op()
+        if len(request_id) > 128:
+            raise invalid("request_id", "at most 128 characters")
+        row = conn.execute(
+            "SELECT method, ok, outcome FROM idempotency WHERE principal_id=? AND request_id=?",
+            (caller, request_id),
+        ).fetchone()
+        if row is not None:
+            if row["method"] != method:
+                raise invalid("request_id", f"already used for {row['method']}")
+            outcome = json.loads(row["outcome"])
+            if row["ok"]:
+                return outcome
+            raise KernelError.from_dict(outcome)
+        conn.execute("SAVEPOINT idem")
+        try:
+            result = op()
+        except KernelError as err:
+            conn.execute("ROLLBACK TO idem")
+            conn.execute("RELEASE idem")
+            if err.retry_after is not None:
+                raise
+            self._remember(conn, caller, request_id, method, False, err.to_dict())
+            return Failed(err)
+        conn.execute("RELEASE idem")
+        self._remember(conn, caller, request_id, method, True, result)
+        return result
+
+    def _remember(self, conn, caller, request_id, method, ok, outcome) -> None:
+        conn.execute(
+            "INSERT INTO idempotency VALUES (?,?,?,?,?,?)",
+            (caller, request_id, method, int(ok), dumps(outcome), self.clock()),
+        )
+
+    def purge_idempotency(self, conn) -> int:
+        cutoff = self.clock() - self.config.server["idempotency_window_seconds"]
+        return conn.execute("DELETE FROM idempotency WHERE at < ?", (cutoff,)).rowcount
+
+    # -- verbs ---------------------------------------------------------------------
+
+    def op_read(self, conn, caller: str, artifact_id: str) -> dict:
+        now = self.clock()
+        artifacts.check_id(artifact_id)
+        target = artifacts.require(conn, artifact_id)
+        self.authorize(conn, target, "read", caller, now)
+        resources.require_usable(conn, caller, "compute", now)
+        self.charge(conn, caller, "read", now)
+        return target.to_dict()
+
+    def op_write(self, conn, caller: str, req: dict) -> dict:
+        """req: artifact_id, content, access_contract_id, can_execute, interface, metadata,
+        state, expected_version, create_only, replace_interface/metadata/state."""
+        now = self.clock()
+        limits = self.config.limits
+        artifact_id = artifacts.check_id(req.get("artifact_id"))
+        content = req.get("content", "")
+        size = len(content.encode())
+        if size > limits["max_content_bytes"]:
+            raise invalid("content", f"at most {limits['max_content_bytes']} bytes")
+        metadata = self._limit_json(req.get("metadata"), "metadata", limits["max_metadata_bytes"])
+        state = self._limit_json(req.get("state"), "state", limits["max_state_bytes"])
+        if "controller" in state:
+            raise invalid("state.controller", "control changes only through a transfer")
+        interface_given = req.get("interface") is not None
+        interface = artifacts.validate_interface(req.get("interface") or [], limits)
+        contract_id = req.get("access_contract_id") or ""
+        if contract_id:
+            artifacts.check_id(contract_id, "access_contract_id")
+        expected = int(req.get("expected_version") or 0)
+
+        existing = artifacts.get(conn, artifact_id)
+        resources.require_usable(conn, caller, "compute", now)
+
+        if existing is None:
+            if artifact_id.startswith(artifacts.RESERVED_PREFIX):
+                raise invalid("artifact_id", "ids starting with 'genesis_' are reserved")
+            if expected > 0:
+                raise KernelError(Reason.CONFLICT, f"{artifact_id} does not exist (expected version {expected})",
+                                  field="expected_version")
+            contract_id = contract_id or DEFAULT_CONTRACT
+            self._require_contract(conn, contract_id)
+            can_execute = bool(req.get("can_execute"))
+            if can_execute and not interface:
+                raise invalid("interface", "an executable artifact needs at least one method")
+            if not can_execute and interface:
+                raise invalid("interface", "only executable artifacts have an interface")
+            self.charge(conn, caller, "write", now)
+            resources.adjust_disk(conn, caller, size)
+            art = Artifact(
+                id=artifact_id, content=content, created_by=caller, access_contract_id=contract_id,
+                has_standing=False, can_execute=can_execute, interface=interface, metadata=metadata,
+                state={**state, "controller": caller}, version=1, created_at=now, updated_at=now,
+                size_bytes=size, billed_to=caller,
+            )
+            artifacts.insert(conn, art)
+            events.append(conn, "artifact.written", principal_id=caller, artifact_id=artifact_id,
+                          now=now, data={"version": 1, "created": True})
+            return {"artifact": art.to_dict(), "created": True}
+
+        if existing.deleted:
+            raise KernelError(Reason.DELETED, f"artifact {artifact_id!r} was deleted; its id stays taken",
+                              field="artifact_id")
+        if req.get("create_only"):
+            raise KernelError(Reason.ALREADY_EXISTS, f"artifact {artifact_id!r} already exists",
+                              field="artifact_id")
+        self.authorize(conn, existing, "write", caller, now)
+        if expected > 0 and expected != existing.version:
+            raise KernelError(Reason.CONFLICT,
+                              f"{artifact_id} is at version {existing.version}, not {expected}",
+                              field="expected_version")
+        if req.get("can_execute") and not existing.can_execute:
+            raise invalid("can_execute", "cannot change after creation")
+        new_contract = existing.access_contract_id
+        if contract_id and contract_id != existing.access_contract_id:
+            self.authorize(conn, existing, "transfer", caller, now)
+            self._require_contract(conn, contract_id)
+            new_contract = contract_id
+        new_interface = existing.interface
+        if req.get("replace_interface") or interface_given and interface:
+            if not existing.can_execute and interface:
+                raise invalid("interface", "only executable artifacts have an interface")
+            if existing.can_execute and not interface and not existing.has_standing:
+                raise invalid("interface", "an executable artifact needs at least one method")
+            new_interface = interface
+        new_metadata = metadata if req.get("replace_metadata") else {**existing.metadata, **metadata}
+        new_state = ({**state, "controller": existing.state.get("controller")}
+                     if req.get("replace_state") else {**existing.state, **state})
+        self.charge(conn, caller, "write", now)
+        # The bytes are billed to the last writer: nobody can fill another's quota.
+        resources.adjust_disk(conn, existing.billed_to, -existing.size_bytes)
+        resources.adjust_disk(conn, caller, size)
+        art = artifacts.bump(existing, now, content=content, access_contract_id=new_contract,
+                             interface=new_interface, metadata=new_metadata, state=new_state,
+                             size_bytes=size, billed_to=caller)
+        artifacts.save(conn, art)
+        events.append(conn, "artifact.written", principal_id=caller, artifact_id=artifact_id,
+                      now=now, data={"version": art.version, "created": False})
+        return {"artifact": art.to_dict(), "created": False}
+
+    def _require_contract(self, conn, contract_id: str) -> None:
+        if not contracts.is_contract(artifacts.get(conn, contract_id)):
+            raise invalid("access_contract_id",
+                          f"{contract_id} is not an existing contract (an executable artifact with check_permission)")
+
+    def op_delete(self, conn, caller: str, artifact_id: str, expected_version: int = 0) -> dict:
+        now = self.clock()
+        artifacts.check_id(artifact_id)
+        target = artifacts.require(conn, artifact_id)
+        self.authorize(conn, target, "delete", caller, now)
+        if expected_version > 0 and expected_version != target.version:
+            raise KernelError(Reason.CONFLICT, f"{artifact_id} is at version {target.version}",
+                              field="expected_version")
+        if artifact_id.startswith(artifacts.RESERVED_PREFIX):
+            raise KernelError(Reason.ACCESS_DENIED, "genesis artifacts cannot be deleted")
+        resources.require_usable(conn, caller, "compute", now)
+        self.charge(conn, caller, "delete", now)
+        resources.adjust_disk(conn, target.billed_to, -target.size_bytes)
+        conn.execute("DELETE FROM escrow_listings WHERE artifact_id = ?", (artifact_id,))
+        tomb = artifacts.bump(target, now, content="", size_bytes=0, deleted=True)
+        artifacts.save(conn, tomb)
+        events.append(conn, "artifact.deleted", principal_id=caller, artifact_id=artifact_id, now=now,
+                      data={"version": tomb.version})
+        return {"artifact": tomb.to_dict()}
+
+    def op_invoke(self, conn, caller: str, artifact_id: str, method: str, args: dict) -> Any:
+        now = self.clock()
+        artifacts.check_id(artifact_id)
+        target = artifacts.require(conn, artifact_id)
+        if not target.can_execute:
+            raise KernelError(Reason.INVALID_ARGS, f"{artifact_id} is not executable", field="artifact_id")
+        artifacts.validate_args(target, method, args)
+        self.authorize(conn, target, "invoke", caller, now)
+        resources.require_usable(conn, caller, "compute", now)
+        self.charge(conn, caller, "invoke", now)
+        g = self.genesis.get(artifact_id)
+        if g is None:
+            raise KernelError(
+                Reason.SANDBOX_UNAVAILABLE,
+                f"{artifact_id} is user code; this server has no sandbox configured to run it",
+            )
+        self.charge(conn, caller, f"{artifact_id}.{method}", now)
+        return g.call(conn, caller, method, args, now)
+
+    # -- operators -------------------------------------------------------------------
+
+    def op_create_agent(self, conn, name: str, config_text: str, *, metadata: dict | None = None,
+                        overrides: dict | None = None, access_contract_id: str = "") -> dict:
+        now = self.clock()
+        o = {k: v for k, v in (overrides or {}).items() if v}
+        d = self.config.agents
+        agent_id = artifacts.check_id(name, "name")
+        if agent_id.startswith(artifacts.RESERVED_PREFIX):
+            raise invalid("name", "ids starting with 'genesis_' are reserved")
+        if artifacts.get(conn, agent_id) is not None:
+            raise KernelError(Reason.ALREADY_EXISTS, f"id {agent_id!r} is taken", field="name")
+        size = len(config_text.encode())
+        if size > self.config.limits["max_content_bytes"]:
+            raise invalid("config", "too large")
+        metadata = self._limit_json(metadata, "metadata", self.config.limits["max_metadata_bytes"])
+        contract_id = access_contract_id or AGENT_CONTRACT
+        self._require_contract(conn, contract_id)
+        for key in ("endowment", "disk_quota_bytes", "llm_budget_micro_usd"):
+            if key in o and (not isinstance(o[key], int) or o[key] < 0):
+                raise invalid(key, "must be a non-negative integer")
+        for key in ("rpc_rate", "rpc_burst", "compute_rate", "compute_capacity"):
+            if key in o and not (isinstance(o[key], (int, float)) and 0 < o[key] < 1e9):
+                raise invalid(key, "must be a positive finite number")
+        art = Artifact(
+            id=agent_id, content=config_text, created_by=SYSTEM_ACCOUNT,
+            access_contract_id=contract_id, has_standing=True, can_execute=True, interface=[],
+            metadata={"kind": "agent", **metadata}, state={"controller": agent_id}, version=1,
+            created_at=now, updated_at=now, size_bytes=size, billed_to=agent_id,
+        )
+        artifacts.insert(conn, art)
+        ledger.open_account(conn, agent_id)
+        resources.create_principal(
+            conn, agent_id, now=now,
+            compute_rate=float(o.get("compute_rate", d["compute_rate"])),
+            compute_capacity=float(o.get("compute_capacity", d["compute_capacity"])),
+            disk_quota=int(o.get("disk_quota_bytes", d["disk_quota_bytes"])),
+            llm_budget=int(o.get("llm_budget_micro_usd", d["llm_budget_micro_usd"])),
+        )
+        resources.adjust_disk(conn, agent_id, size)
+        endowment = int(o.get("endowment", d["endowment"]))
+        if endowment > 0:
+            ledger.mint(conn, agent_id, endowment, now=now, memo="endowment")
+        if "rpc_rate" in o or "rpc_burst" in o:
+            conn.execute("INSERT INTO rpc_limits VALUES (?,?,?)",
+                         (agent_id, o.get("rpc_rate"), o.get("rpc_burst")))
+        token = "eco_" + secrets.token_urlsafe(32)
+        conn.execute("INSERT INTO credentials VALUES (?,?,?)", (hash_token(token), agent_id, now))
+        events.append(conn, "agent.created", principal_id=SYSTEM_ACCOUNT, artifact_id=agent_id, now=now,
+                      related=[agent_id], data={"endowment": endowment})
+        if endowment > 0:
+            events.append(conn, "ledger.mint", principal_id=SYSTEM_ACCOUNT, artifact_id="genesis_ledger",
+                          now=now, related=[agent_id], data={"to": agent_id, "amount": endowment,
+                                                             "memo": "endowment"})
+        return {"agent_id": agent_id, "token": token, "agent": art.to_dict(),
+                "rpc_rate": o.get("rpc_rate"), "rpc_burst": o.get("rpc_burst")}
+
+    # -- read-only queries (read connection) -------------------------------------------
+
+    def get_state(self, conn, caller: str) -> dict:
+        now = self.clock()
+        snap = resources.snapshot(conn, caller, now)
+        return {
+            "now": now,
+            "principal_id": caller,
+            "scrip": ledger.balance(conn, caller) or 0,
+            **snap,
+            "last_event_seq": events.last_seq(conn),
+        }
+
+    def list_artifacts(self, conn, *, created_by: str = "", kind: str = "",
+                       has_standing: bool | None = None, can_execute: bool | None = None,
+                       metadata_equals: dict | None = None, include_deleted: bool = False,
+                       page_size: int = 100, cursor: str = "", query: str = "") -> tuple[list[dict], str]:
+        max_page = self.config.limits["max_page_size"]
+        if page_size <= 0:
+            page_size = 100
+        if page_size > max_page:
+            raise invalid("page_size", f"at most {max_page}")
+        if kind and kind not in ("agent", "tool", "account", "data"):
+            raise invalid("kind", "one of agent, tool, account, data")
+        if kind:
+            has_standing = kind in ("agent", "account")
+            can_execute = kind in ("agent", "tool")
+        where, params = ["id > ?"], [cursor]
+        if created_by:
+            where.append("created_by = ?")
+            params.append(created_by)
+        if has_standing is not None:
+            where.append("has_standing = ?")
+            params.append(int(has_standing))
+        if can_execute is not None:
+            where.append("can_execute = ?")
+            params.append(int(can_execute))
+        if not include_deleted:
+            where.append("deleted = 0")
+        for key, value in (metadata_equals or {}).items():
+            where.append("json_extract(metadata, ?) IS NOT NULL AND json(json_extract(metadata, ?)) = json(?)"
+                         if isinstance(value, (dict, list)) else
+                         "json_type(metadata, ?) IS NOT NULL AND json_extract(metadata, ?) IS ?")
+            path = "$." + json.dumps(key)
+            params.extend([path, path, dumps(value) if isinstance(value, (dict, list)) else
+                           (int(value) if isinstance(value, bool) else value)])
+        if query:
+            like = "%" + query.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            where.append("(lower(id) LIKE ? ESCAPE '\\' OR lower(metadata) LIKE ? ESCAPE '\\' "
+                         "OR lower(interface) LIKE ? ESCAPE '\\')")
+            params.extend([like, like, like])
+        sql = (f"SELECT * FROM artifacts WHERE {' AND '.join(where)} ORDER BY id LIMIT ?")
+        rows = conn.execute(sql, (*params, page_size + 1)).fetchall()
+        items = [artifacts.from_row(r).summary() for r in rows[:page_size]]
+        next_cursor = items[-1]["id"] if len(rows) > page_size else ""
+        return items, next_cursor
+
+    def stats(self, conn) -> dict:
+        t = ledger.totals(conn)
+        counts = conn.execute(
+            "SELECT SUM(deleted = 0), SUM(deleted = 1), SUM(has_standing AND can_execute AND deleted = 0) "
+            "FROM artifacts"
+        ).fetchone()
+        return {
+            "now": self.clock(), "artifacts": counts[0] or 0, "tombstones": counts[1] or 0,
+            "agents": counts[2] or 0, "minted": t["minted"], "burned": t["burned"],
+            "total_balances": t["total_balances"], "ledger_entries": t["entries"],
+            "last_event_seq": events.last_seq(conn),
+        }
+
+    def list_agents(self, conn, page_size: int, cursor: str) -> tuple[list[dict], str]:
+        page_size = min(max(page_size or 100, 1), self.config.limits["max_page_size"])
+        rows = conn.execute(
+            "SELECT id, deleted FROM artifacts WHERE has_standing = 1 AND can_execute = 1 AND id > ? "
+            "ORDER BY id LIMIT ?", (cursor, page_size + 1)
+        ).fetchall()
+        now = self.clock()
+        out = []
+        for r in rows[:page_size]:
+            snap = resources.snapshot(conn, r["id"], now)
+            out.append({"agent_id": r["id"], "scrip": ledger.balance(conn, r["id"]) or 0,
+                        "deleted": bool(r["deleted"]), **snap})
+        return out, (out[-1]["agent_id"] if len(rows) > page_size else "")

@@ -1,0 +1,139 @@
+"""The ledger: scrip, an integer currency, moved only by three explicit operations.
+
+Invariants (asserted by `check_invariants`, tested after every operation in the tests):
+  I1. Every balance is an integer >= 0 (also a CHECK constraint in the schema).
+  I2. sum(balances) == minted - burned.
+  I3. Every change is an immutable journal entry debiting one account and crediting
+      another with a positive amount; mint debits and burn credits SYSTEM_ACCOUNT,
+      the issuance account, which holds no balance row.
+  I4. minted == sum(mint entries), burned == sum(burn entries).
+
+`mint`, `burn` and `transfer` are the only functions that change balances. They run
+inside the caller's transaction (the executor's savepoint), so a failure anywhere in an
+operation undoes every entry it made.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from server.errors import KernelError, Reason
+from server.kernel.artifacts import SYSTEM_ACCOUNT
+
+MAX_AMOUNT = 2**53  # amounts travel as JSON numbers; keep them exact
+
+
+def _check_amount(amount: object) -> int:
+    if not isinstance(amount, int) or isinstance(amount, bool):
+        raise KernelError(Reason.INVALID_ARGS, "amount must be an integer", field="amount")
+    if amount <= 0:
+        raise KernelError(Reason.INVALID_ARGS, "amount must be positive", field="amount")
+    if amount > MAX_AMOUNT:
+        raise KernelError(Reason.INVALID_ARGS, "amount too large", field="amount")
+    return amount
+
+
+def open_account(conn: sqlite3.Connection, principal_id: str) -> None:
+    conn.execute("INSERT OR IGNORE INTO balances VALUES (?, 0)", (principal_id,))
+
+
+def balance(conn: sqlite3.Connection, principal_id: str) -> int | None:
+    """Balance of a principal, or None if it has no account."""
+    row = conn.execute("SELECT scrip FROM balances WHERE principal_id = ?", (principal_id,)).fetchone()
+    return row[0] if row else None
+
+
+def _entry(conn, now, debit, credit, amount, kind, memo) -> int:
+    cur = conn.execute(
+        "INSERT INTO ledger_entries (at, debit, credit, amount, kind, memo) VALUES (?,?,?,?,?,?)",
+        (now, debit, credit, amount, kind, memo[:200]),
+    )
+    return cur.lastrowid
+
+
+def _credit(conn, principal_id: str, amount: int) -> None:
+    cur = conn.execute(
+        "UPDATE balances SET scrip = scrip + ? WHERE principal_id = ?", (amount, principal_id)
+    )
+    if cur.rowcount != 1:
+        raise KernelError(Reason.NOT_FOUND, f"{principal_id!r} is not a principal", field="to")
+
+
+def _debit(conn, principal_id: str, amount: int) -> None:
+    have = balance(conn, principal_id)
+    if have is None:
+        raise KernelError(Reason.NOT_FOUND, f"{principal_id!r} is not a principal")
+    if have < amount:
+        raise KernelError(
+            Reason.INSUFFICIENT_FUNDS, f"{principal_id} has {have} scrip, needs {amount}"
+        )
+    conn.execute("UPDATE balances SET scrip = scrip - ? WHERE principal_id = ?", (amount, principal_id))
+
+
+def transfer(conn, src: str, dst: str, amount: int, *, now: float, memo: str = "") -> int:
+    """Move scrip between two principals. Returns the journal entry's sequence number."""
+    _check_amount(amount)
+    if src == dst:
+        raise KernelError(Reason.INVALID_ARGS, "cannot transfer to oneself", field="to")
+    if SYSTEM_ACCOUNT in (src, dst):
+        raise KernelError(Reason.INVALID_ARGS, "the issuance account moves scrip only by mint and burn")
+    _debit(conn, src, amount)
+    _credit(conn, dst, amount)
+    return _entry(conn, now, src, dst, amount, "transfer", memo)
+
+
+def mint(conn, to: str, amount: int, *, now: float, memo: str = "") -> int:
+    """Create new scrip for `to` (recorded against the issuance account)."""
+    _check_amount(amount)
+    _credit(conn, to, amount)
+    conn.execute("UPDATE ledger_totals SET minted = minted + ? WHERE id = 1", (amount,))
+    return _entry(conn, now, SYSTEM_ACCOUNT, to, amount, "mint", memo)
+
+
+def burn(conn, src: str, amount: int, *, now: float, memo: str = "") -> int:
+    """Destroy scrip held by `src`."""
+    _check_amount(amount)
+    _debit(conn, src, amount)
+    conn.execute("UPDATE ledger_totals SET burned = burned + ? WHERE id = 1", (amount,))
+    return _entry(conn, now, src, SYSTEM_ACCOUNT, amount, "burn", memo)
+
+
+def history(conn, principal_id: str, *, after: int = 0, limit: int = 100) -> list[dict]:
+    rows = conn.execute(
+        "SELECT seq, at, debit, credit, amount, kind, memo FROM ledger_entries "
+        "WHERE seq > ? AND (debit = ? OR credit = ?) ORDER BY seq LIMIT ?",
+        (after, principal_id, principal_id, limit),
+    ).fetchall()
+    return [dict(r) for r in rows]
+
+
+def totals(conn) -> dict:
+    minted, burned = conn.execute("SELECT minted, burned FROM ledger_totals").fetchone()
+    total = conn.execute("SELECT COALESCE(SUM(scrip), 0) FROM balances").fetchone()[0]
+    entries = conn.execute("SELECT COUNT(*) FROM ledger_entries").fetchone()[0]
+    return {"minted": minted, "burned": burned, "total_balances": total, "entries": entries}
+
+
+def check_invariants(conn) -> dict:
+    """Assert I1-I4 over the whole database; returns the totals. Used by tests and
+    `ecology status`."""
+    t = totals(conn)
+    negative = conn.execute("SELECT COUNT(*) FROM balances WHERE scrip < 0").fetchone()[0]
+    assert negative == 0, "I1: negative balance"
+    assert t["total_balances"] == t["minted"] - t["burned"], f"I2 broken: {t}"
+    sums = dict(
+        conn.execute(
+            "SELECT kind, COALESCE(SUM(amount),0) FROM ledger_entries GROUP BY kind"
+        ).fetchall()
+    )
+    assert sums.get("mint", 0) == t["minted"], "I4: minted total differs from the journal"
+    assert sums.get("burn", 0) == t["burned"], "I4: burned total differs from the journal"
+    # Replaying the journal gives every balance exactly.
+    replay: dict[str, int] = {}
+    for debit, credit, amount in conn.execute("SELECT debit, credit, amount FROM ledger_entries"):
+        replay[debit] = replay.get(debit, 0) - amount
+        replay[credit] = replay.get(credit, 0) + amount
+    replay.pop(SYSTEM_ACCOUNT, None)
+    for pid, scrip in conn.execute("SELECT principal_id, scrip FROM balances"):
+        assert replay.get(pid, 0) == scrip, f"I3: journal replay of {pid} gives {replay.get(pid, 0)}, balance {scrip}"
+    return t

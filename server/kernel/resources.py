@@ -1,0 +1,160 @@
+"""Resources of principals: flow resources (token buckets with debt) and stocks.
+
+Flow: `compute` (and any other named bucket). Charging is `TokenBucket.spend`: allowed
+while the balance is >= 0, may leave debt; while in debt, the caller gets
+RESOURCE_EXHAUSTED / INSUFFICIENT_RESOURCES with retry_after = the exact seconds until
+the balance is back at zero.
+
+Stock: `disk_bytes` (quota and used; a write over quota fails QUOTA_EXCEEDED, no retry)
+and `llm_budget` in integer micro-dollars (quota = what remains; used = spent).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from server.errors import KernelError, Reason
+from server.kernel.buckets import TokenBucket
+
+FLOW_RESOURCES = ("compute",)
+STOCK_RESOURCES = ("disk_bytes", "llm_budget")
+# Units of genesis_rights_registry.transfer_quota.
+TRANSFERABLE = ("disk_bytes", "llm_budget", "compute_rate", "compute_capacity")
+
+
+def create_principal(conn, principal_id: str, *, now: float, compute_rate: float,
+                     compute_capacity: float, disk_quota: int, llm_budget: int) -> None:
+    conn.execute(
+        "INSERT INTO flow VALUES (?, 'compute', ?, ?, ?, ?)",
+        (principal_id, compute_rate, compute_capacity, compute_capacity, now),
+    )
+    conn.executemany(
+        "INSERT INTO stock VALUES (?, ?, ?, 0)",
+        [(principal_id, "disk_bytes", disk_quota), (principal_id, "llm_budget", llm_budget)],
+    )
+
+
+def load_bucket(conn, principal_id: str, resource: str) -> TokenBucket | None:
+    row = conn.execute(
+        "SELECT rate, capacity, balance, updated_at FROM flow WHERE principal_id=? AND resource=?",
+        (principal_id, resource),
+    ).fetchone()
+    return TokenBucket(*row) if row else None
+
+
+def _store_bucket(conn, principal_id: str, resource: str, b: TokenBucket) -> None:
+    conn.execute(
+        "UPDATE flow SET rate=?, capacity=?, balance=?, updated_at=? WHERE principal_id=? AND resource=?",
+        (b.rate, b.capacity, b.balance, b.updated_at, principal_id, resource),
+    )
+
+
+def require_usable(conn, principal_id: str, resource: str, now: float) -> None:
+    """Fail if the principal is in debt on `resource` (before any work is done)."""
+    b = load_bucket(conn, principal_id, resource)
+    if b is None:
+        raise KernelError(Reason.INSUFFICIENT_RESOURCES, f"{principal_id} has no {resource} resource")
+    wait = b.seconds_until_usable(now)
+    if wait > 0:
+        raise KernelError(
+            Reason.INSUFFICIENT_RESOURCES,
+            f"{principal_id} is in {resource} debt ({b.level(now):.3f}); usable again in {wait:.3f}s",
+            retry_after=wait,
+        )
+
+
+def charge(conn, principal_id: str, resource: str, amount: float, now: float) -> None:
+    """Spend `amount` of a flow resource, possibly into debt."""
+    if amount <= 0:
+        return
+    b = load_bucket(conn, principal_id, resource)
+    if b is None:
+        raise KernelError(Reason.INSUFFICIENT_RESOURCES, f"{principal_id} has no {resource} resource")
+    wait = b.spend(amount, now)
+    if wait > 0:
+        raise KernelError(
+            Reason.INSUFFICIENT_RESOURCES,
+            f"{principal_id} is in {resource} debt; usable again in {wait:.3f}s",
+            retry_after=wait,
+        )
+    _store_bucket(conn, principal_id, resource, b)
+
+
+def stock(conn, principal_id: str, resource: str) -> tuple[int, int]:
+    row = conn.execute(
+        "SELECT quota, used FROM stock WHERE principal_id=? AND resource=?", (principal_id, resource)
+    ).fetchone()
+    if row is None:
+        raise KernelError(Reason.QUOTA_EXCEEDED, f"{principal_id} has no {resource} quota")
+    return row[0], row[1]
+
+
+def adjust_disk(conn, principal_id: str, delta: int) -> None:
+    """Account `delta` bytes to a principal's disk use (negative frees)."""
+    if delta == 0:
+        return
+    quota, used = stock(conn, principal_id, "disk_bytes")
+    new_used = max(0, used + delta)
+    if delta > 0 and new_used > quota:
+        raise KernelError(
+            Reason.QUOTA_EXCEEDED,
+            f"{principal_id} would use {new_used} disk bytes of a {quota}-byte quota",
+        )
+    conn.execute(
+        "UPDATE stock SET used=? WHERE principal_id=? AND resource='disk_bytes'", (new_used, principal_id)
+    )
+
+
+def snapshot(conn, principal_id: str, now: float) -> dict:
+    flow = []
+    for name, rate, capacity, balance, updated_at in conn.execute(
+        "SELECT resource, rate, capacity, balance, updated_at FROM flow WHERE principal_id=? ORDER BY resource",
+        (principal_id,),
+    ):
+        b = TokenBucket(rate, capacity, balance, updated_at)
+        wait = b.seconds_until_usable(now)
+        flow.append({
+            "name": name, "balance": b.level(now), "rate": rate, "capacity": capacity,
+            "seconds_until_usable": wait, "usable_at": now + wait if wait > 0 else None,
+        })
+    stocks = [
+        {"name": name, "quota": quota, "used": used}
+        for name, quota, used in conn.execute(
+            "SELECT resource, quota, used FROM stock WHERE principal_id=? ORDER BY resource", (principal_id,)
+        )
+    ]
+    return {"flow": flow, "stock": stocks}
+
+
+def transfer_quota(conn, src: str, dst: str, resource: str, amount: int | float, now: float) -> None:
+    """Move part of a quota from `src` to `dst` (the sender's right; no consent needed)."""
+    if resource not in TRANSFERABLE:
+        raise KernelError(Reason.INVALID_ARGS, f"resource must be one of {', '.join(TRANSFERABLE)}", field="resource")
+    if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not amount > 0:
+        raise KernelError(Reason.INVALID_ARGS, "amount must be a positive number", field="amount")
+    if src == dst:
+        raise KernelError(Reason.INVALID_ARGS, "cannot transfer to oneself", field="to")
+    if resource in STOCK_RESOURCES:
+        if not isinstance(amount, int):
+            raise KernelError(Reason.INVALID_ARGS, "amount must be an integer", field="amount")
+        quota, used = stock(conn, src, resource)
+        free = quota - used if resource == "disk_bytes" else quota
+        if amount > free:
+            raise KernelError(Reason.INSUFFICIENT_RESOURCES, f"{src} can give at most {free} {resource}")
+        stock(conn, dst, resource)  # must exist
+        conn.execute("UPDATE stock SET quota=quota-? WHERE principal_id=? AND resource=?", (amount, src, resource))
+        conn.execute("UPDATE stock SET quota=quota+? WHERE principal_id=? AND resource=?", (amount, dst, resource))
+        return
+    field = "rate" if resource == "compute_rate" else "capacity"
+    a, b = load_bucket(conn, src, "compute"), load_bucket(conn, dst, "compute")
+    if a is None or b is None:
+        raise KernelError(Reason.NOT_FOUND, "both parties need a compute resource", field="to")
+    a.refill(now)
+    b.refill(now)
+    if getattr(a, field) < amount:
+        raise KernelError(Reason.INSUFFICIENT_RESOURCES, f"{src} has only {getattr(a, field)} {resource}")
+    setattr(a, field, getattr(a, field) - amount)
+    setattr(b, field, getattr(b, field) + amount)
+    a.balance = min(a.balance, a.capacity)
+    _store_bucket(conn, src, "compute", a)
+    _store_bucket(conn, dst, "compute", b)

@@ -1,0 +1,161 @@
+"""SQLite storage: connection settings, the versioned schema and its migrations.
+
+Durability: WAL journal with synchronous=FULL, so a transaction is on disk when COMMIT
+returns; the server acknowledges a mutating call only after that (see executor.py).
+The schema version lives in `PRAGMA user_version`; MIGRATIONS[i] takes the database
+from version i to i+1, each in its own transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+DB_FILE = "world.sqlite3"
+
+MIGRATIONS: list[str] = [
+    # 0 -> 1: the initial schema.
+    """
+    CREATE TABLE artifacts (
+        id                 TEXT PRIMARY KEY,
+        content            TEXT NOT NULL,
+        created_by         TEXT NOT NULL,
+        access_contract_id TEXT NOT NULL,
+        has_standing       INTEGER NOT NULL,
+        can_execute        INTEGER NOT NULL,
+        interface          TEXT NOT NULL,   -- JSON list of method specs
+        metadata           TEXT NOT NULL,   -- JSON object
+        state              TEXT NOT NULL,   -- JSON object (controller, ...)
+        version            INTEGER NOT NULL,
+        created_at         REAL NOT NULL,
+        updated_at         REAL NOT NULL,
+        size_bytes         INTEGER NOT NULL,
+        deleted            INTEGER NOT NULL DEFAULT 0,
+        billed_to          TEXT NOT NULL
+    );
+    CREATE INDEX artifacts_created_by ON artifacts(created_by, id);
+
+    -- Scrip balances of principals. The issuance account (genesis_system) has no row:
+    -- it is the source of mints and the sink of burns.
+    CREATE TABLE balances (
+        principal_id TEXT PRIMARY KEY,
+        scrip        INTEGER NOT NULL CHECK (scrip >= 0)
+    );
+    -- Immutable double-entry journal: every entry debits one account, credits another.
+    CREATE TABLE ledger_entries (
+        seq     INTEGER PRIMARY KEY,
+        at      REAL NOT NULL,
+        debit   TEXT NOT NULL,
+        credit  TEXT NOT NULL,
+        amount  INTEGER NOT NULL CHECK (amount > 0),
+        kind    TEXT NOT NULL,     -- mint | burn | transfer
+        memo    TEXT NOT NULL
+    );
+    CREATE INDEX ledger_by_debit ON ledger_entries(debit, seq);
+    CREATE INDEX ledger_by_credit ON ledger_entries(credit, seq);
+    -- Running totals kept in the same transaction as the entries (one row).
+    CREATE TABLE ledger_totals (
+        id     INTEGER PRIMARY KEY CHECK (id = 1),
+        minted INTEGER NOT NULL,
+        burned INTEGER NOT NULL
+    );
+    INSERT INTO ledger_totals VALUES (1, 0, 0);
+
+    -- Flow resources: token buckets that may go into debt.
+    CREATE TABLE flow (
+        principal_id TEXT NOT NULL,
+        resource     TEXT NOT NULL,
+        rate         REAL NOT NULL,
+        capacity     REAL NOT NULL,
+        balance      REAL NOT NULL,
+        updated_at   REAL NOT NULL,
+        PRIMARY KEY (principal_id, resource)
+    );
+    -- Stock resources: disk_bytes (quota, used) and llm_budget (quota = remaining).
+    CREATE TABLE stock (
+        principal_id TEXT NOT NULL,
+        resource     TEXT NOT NULL,
+        quota        INTEGER NOT NULL CHECK (quota >= 0),
+        used         INTEGER NOT NULL CHECK (used >= 0),
+        PRIMARY KEY (principal_id, resource)
+    );
+
+    -- Credentials: only hashes of tokens are stored.
+    CREATE TABLE credentials (
+        token_hash   TEXT PRIMARY KEY,
+        principal_id TEXT NOT NULL,
+        created_at   REAL NOT NULL
+    );
+    -- Per-agent RPC rate-limit overrides (NULL: the configured default).
+    CREATE TABLE rpc_limits (
+        principal_id TEXT PRIMARY KEY,
+        rate         REAL,
+        burst        REAL
+    );
+
+    CREATE TABLE events (
+        seq          INTEGER PRIMARY KEY,
+        at           REAL NOT NULL,
+        type         TEXT NOT NULL,
+        principal_id TEXT NOT NULL,
+        artifact_id  TEXT NOT NULL,
+        related      TEXT NOT NULL,   -- JSON list of ids
+        data         TEXT NOT NULL    -- JSON object
+    );
+
+    CREATE TABLE escrow_listings (
+        artifact_id TEXT PRIMARY KEY,
+        seller      TEXT NOT NULL,
+        price       INTEGER NOT NULL CHECK (price >= 0),
+        listed_at   REAL NOT NULL
+    );
+
+    -- Outcomes of mutating calls that carried a client request id.
+    CREATE TABLE idempotency (
+        principal_id TEXT NOT NULL,
+        request_id   TEXT NOT NULL,
+        method       TEXT NOT NULL,
+        ok           INTEGER NOT NULL,
+        outcome      TEXT NOT NULL,   -- JSON result, or JSON KernelError
+        at           REAL NOT NULL,
+        PRIMARY KEY (principal_id, request_id)
+    );
+    CREATE INDEX idempotency_at ON idempotency(at);
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    uri = f"file:{path}?mode={'ro' if readonly else 'rwc'}"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA busy_timeout = 10000")
+    if not readonly:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema up to SCHEMA_VERSION. Refuses a newer database than this code."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"database schema version {version} is newer than this server ({SCHEMA_VERSION})"
+        )
+    while version < SCHEMA_VERSION:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in MIGRATIONS[version].split(";\n"):
+                if statement.strip():
+                    conn.execute(statement)
+            version += 1
+            conn.execute(f"PRAGMA user_version = {version}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return version

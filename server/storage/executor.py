@@ -1,0 +1,159 @@
+"""The single writer: every state change runs here, one operation at a time, and is
+acknowledged only after its transaction is durably committed.
+
+Operations are plain synchronous functions `op(conn) -> result`. The writer thread takes
+every operation waiting in the queue (up to `max_batch`), runs each inside its own
+SAVEPOINT in one transaction, and COMMITs once (group commit): many calls share one
+fsync. An operation that raises is rolled back to its savepoint, so it changes nothing,
+and the others in the batch are unaffected. Results (or errors) are delivered to the
+awaiting coroutines only after COMMIT returns.
+
+An operation may return `Failed(err)` instead of raising: its changes so far are kept
+(committed) and `err` is raised to the caller. Idempotency uses this to remember a
+failed outcome durably.
+
+Because only this thread writes, operations never race: the kernel's check-then-act
+sequences are atomic by construction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from server.errors import KernelError, Reason
+
+log = structlog.get_logger("executor")
+
+Op = Callable[[sqlite3.Connection], Any]
+
+
+@dataclass
+class Failed:
+    """Returned by an op whose partial changes must commit although the call fails."""
+
+    error: KernelError
+
+
+_STOP = object()
+
+
+class Executor:
+    def __init__(self, conn: sqlite3.Connection, *, max_batch: int = 512) -> None:
+        self._conn = conn
+        self._max_batch = max_batch
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="kernel-writer", daemon=True)
+        self._commit_listeners: list[Callable[[], None]] = []
+        self.batches = 0
+        self.ops = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        """`callback` runs on the submitting loop after every batch commits."""
+        self._commit_listeners.append(callback)
+
+    async def run(self, op: Op) -> Any:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.put((op, future, loop))
+        return await future
+
+    def run_blocking(self, op: Op) -> Any:
+        """For startup and tools before the thread starts: run one op in its own transaction."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = op(self._conn)
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+        if isinstance(result, Failed):
+            raise result.error
+        return result
+
+    def stop(self) -> None:
+        """Finish everything queued, then stop the thread."""
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join()
+
+    # -- writer thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            batch = [self._queue.get()]
+            while len(batch) < self._max_batch:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if any(item is _STOP for item in batch):
+                stopping = True
+                batch = [item for item in batch if item is not _STOP]
+            if batch:
+                self._run_batch(batch)
+
+    def _run_batch(self, batch: list) -> None:
+        conn = self._conn
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op, _future, _loop in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    result = op(conn)
+                except KernelError as err:
+                    conn.execute("ROLLBACK TO op")
+                    outcomes.append((False, err))
+                except Exception as err:  # a bug: contain it to this op
+                    conn.execute("ROLLBACK TO op")
+                    log.exception("op_failed", error=repr(err))
+                    outcomes.append((False, KernelError(Reason.INTERNAL, "internal error")))
+                else:
+                    if isinstance(result, Failed):
+                        outcomes.append((False, result.error))
+                    else:
+                        outcomes.append((True, result))
+                conn.execute("RELEASE op")
+            conn.execute("COMMIT")
+        except Exception as err:
+            # The commit itself failed (disk full, I/O error): nothing is acknowledged.
+            log.exception("commit_failed", error=repr(err))
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            failure = KernelError(Reason.INTERNAL, "storage failure; nothing was applied")
+            outcomes = [(False, failure)] * len(batch)
+        self.batches += 1
+        self.ops += len(batch)
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for (op, future, loop), outcome in zip(batch, outcomes):
+            by_loop.setdefault(loop, []).append((future, outcome))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(self._deliver, items)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                pass
+
+    def _deliver(self, items: list) -> None:
+        for future, (ok, value) in items:
+            if future.done():
+                continue
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+        for callback in self._commit_listeners:
+            callback()
