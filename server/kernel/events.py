@@ -41,16 +41,25 @@ def type_matches(patterns, type_: str) -> bool:
 def read(conn: sqlite3.Connection, *, after: int = 0, limit: int = 100,
          types=(), artifact_ids=(), principal_ids=()) -> list[dict]:
     """Events with seq > after matching every given filter, oldest first."""
+    return scan(conn, after=after, limit=limit, types=types, artifact_ids=artifact_ids,
+                principal_ids=principal_ids)[0]
+
+
+def scan(conn: sqlite3.Connection, *, after: int = 0, limit: int = 100,
+         types=(), artifact_ids=(), principal_ids=(), max_rows: int = 10_000) -> tuple[list[dict], int]:
+    """Like `read`, also returning the last seq examined (resume the scan from there)."""
     out: list[dict] = []
     artifact_set, principal_set = set(artifact_ids), set(principal_ids)
     cursor = after
-    while len(out) < limit:
+    scanned = 0
+    while len(out) < limit and scanned < max_rows:
         rows = conn.execute(
             "SELECT seq, at, type, principal_id, artifact_id, related, data FROM events "
             "WHERE seq > ? ORDER BY seq LIMIT 1000", (cursor,)
         ).fetchall()
         if not rows:
             break
+        scanned += len(rows)
         for r in rows:
             cursor = r["seq"]
             if not type_matches(types, r["type"]):
@@ -65,4 +74,4 @@ def read(conn: sqlite3.Connection, *, after: int = 0, limit: int = 100,
             out.append(ev)
             if len(out) >= limit:
                 break
-    return out
+    return out, cursor

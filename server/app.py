@@ -1,0 +1,198 @@
+"""Assembly of the world server: storage, kernel, services, interceptor, listeners.
+
+Lifecycle: `await server.start()` opens (and migrates) the data directory, creates the
+genesis artifacts, starts the writer and the gRPC server; `await server.stop()` stops
+accepting, drains in-flight calls (grace period), finishes queued writes and closes.
+A data directory is used by one server at a time (an exclusive lock file).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import secrets
+import time
+from pathlib import Path
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from ecology.v1 import admin_pb2, admin_pb2_grpc, world_pb2, world_pb2_grpc
+from server.config import Config, ConfigError
+from server.kernel.kernel import Kernel
+from server.rpc.admin import AdminService
+from server.rpc.auth import Credentials
+from server.rpc.guard import GuardLimits, RpcGuard
+from server.rpc.world import EventHub, WorldService
+from server.storage import db
+from server.storage.executor import Executor
+
+log = structlog.get_logger("server")
+
+READY_FILE = "server.json"
+PURGE_INTERVAL_SECONDS = 60.0
+
+
+def resolve_admin_token(config: Config, data_dir: Path) -> str:
+    """The admin credential: the configured environment variable, else the configured
+    file, else <data-dir>/admin.token (created with a fresh token on first start)."""
+    env_name = config.server["admin_token_env"]
+    if env_name and os.environ.get(env_name):
+        return os.environ[env_name].strip()
+    configured = config.server["admin_token_file"]
+    path = Path(configured) if configured else data_dir / "admin.token"
+    if path.exists():
+        token = path.read_text().strip()
+        if not token:
+            raise ConfigError(f"config key server.admin_token_file: {path} is empty")
+        return token
+    if configured:
+        raise ConfigError(f"config key server.admin_token_file: {path} does not exist")
+    token = "adm_" + secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
+
+
+class WorldServer:
+    def __init__(self, config: Config, data_dir: str | Path, listen: list[str] | None = None,
+                 *, clock=time.time) -> None:
+        self.config = config
+        self.data_dir = Path(data_dir)
+        self.listen = listen or list(config.server["listen"])
+        self.clock = clock
+        self.addresses: list[str] = []
+        self.stopping = False
+        self.started = time.monotonic()
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.data_dir / "lock", "w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"data directory {self.data_dir} is in use by another server") from None
+        admin_token = resolve_admin_token(self.config, self.data_dir)
+
+        path = self.data_dir / db.DB_FILE
+        self.writer_conn = db.connect(path)
+        self.schema_version = db.migrate(self.writer_conn)
+        self.kernel = Kernel(self.config, clock=self.clock)
+        self.executor = Executor(self.writer_conn, max_batch=self.config.server["max_batch"])
+        self.executor.run_blocking(self.kernel.bootstrap)
+        self.reader = db.connect(path)
+        self.credentials = Credentials(admin_token)
+        self.credentials.load(self.reader)
+        self.hub = EventHub()
+        self.executor.on_commit(self.hub.notify)
+        self.executor.start()
+
+        rl = self.config.rate_limits
+        self.guard = RpcGuard(
+            authenticate=self.credentials.principal_for,
+            is_admin_token=self.credentials.is_admin,
+            limits=GuardLimits(
+                principal_rate=rl["principal_rate"], principal_burst=rl["principal_burst"],
+                connection_rate=rl["connection_rate"], connection_burst=rl["connection_burst"],
+                max_in_flight_per_principal=rl["max_in_flight_per_principal"],
+                max_streams_per_principal=rl["max_streams_per_principal"],
+            ),
+            per_principal_rate=self._rpc_override,
+        )
+        max_msg = self.config.server["max_message_bytes"]
+        self.grpc_server = grpc.aio.server(
+            interceptors=[self.guard],
+            options=[
+                ("grpc.max_receive_message_length", max_msg),
+                ("grpc.max_send_message_length", max_msg),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        world_pb2_grpc.add_WorldServicer_to_server(WorldService(self), self.grpc_server)
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self), self.grpc_server)
+        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
+        services = (
+            world_pb2.DESCRIPTOR.services_by_name["World"].full_name,
+            admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+            health.SERVICE_NAME,
+            reflection.SERVICE_NAME,
+        )
+        reflection.enable_server_reflection(services, self.grpc_server)
+        for address in self.listen:
+            self.addresses.append(self._bind(address))
+        await self.grpc_server.start()
+        for name in ("", "ecology.v1.World", "ecology.v1.Admin"):
+            await self._set_health(name, health_pb2.HealthCheckResponse.SERVING)
+        self._tasks.append(asyncio.create_task(self._purge_loop()))
+        self._write_ready_file()
+        log.info("server_started", listen=self.addresses, data_dir=str(self.data_dir),
+                 schema_version=self.schema_version, isolation="none (no user code runs in this server yet)")
+
+    def _rpc_override(self, principal_id: str):
+        return self.credentials.rpc_limits(principal_id)
+
+    def _bind(self, address: str) -> str:
+        if address.startswith("unix:"):
+            sock = Path(address[len("unix:"):])
+            if sock.exists():
+                sock.unlink()
+            self.grpc_server.add_insecure_port(address)
+            return address
+        host, sep, port = address.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ConfigError(f"listen address {address!r}: expected host:port or unix:PATH")
+        bound = self.grpc_server.add_insecure_port(address)
+        if bound == 0:
+            raise RuntimeError(f"could not listen on {address}")
+        return f"{host}:{bound}"
+
+    def _write_ready_file(self) -> None:
+        info = {"pid": os.getpid(), "listen": self.addresses}
+        tmp = self.data_dir / (READY_FILE + ".tmp")
+        tmp.write_text(json.dumps(info))
+        tmp.replace(self.data_dir / READY_FILE)
+
+    async def _set_health(self, name: str, status) -> None:
+        result = self.health.set(name, status)
+        if asyncio.iscoroutine(result):
+            await result
+
+    async def _purge_loop(self) -> None:
+        while True:
+            await asyncio.sleep(PURGE_INTERVAL_SECONDS)
+            try:
+                await self.executor.run(self.kernel.purge_idempotency)
+            except Exception:
+                log.exception("idempotency_purge_failed")
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful stop: refuse new calls, drain in-flight ones, commit, close."""
+        if self.stopping:
+            return
+        self.stopping = True
+        grace = self.config.server["shutdown_grace_seconds"] if grace is None else grace
+        for name in ("", "ecology.v1.World", "ecology.v1.Admin"):
+            await self._set_health(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.hub.notify()
+        for t in self._tasks:
+            t.cancel()
+        await self.grpc_server.stop(grace)
+        self.executor.stop()
+        self.reader.close()
+        self.writer_conn.close()
+        (self.data_dir / READY_FILE).unlink(missing_ok=True)
+        for address in self.addresses:
+            if address.startswith("unix:"):
+                Path(address[5:]).unlink(missing_ok=True)
+        self._lock.close()
+        log.info("server_stopped")
+
+    async def wait(self) -> None:
+        await self.grpc_server.wait_for_termination()

@@ -1,0 +1,162 @@
+"""The `ecology` command.
+
+  ecology serve --data-dir DIR [--listen ADDR ...] [--config FILE]
+  ecology agent create NAME [--config-text JSON] [--endowment N]
+  ecology agent list
+  ecology status
+
+Operator commands find the server with --server (default $ECOLOGY_SERVER, else the
+address in <data-dir>/server.json, else 127.0.0.1:50051) and the admin token with
+--admin-token-file (default $ECOLOGY_ADMIN_TOKEN, else <data-dir>/admin.token).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+DEFAULT_DATA_DIR = "./data"
+
+
+def _serve(args) -> int:
+    from server import logs
+    from server.app import WorldServer
+    from server.config import ConfigError, load
+
+    logs.configure(args.log_level)
+    try:
+        config = load(args.config)
+    except ConfigError as e:
+        print(f"ecology: invalid configuration: {e}", file=sys.stderr)
+        return 2
+
+    async def main() -> int:
+        server = WorldServer(config, args.data_dir, args.listen or None)
+        try:
+            await server.start()
+        except (ConfigError, RuntimeError) as e:
+            print(f"ecology: {e}", file=sys.stderr)
+            return 2
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        print(json.dumps({"event": "serving", "listen": server.addresses,
+                          "data_dir": str(Path(args.data_dir).resolve())}), flush=True)
+        await stop.wait()
+        await server.stop()
+        return 0
+
+    return asyncio.run(main())
+
+
+def _server_address(args) -> str:
+    if args.server:
+        return args.server
+    if os.environ.get("ECOLOGY_SERVER"):
+        return os.environ["ECOLOGY_SERVER"]
+    ready = Path(args.data_dir) / "server.json"
+    if ready.exists():
+        return json.loads(ready.read_text())["listen"][0]
+    return "127.0.0.1:50051"
+
+
+def _admin_token(args) -> str:
+    if args.admin_token_file:
+        return Path(args.admin_token_file).read_text().strip()
+    if os.environ.get("ECOLOGY_ADMIN_TOKEN"):
+        return os.environ["ECOLOGY_ADMIN_TOKEN"].strip()
+    path = Path(args.data_dir) / "admin.token"
+    if path.exists():
+        return path.read_text().strip()
+    raise SystemExit("ecology: no admin token (use --admin-token-file or ECOLOGY_ADMIN_TOKEN)")
+
+
+def _admin(args):
+    from agent_runtime.client import AdminClient
+
+    return AdminClient(_server_address(args), _admin_token(args))
+
+
+def _agent_create(args) -> int:
+    from agent_runtime.errors import EcologyError
+
+    try:
+        with _admin(args) as admin:
+            created = admin.create_agent(args.name, config=args.config_text, endowment=args.endowment)
+    except EcologyError as e:
+        print(f"ecology: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps({"agent_id": created.agent_id, "token": created.token}))
+    return 0
+
+
+def _agent_list(args) -> int:
+    with _admin(args) as admin:
+        for a in admin.list_agents():
+            print(json.dumps({"agent_id": a.agent_id, "scrip": a.scrip, "deleted": a.deleted}))
+    return 0
+
+
+def _status(args) -> int:
+    from google.protobuf import json_format
+
+    from agent_runtime.errors import EcologyError
+
+    try:
+        with _admin(args) as admin:
+            stats = admin.get_stats()
+    except EcologyError as e:
+        print(f"ecology: server at {_server_address(args)}: {e}", file=sys.stderr)
+        return 1
+    d = json_format.MessageToDict(stats, preserving_proto_field_name=True)
+    d["ledger_invariant_holds"] = stats.total_balances == stats.minted - stats.burned
+    print(json.dumps(d, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ecology", description="Agent Ecology world server and tools")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the world server (daemon)")
+    serve.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    serve.add_argument("--listen", action="append", help="host:port or unix:PATH (repeatable)")
+    serve.add_argument("--config", help="TOML configuration file")
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(fn=_serve)
+
+    def operator(sp):
+        sp.add_argument("--server", help="server address (host:port or unix:PATH)")
+        sp.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+        sp.add_argument("--admin-token-file")
+
+    agent = sub.add_parser("agent", help="manage agents").add_subparsers(dest="agent_cmd", required=True)
+    create = agent.add_parser("create", help="create an agent; prints its id and token")
+    create.add_argument("name")
+    create.add_argument("--config-text", default="{}", help="the agent's configuration (its content)")
+    create.add_argument("--endowment", type=int, default=0, help="0: the configured default")
+    operator(create)
+    create.set_defaults(fn=_agent_create)
+    lst = agent.add_parser("list", help="list agents")
+    operator(lst)
+    lst.set_defaults(fn=_agent_list)
+
+    status = sub.add_parser("status", help="server statistics and the ledger invariant")
+    operator(status)
+    status.set_defaults(fn=_status)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

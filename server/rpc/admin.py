@@ -1,0 +1,46 @@
+"""The Admin service (operators)."""
+
+from __future__ import annotations
+
+import time
+
+from ecology.v1 import admin_pb2, admin_pb2_grpc
+from server.rpc import convert
+from server.rpc.world import translate_errors
+from server.storage.db import SCHEMA_VERSION
+
+
+class AdminService(admin_pb2_grpc.AdminServicer):
+    def __init__(self, runtime) -> None:
+        self.rt = runtime
+        self.kernel = runtime.kernel
+
+    @translate_errors
+    async def CreateAgent(self, request, context):
+        overrides = {
+            "endowment": request.endowment, "rpc_rate": request.rpc_rate, "rpc_burst": request.rpc_burst,
+            "compute_rate": request.compute_rate, "compute_capacity": request.compute_capacity,
+            "disk_quota_bytes": request.disk_quota_bytes, "llm_budget_micro_usd": request.llm_budget_micro_usd,
+        }
+        metadata = convert.plain_struct(request.metadata, "metadata", self.rt.config.limits)
+        d = await self.rt.executor.run(lambda conn: self.kernel.op_create_agent(
+            conn, request.name, request.config, metadata=metadata, overrides=overrides,
+            access_contract_id=request.access_contract_id))
+        self.rt.credentials.add(d["token"], d["agent_id"], d["rpc_rate"], d["rpc_burst"])
+        return admin_pb2.CreateAgentResponse(agent_id=d["agent_id"], token=d["token"],
+                                             agent=convert.artifact(d["agent"]))
+
+    @translate_errors
+    async def ListAgents(self, request, context):
+        items, nxt = self.kernel.list_agents(self.rt.reader, request.page_size, request.cursor)
+        return admin_pb2.ListAgentsResponse(agents=[convert.agent_summary(a) for a in items], next_cursor=nxt)
+
+    @translate_errors
+    async def GetStats(self, request, context):
+        s = self.kernel.stats(self.rt.reader)
+        return admin_pb2.GetStatsResponse(
+            now=convert.timestamp(s["now"]), agents=s["agents"], artifacts=s["artifacts"],
+            tombstones=s["tombstones"], minted=s["minted"], burned=s["burned"],
+            total_balances=s["total_balances"], last_event_seq=s["last_event_seq"],
+            ledger_entries=s["ledger_entries"], uptime_seconds=time.monotonic() - self.rt.started,
+            schema_version=SCHEMA_VERSION, listen=self.rt.addresses)

@@ -1,0 +1,158 @@
+"""The World service: thin translation between protobuf and the kernel.
+
+Mutations go to the executor (one writer, group commit, acknowledged after COMMIT);
+queries use the read connection, which sees only committed state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+
+import grpc
+
+from ecology.v1 import world_pb2, world_pb2_grpc
+from server.errors import KernelError, Reason, invalid
+from server.kernel import events
+from server.rpc import convert
+from server.rpc.guard import CALLER
+from server.rpc.status import abort
+
+
+def caller_id() -> str:
+    caller = CALLER.get(None)
+    if caller is None or caller.principal_id is None:  # the guard prevents this
+        raise KernelError(Reason.UNAUTHENTICATED, "no authenticated principal")
+    return caller.principal_id
+
+
+def translate_errors(fn):
+    """Turn KernelError into a gRPC status with ErrorInfo/RetryInfo."""
+
+    @functools.wraps(fn)
+    async def wrapper(self, request, context):
+        try:
+            return await fn(self, request, context)
+        except KernelError as err:
+            await abort(context, err)
+
+    return wrapper
+
+
+class EventHub:
+    """Wakes Subscribe streams after a commit. Waiters take `current()` *before* reading,
+    so a commit between their read and their wait is never missed."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def current(self) -> asyncio.Event:
+        return self._event
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+
+class WorldService(world_pb2_grpc.WorldServicer):
+    def __init__(self, runtime) -> None:
+        self.rt = runtime
+        self.kernel = runtime.kernel
+        self.limits = runtime.config.limits
+
+    @translate_errors
+    async def GetState(self, request, context):
+        return convert.state(self.kernel.get_state(self.rt.reader, caller_id()))
+
+    @translate_errors
+    async def ReadArtifact(self, request, context):
+        caller = caller_id()
+        d = await self.rt.executor.run(lambda conn: self.kernel.op_read(conn, caller, request.artifact_id))
+        return world_pb2.ReadArtifactResponse(artifact=convert.artifact(d))
+
+    @translate_errors
+    async def WriteArtifact(self, request, context):
+        caller = caller_id()
+        req = {
+            "artifact_id": request.artifact_id,
+            "content": request.content,
+            "access_contract_id": request.access_contract_id,
+            "can_execute": request.can_execute,
+            "interface": [convert.method_spec(m, self.limits, i) for i, m in enumerate(request.interface)]
+            if len(request.interface) else None,
+            "metadata": convert.plain_struct(request.metadata, "metadata", self.limits),
+            "state": convert.plain_struct(request.state, "state", self.limits),
+            "expected_version": request.expected_version,
+            "create_only": request.create_only,
+            "replace_interface": request.replace_interface,
+            "replace_metadata": request.replace_metadata,
+            "replace_state": request.replace_state,
+        }
+        if request.expected_version < 0:
+            raise invalid("expected_version", "must not be negative")
+        d = await self.rt.executor.run(lambda conn: self.kernel.idempotent(
+            conn, caller, request.request_id, "WriteArtifact", lambda: self.kernel.op_write(conn, caller, req)))
+        return world_pb2.WriteArtifactResponse(artifact=convert.artifact(d["artifact"]), created=d["created"])
+
+    @translate_errors
+    async def DeleteArtifact(self, request, context):
+        caller = caller_id()
+        if request.expected_version < 0:
+            raise invalid("expected_version", "must not be negative")
+        d = await self.rt.executor.run(lambda conn: self.kernel.idempotent(
+            conn, caller, request.request_id, "DeleteArtifact",
+            lambda: self.kernel.op_delete(conn, caller, request.artifact_id, request.expected_version)))
+        return world_pb2.DeleteArtifactResponse(artifact=convert.artifact(d["artifact"]))
+
+    @translate_errors
+    async def InvokeArtifact(self, request, context):
+        caller = caller_id()
+        if not request.method:
+            raise invalid("method", "a method name is required")
+        args = convert.plain_struct(request.args, "args", self.limits)
+        if request.args.ByteSize() > self.limits["max_args_bytes"]:
+            raise invalid("args", f"at most {self.limits['max_args_bytes']} bytes")
+        result = await self.rt.executor.run(lambda conn: self.kernel.idempotent(
+            conn, caller, request.request_id, f"InvokeArtifact:{request.artifact_id}.{request.method}",
+            lambda: self.kernel.op_invoke(conn, caller, request.artifact_id, request.method, args)))
+        return world_pb2.InvokeArtifactResponse(result=convert.value(result))
+
+    @translate_errors
+    async def ListArtifacts(self, request, context):
+        caller_id()
+        items, nxt = self.kernel.list_artifacts(
+            self.rt.reader,
+            created_by=request.created_by, kind=request.kind,
+            has_standing=request.has_standing if request.HasField("has_standing") else None,
+            can_execute=request.can_execute if request.HasField("can_execute") else None,
+            metadata_equals=convert.plain_struct(request.metadata_equals, "metadata_equals", self.limits),
+            include_deleted=request.include_deleted, page_size=request.page_size, cursor=request.cursor)
+        return world_pb2.ListArtifactsResponse(artifacts=[convert.artifact(a) for a in items], next_cursor=nxt)
+
+    async def Subscribe(self, request, context):
+        try:
+            caller_id()
+            max_filters = self.limits["max_subscribe_filters"]
+            for name in ("types", "artifact_ids", "principal_ids"):
+                if len(getattr(request, name)) > max_filters:
+                    raise invalid(name, f"at most {max_filters} entries")
+            if request.after_seq < 0:
+                raise invalid("after_seq", "must not be negative")
+        except KernelError as err:
+            await abort(context, err)
+        after = request.after_seq
+        hub: EventHub = self.rt.hub
+        while True:
+            wake = hub.current()
+            found, after = events.scan(
+                self.rt.reader, after=after, limit=200, types=tuple(request.types),
+                artifact_ids=tuple(request.artifact_ids), principal_ids=tuple(request.principal_ids))
+            for ev in found:
+                yield convert.event(ev)
+            if not found and after >= events.last_seq(self.rt.reader):
+                if self.rt.stopping:
+                    return
+                try:
+                    await asyncio.wait_for(wake.wait(), timeout=5.0)
+                except asyncio.TimeoutError:
+                    pass
