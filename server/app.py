@@ -100,8 +100,8 @@ class WorldServer:
             limits=GuardLimits(
                 principal_rate=rl["principal_rate"], principal_burst=rl["principal_burst"],
                 connection_rate=rl["connection_rate"], connection_burst=rl["connection_burst"],
-                max_in_flight_per_principal=rl["max_in_flight_per_principal"],
-                max_streams_per_principal=rl["max_streams_per_principal"],
+                max_in_flight=rl["max_in_flight_per_principal"],
+                max_streams=rl["max_streams_per_principal"],
             ),
             per_principal_rate=self._rpc_override,
         )
@@ -135,8 +135,13 @@ class WorldServer:
         log.info("server_started", listen=self.addresses, data_dir=str(self.data_dir),
                  schema_version=self.schema_version, isolation="none (no user code runs in this server yet)")
 
-    def _rpc_override(self, principal_id: str):
-        return self.credentials.rpc_limits(principal_id)
+    def _rpc_override(self, principal_id: str) -> tuple[float, float] | None:
+        override = self.credentials.rpc_limits(principal_id)
+        if override is None:
+            return None
+        rate, burst = override
+        rl = self.config.rate_limits
+        return (rate or rl["principal_rate"], burst or rl["principal_burst"])
 
     def _bind(self, address: str) -> str:
         if address.startswith("unix:"):

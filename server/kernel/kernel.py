@@ -397,7 +397,7 @@ class Kernel:
     def stats(self, conn) -> dict:
         t = ledger.totals(conn)
         counts = conn.execute(
-            "SELECT SUM(deleted = 0), SUM(deleted = 1), SUM(has_standing AND can_execute AND deleted = 0) "
+            "SELECT SUM(deleted = 0), SUM(deleted = 1), SUM(has_standing AND can_execute AND deleted = 0 AND substr(id, 1, 8) != 'genesis_') "
             "FROM artifacts"
         ).fetchone()
         return {
@@ -411,6 +411,7 @@ class Kernel:
         page_size = min(max(page_size or 100, 1), self.config.limits["max_page_size"])
         rows = conn.execute(
             "SELECT id, deleted FROM artifacts WHERE has_standing = 1 AND can_execute = 1 AND id > ? "
+            "AND substr(id, 1, 8) != 'genesis_' "
             "ORDER BY id LIMIT ?", (cursor, page_size + 1)
         ).fetchall()
         now = self.clock()
