@@ -1,0 +1,140 @@
+"""Shared fixtures: a real world server in its own process, on a real unix socket and a
+real TCP port, with a real SQLite data directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from agent_runtime import AdminClient, WorldClient
+from server.storage import db
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class ServerProcess:
+    """`ecology serve` as a child process. `config` is TOML text."""
+
+    def __init__(self, data_dir: Path, config: str = "") -> None:
+        self.data_dir = data_dir
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.admin_token = "adm_test_" + uuid.uuid4().hex
+        self.config_path = data_dir.parent / f"{data_dir.name}.toml"
+        self.config_path.write_text(config)
+        self.socket = f"unix:{data_dir.parent / (data_dir.name + '.sock')}"
+        self.proc: subprocess.Popen | None = None
+        self.tcp: str | None = None
+        self._clients: list = []
+
+    def start(self, timeout: float = 20.0) -> "ServerProcess":
+        ready = self.data_dir / "server.json"
+        ready.unlink(missing_ok=True)
+        env = {**os.environ, "ECOLOGY_ADMIN_TOKEN": self.admin_token, "PYTHONPATH": str(ROOT)}
+        self.log = open(self.data_dir.parent / f"{self.data_dir.name}.log", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "serve", "--data-dir", str(self.data_dir),
+             "--listen", self.socket, "--listen", "127.0.0.1:0", "--config", str(self.config_path),
+             "--log-level", "warning"],
+            env=env, stdout=self.log, stderr=self.log, cwd=ROOT)
+        deadline = time.monotonic() + timeout
+        while not ready.exists():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log.name}")
+            if time.monotonic() > deadline:
+                raise TimeoutError("server did not start")
+            time.sleep(0.02)
+        self.tcp = json.loads(ready.read_text())["listen"][1]
+        return self
+
+    @property
+    def address(self) -> str:
+        return self.socket
+
+    def admin(self) -> AdminClient:
+        c = AdminClient(self.socket, self.admin_token)
+        self._clients.append(c)
+        return c
+
+    def client(self, token: str, tcp: bool = False) -> WorldClient:
+        c = WorldClient(self.tcp if tcp else self.socket, token)
+        self._clients.append(c)
+        return c
+
+    def agent(self, name: str, **overrides) -> WorldClient:
+        """Create an agent and return a client authenticated as it (.token, .agent_id set)."""
+        with AdminClient(self.socket, self.admin_token) as admin:
+            created = admin.create_agent(name, **overrides)
+        c = self.client(created.token)
+        c.token = created.token
+        c.agent_id = created.agent_id
+        return c
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to flush anything."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+        self._close_clients()
+
+    def stop(self) -> int:
+        """SIGTERM: graceful drain. Returns the exit code."""
+        code = 0
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            code = self.proc.wait(timeout=30)
+        self._close_clients()
+        return code
+
+    def restart(self) -> "ServerProcess":
+        self.stop()
+        return self.start()
+
+    def _close_clients(self) -> None:
+        for c in self._clients:
+            try:
+                c.close()
+            except Exception:
+                pass
+        self._clients.clear()
+
+    def db(self):
+        """A read-only connection to the server's SQLite file."""
+        return db.connect(self.data_dir / db.DB_FILE, readonly=True)
+
+
+@pytest.fixture
+def make_server(tmp_path):
+    servers: list[ServerProcess] = []
+
+    def factory(config: str = "", name: str = "world") -> ServerProcess:
+        s = ServerProcess(tmp_path / name, config)
+        servers.append(s)
+        return s.start()
+
+    yield factory
+    for s in servers:
+        s.kill()
+
+
+@pytest.fixture
+def server(make_server) -> ServerProcess:
+    return make_server()
+
+
+def check_ledger(server: ServerProcess) -> dict:
+    """Assert the ledger invariants on the server's database file."""
+    from server.kernel import ledger
+
+    conn = server.db()
+    try:
+        return ledger.check_invariants(conn)
+    finally:
+        conn.close()
