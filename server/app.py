@@ -28,12 +28,17 @@ from server.rpc.admin import AdminService
 from server.rpc.auth import Credentials
 from server.rpc.guard import GuardLimits, RpcGuard
 from server.rpc.world import EventHub, WorldService
+from server.sandbox import Sandbox, SandboxSettings
 from server.storage import db
 from server.storage.executor import Executor
 
 log = structlog.get_logger("server")
 
 READY_FILE = "server.json"
+ISOLATION_NOTES = {
+    "bwrap": "artifact code runs in bubblewrap namespaces with seccomp and rlimits",
+    "process": "DEVELOPMENT ONLY: artifact code runs in plain subprocesses with rlimits, NOT isolated",
+}
 PURGE_INTERVAL_SECONDS = 60.0
 
 
@@ -83,7 +88,9 @@ class WorldServer:
         path = self.data_dir / db.DB_FILE
         self.writer_conn = db.connect(path)
         self.schema_version = db.migrate(self.writer_conn)
-        self.kernel = Kernel(self.config, clock=self.clock)
+        sb = self.config["sandbox"]
+        self.sandbox = Sandbox(SandboxSettings(**sb))
+        self.kernel = Kernel(self.config, clock=self.clock, sandbox=self.sandbox)
         self.executor = Executor(self.writer_conn, max_batch=self.config.server["max_batch"])
         self.executor.run_blocking(self.kernel.bootstrap)
         self.reader = db.connect(path)
@@ -133,7 +140,8 @@ class WorldServer:
         self._tasks.append(asyncio.create_task(self._purge_loop()))
         self._write_ready_file()
         log.info("server_started", listen=self.addresses, data_dir=str(self.data_dir),
-                 schema_version=self.schema_version, isolation="none (no user code runs in this server yet)")
+                 schema_version=self.schema_version, sandbox_isolation=self.sandbox.isolation,
+                 sandbox_note=ISOLATION_NOTES[self.sandbox.isolation])
 
     def _rpc_override(self, principal_id: str) -> tuple[float, float] | None:
         override = self.credentials.rpc_limits(principal_id)
@@ -190,6 +198,7 @@ class WorldServer:
             t.cancel()
         await self.grpc_server.stop(grace)
         self.executor.stop()
+        self.sandbox.close()
         self.reader.close()
         self.writer_conn.close()
         (self.data_dir / READY_FILE).unlink(missing_ok=True)

@@ -68,6 +68,23 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "max_in_flight_per_principal": 64,
         "max_streams_per_principal": 8,
     },
+    "sandbox": {
+        # auto: bubblewrap where it works, else plain processes (development only).
+        "isolation": "auto",
+        # Wall clock for a whole invocation, nested calls included; contracts get less.
+        "timeout_seconds": 2.0,
+        "contract_timeout_seconds": 0.5,
+        "memory_bytes": 256 * 1024 * 1024,
+        "file_bytes": 1024 * 1024,
+        "tmpfs_bytes": 8 * 1024 * 1024,
+        "open_files": 32,
+        # A worker is replaced after this many calls.
+        "max_uses": 200,
+        "spare_workers": 2,
+        "max_idle_workers": 16,
+        # Nesting depth of invoke() from artifact code.
+        "max_depth": 5,
+    },
     # Compute charged per verb, and per genesis method ("artifact.method"), in units of
     # the `compute` flow resource. A genesis call pays `invoke` plus its own entry.
     "costs": {
@@ -79,6 +96,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "genesis_escrow.list": 1.0,
         "genesis_escrow.purchase": 1.0,
         "genesis_store.search": 2.0,
+        # Per CPU second that artifact code actually used (measured by the sandbox).
+        "cpu_second": 100.0,
     },
 }
 
@@ -148,6 +167,8 @@ def build(overrides: dict[str, Any] | None = None) -> Config:
                 raise ConfigError(f"config key {name}: unknown key")
             else:
                 data[section][key] = _check_type(name, value, DEFAULTS[section][key])
+    if data["sandbox"]["isolation"] not in ("auto", "bwrap", "process"):
+        raise ConfigError("config key sandbox.isolation: one of auto, bwrap, process")
     if data["server"]["max_batch"] < 1:
         raise ConfigError("config key server.max_batch: must be at least 1")
     return Config(data)

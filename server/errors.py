@@ -34,6 +34,8 @@ class Reason(str, enum.Enum):
     DELETED = "DELETED"
     CONFLICT = "CONFLICT"
     NOT_LISTED = "NOT_LISTED"
+    CALL_DEPTH_EXCEEDED = "CALL_DEPTH_EXCEEDED"
+    CALL_CYCLE = "CALL_CYCLE"
     INTERNAL = "INTERNAL"
 
     @property
@@ -60,6 +62,8 @@ _CODES = {
     Reason.DELETED: grpc.StatusCode.NOT_FOUND,
     Reason.CONFLICT: grpc.StatusCode.ABORTED,
     Reason.NOT_LISTED: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.CALL_DEPTH_EXCEEDED: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.CALL_CYCLE: grpc.StatusCode.FAILED_PRECONDITION,
     Reason.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 
@@ -76,8 +80,12 @@ class KernelError(Exception):
         field: str | None = None,
         retry_after: float | None = None,
         code: grpc.StatusCode | None = None,
+        cpu_charge: tuple[str, float] | None = None,
     ) -> None:
         super().__init__(message)
+        # (payer, cpu seconds) that failed user code used: charged even though the
+        # call's other effects are rolled back.
+        self.cpu_charge = cpu_charge
         self.reason = reason
         self.message = message
         self.field = field
@@ -132,5 +140,7 @@ REASON_HELP: dict[Reason, str] = {
     Reason.DELETED: "The artifact is a tombstone.",
     Reason.CONFLICT: "expected_version did not match, or the artifact is already listed in escrow.",
     Reason.NOT_LISTED: "genesis_escrow: the artifact is not for sale.",
+    Reason.CALL_DEPTH_EXCEEDED: "Nested invoke() calls went deeper than sandbox.max_depth.",
+    Reason.CALL_CYCLE: "A nested invoke() would re-enter an artifact already on the call stack.",
     Reason.INTERNAL: "A server fault; nothing was applied.",
 }

@@ -27,7 +27,7 @@ from ecology.v1 import world_pb2 as ecology_dot_v1_dot_world__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x65\x63ology/v1/admin.proto\x12\necology.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x16\x65\x63ology/v1/world.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x99\x02\n\x12\x43reateAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x63onfig\x18\x02 \x01(\t\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tendowment\x18\x04 \x01(\x03\x12\x10\n\x08rpc_rate\x18\x05 \x01(\x01\x12\x11\n\trpc_burst\x18\x06 \x01(\x01\x12\x14\n\x0c\x63ompute_rate\x18\x07 \x01(\x01\x12\x18\n\x10\x63ompute_capacity\x18\x08 \x01(\x01\x12\x18\n\x10\x64isk_quota_bytes\x18\t \x01(\x03\x12\x1c\n\x14llm_budget_micro_usd\x18\n \x01(\x03\x12\x1a\n\x12\x61\x63\x63\x65ss_contract_id\x18\x0b \x01(\t\"[\n\x13\x43reateAgentResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12#\n\x05\x61gent\x18\x03 \x01(\x0b\x32\x14.ecology.v1.Artifact\"6\n\x11ListAgentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\"\x92\x01\n\x0c\x41gentSummary\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\r\n\x05scrip\x18\x02 \x01(\x03\x12&\n\x04\x66low\x18\x03 \x03(\x0b\x32\x18.ecology.v1.FlowResource\x12(\n\x05stock\x18\x04 \x03(\x0b\x32\x19.ecology.v1.StockResource\x12\x0f\n\x07\x64\x65leted\x18\x05 \x01(\x08\"S\n\x12ListAgentsResponse\x12(\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x18.ecology.v1.AgentSummary\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"\x11\n\x0fGetStatsRequest\"\x9a\x02\n\x10GetStatsResponse\x12\'\n\x03now\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x61gents\x18\x02 \x01(\x03\x12\x11\n\tartifacts\x18\x03 \x01(\x03\x12\x12\n\ntombstones\x18\x04 \x01(\x03\x12\x0e\n\x06minted\x18\x05 \x01(\x03\x12\x0e\n\x06\x62urned\x18\x06 \x01(\x03\x12\x16\n\x0etotal_balances\x18\x07 \x01(\x03\x12\x16\n\x0elast_event_seq\x18\x08 \x01(\x03\x12\x16\n\x0eledger_entries\x18\t \x01(\x03\x12\x16\n\x0euptime_seconds\x18\n \x01(\x01\x12\x16\n\x0eschema_version\x18\x0b \x01(\x05\x12\x0e\n\x06listen\x18\x0c \x03(\t2\xeb\x01\n\x05\x41\x64min\x12N\n\x0b\x43reateAgent\x12\x1e.ecology.v1.CreateAgentRequest\x1a\x1f.ecology.v1.CreateAgentResponse\x12K\n\nListAgents\x12\x1d.ecology.v1.ListAgentsRequest\x1a\x1e.ecology.v1.ListAgentsResponse\x12\x45\n\x08GetStats\x12\x1b.ecology.v1.GetStatsRequest\x1a\x1c.ecology.v1.GetStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x65\x63ology/v1/admin.proto\x12\necology.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x16\x65\x63ology/v1/world.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc4\x02\n\x12\x43reateAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x63onfig\x18\x02 \x01(\t\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tendowment\x18\x04 \x01(\x03\x12\x10\n\x08rpc_rate\x18\x05 \x01(\x01\x12\x11\n\trpc_burst\x18\x06 \x01(\x01\x12\x14\n\x0c\x63ompute_rate\x18\x07 \x01(\x01\x12\x18\n\x10\x63ompute_capacity\x18\x08 \x01(\x01\x12\x18\n\x10\x64isk_quota_bytes\x18\t \x01(\x03\x12\x1c\n\x14llm_budget_micro_usd\x18\n \x01(\x03\x12\x1a\n\x12\x61\x63\x63\x65ss_contract_id\x18\x0b \x01(\t\x12)\n\tinterface\x18\x0c \x03(\x0b\x32\x16.ecology.v1.MethodSpec\"[\n\x13\x43reateAgentResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12#\n\x05\x61gent\x18\x03 \x01(\x0b\x32\x14.ecology.v1.Artifact\"6\n\x11ListAgentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\"\x92\x01\n\x0c\x41gentSummary\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\r\n\x05scrip\x18\x02 \x01(\x03\x12&\n\x04\x66low\x18\x03 \x03(\x0b\x32\x18.ecology.v1.FlowResource\x12(\n\x05stock\x18\x04 \x03(\x0b\x32\x19.ecology.v1.StockResource\x12\x0f\n\x07\x64\x65leted\x18\x05 \x01(\x08\"S\n\x12ListAgentsResponse\x12(\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x18.ecology.v1.AgentSummary\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"\x11\n\x0fGetStatsRequest\"\xb5\x02\n\x10GetStatsResponse\x12\'\n\x03now\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x61gents\x18\x02 \x01(\x03\x12\x11\n\tartifacts\x18\x03 \x01(\x03\x12\x12\n\ntombstones\x18\x04 \x01(\x03\x12\x0e\n\x06minted\x18\x05 \x01(\x03\x12\x0e\n\x06\x62urned\x18\x06 \x01(\x03\x12\x16\n\x0etotal_balances\x18\x07 \x01(\x03\x12\x16\n\x0elast_event_seq\x18\x08 \x01(\x03\x12\x16\n\x0eledger_entries\x18\t \x01(\x03\x12\x16\n\x0euptime_seconds\x18\n \x01(\x01\x12\x16\n\x0eschema_version\x18\x0b \x01(\x05\x12\x0e\n\x06listen\x18\x0c \x03(\t\x12\x19\n\x11sandbox_isolation\x18\r \x01(\t2\xeb\x01\n\x05\x41\x64min\x12N\n\x0b\x43reateAgent\x12\x1e.ecology.v1.CreateAgentRequest\x1a\x1f.ecology.v1.CreateAgentResponse\x12K\n\nListAgents\x12\x1d.ecology.v1.ListAgentsRequest\x1a\x1e.ecology.v1.ListAgentsResponse\x12\x45\n\x08GetStats\x12\x1b.ecology.v1.GetStatsRequest\x1a\x1c.ecology.v1.GetStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,19 +35,19 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ecology.v1.admin_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CREATEAGENTREQUEST']._serialized_start=126
-  _globals['_CREATEAGENTREQUEST']._serialized_end=407
-  _globals['_CREATEAGENTRESPONSE']._serialized_start=409
-  _globals['_CREATEAGENTRESPONSE']._serialized_end=500
-  _globals['_LISTAGENTSREQUEST']._serialized_start=502
-  _globals['_LISTAGENTSREQUEST']._serialized_end=556
-  _globals['_AGENTSUMMARY']._serialized_start=559
-  _globals['_AGENTSUMMARY']._serialized_end=705
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=707
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=790
-  _globals['_GETSTATSREQUEST']._serialized_start=792
-  _globals['_GETSTATSREQUEST']._serialized_end=809
-  _globals['_GETSTATSRESPONSE']._serialized_start=812
-  _globals['_GETSTATSRESPONSE']._serialized_end=1094
-  _globals['_ADMIN']._serialized_start=1097
-  _globals['_ADMIN']._serialized_end=1332
+  _globals['_CREATEAGENTREQUEST']._serialized_end=450
+  _globals['_CREATEAGENTRESPONSE']._serialized_start=452
+  _globals['_CREATEAGENTRESPONSE']._serialized_end=543
+  _globals['_LISTAGENTSREQUEST']._serialized_start=545
+  _globals['_LISTAGENTSREQUEST']._serialized_end=599
+  _globals['_AGENTSUMMARY']._serialized_start=602
+  _globals['_AGENTSUMMARY']._serialized_end=748
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=750
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=833
+  _globals['_GETSTATSREQUEST']._serialized_start=835
+  _globals['_GETSTATSREQUEST']._serialized_end=852
+  _globals['_GETSTATSRESPONSE']._serialized_start=855
+  _globals['_GETSTATSRESPONSE']._serialized_end=1164
+  _globals['_ADMIN']._serialized_start=1167
+  _globals['_ADMIN']._serialized_end=1402
 # @@protoc_insertion_point(module_scope)

@@ -12,7 +12,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CreateAgentRequest(_message.Message):
-    __slots__ = ("name", "config", "metadata", "endowment", "rpc_rate", "rpc_burst", "compute_rate", "compute_capacity", "disk_quota_bytes", "llm_budget_micro_usd", "access_contract_id")
+    __slots__ = ("name", "config", "metadata", "endowment", "rpc_rate", "rpc_burst", "compute_rate", "compute_capacity", "disk_quota_bytes", "llm_budget_micro_usd", "access_contract_id", "interface")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
@@ -24,6 +24,7 @@ class CreateAgentRequest(_message.Message):
     DISK_QUOTA_BYTES_FIELD_NUMBER: _ClassVar[int]
     LLM_BUDGET_MICRO_USD_FIELD_NUMBER: _ClassVar[int]
     ACCESS_CONTRACT_ID_FIELD_NUMBER: _ClassVar[int]
+    INTERFACE_FIELD_NUMBER: _ClassVar[int]
     name: str
     config: str
     metadata: _struct_pb2.Struct
@@ -35,7 +36,8 @@ class CreateAgentRequest(_message.Message):
     disk_quota_bytes: int
     llm_budget_micro_usd: int
     access_contract_id: str
-    def __init__(self, name: _Optional[str] = ..., config: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., endowment: _Optional[int] = ..., rpc_rate: _Optional[float] = ..., rpc_burst: _Optional[float] = ..., compute_rate: _Optional[float] = ..., compute_capacity: _Optional[float] = ..., disk_quota_bytes: _Optional[int] = ..., llm_budget_micro_usd: _Optional[int] = ..., access_contract_id: _Optional[str] = ...) -> None: ...
+    interface: _containers.RepeatedCompositeFieldContainer[_world_pb2.MethodSpec]
+    def __init__(self, name: _Optional[str] = ..., config: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., endowment: _Optional[int] = ..., rpc_rate: _Optional[float] = ..., rpc_burst: _Optional[float] = ..., compute_rate: _Optional[float] = ..., compute_capacity: _Optional[float] = ..., disk_quota_bytes: _Optional[int] = ..., llm_budget_micro_usd: _Optional[int] = ..., access_contract_id: _Optional[str] = ..., interface: _Optional[_Iterable[_Union[_world_pb2.MethodSpec, _Mapping]]] = ...) -> None: ...
 
 class CreateAgentResponse(_message.Message):
     __slots__ = ("agent_id", "token", "agent")
@@ -82,7 +84,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("now", "agents", "artifacts", "tombstones", "minted", "burned", "total_balances", "last_event_seq", "ledger_entries", "uptime_seconds", "schema_version", "listen")
+    __slots__ = ("now", "agents", "artifacts", "tombstones", "minted", "burned", "total_balances", "last_event_seq", "ledger_entries", "uptime_seconds", "schema_version", "listen", "sandbox_isolation")
     NOW_FIELD_NUMBER: _ClassVar[int]
     AGENTS_FIELD_NUMBER: _ClassVar[int]
     ARTIFACTS_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +97,7 @@ class GetStatsResponse(_message.Message):
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
     SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
     LISTEN_FIELD_NUMBER: _ClassVar[int]
+    SANDBOX_ISOLATION_FIELD_NUMBER: _ClassVar[int]
     now: _timestamp_pb2.Timestamp
     agents: int
     artifacts: int
@@ -107,4 +110,5 @@ class GetStatsResponse(_message.Message):
     uptime_seconds: float
     schema_version: int
     listen: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, now: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agents: _Optional[int] = ..., artifacts: _Optional[int] = ..., tombstones: _Optional[int] = ..., minted: _Optional[int] = ..., burned: _Optional[int] = ..., total_balances: _Optional[int] = ..., last_event_seq: _Optional[int] = ..., ledger_entries: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., schema_version: _Optional[int] = ..., listen: _Optional[_Iterable[str]] = ...) -> None: ...
+    sandbox_isolation: str
+    def __init__(self, now: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agents: _Optional[int] = ..., artifacts: _Optional[int] = ..., tombstones: _Optional[int] = ..., minted: _Optional[int] = ..., burned: _Optional[int] = ..., total_balances: _Optional[int] = ..., last_event_seq: _Optional[int] = ..., ledger_entries: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., schema_version: _Optional[int] = ..., listen: _Optional[_Iterable[str]] = ..., sandbox_isolation: _Optional[str] = ...) -> None: ...

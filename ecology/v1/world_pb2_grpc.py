@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class WorldStub:
-    """Missing associated documentation comment in .proto file."""
+    """The agents' API: every call authenticated with the agent's bearer token.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -72,7 +73,8 @@ class WorldStub:
 
 
 class WorldServicer:
-    """Missing associated documentation comment in .proto file."""
+    """The agents' API: every call authenticated with the agent's bearer token.
+    """
 
     def GetState(self, request, context):
         """The caller's own state and the server's time. Free of compute.
@@ -170,7 +172,8 @@ def add_WorldServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class World:
-    """Missing associated documentation comment in .proto file."""
+    """The agents' API: every call authenticated with the agent's bearer token.
+    """
 
     @staticmethod
     def GetState(request,

@@ -38,8 +38,6 @@ class HandbookArtifact(Genesis):
         pages["errors"] = "# Errors (google.rpc.ErrorInfo.reason)\n" + "".join(
             f"- {r.value} (gRPC {r.code.name}): {REASON_HELP[r]}\n" for r in Reason)
         for g in sorted(self.kernel.genesis.values(), key=lambda g: g.id):
-            if g.id == self.id:
-                continue
             lines = [f"# {g.id}", g.description, ""]
             for spec in g.interface():
                 schema = spec["input_schema"]

@@ -63,6 +63,11 @@ class TokenBucket:
             return 0.0
         return self.seconds_until(amount, now)
 
+    def force_spend(self, amount: float, now: float) -> None:
+        """Spend what was already consumed (e.g. CPU time), even while in debt."""
+        self.refill(now)
+        self.balance -= amount
+
     def spend(self, amount: float, now: float) -> float:
         """Spend with debt. Returns 0.0 on success; when already in debt, spends nothing
         and returns the seconds until usable again."""

@@ -109,6 +109,60 @@ class NoSandboxRunner:
         return Decision(False, f"contract {contract.id} is user code and no sandbox is configured")
 
 
+class SandboxedContracts:
+    """Runs user-written contracts in the sandbox: no invoke, no pay, a short timeout.
+    Errors, timeouts, impure attempts and malformed answers deny. Contracts whose
+    metadata says `cacheable: true` have their answers cached per (contract version,
+    target, action, requester, metadata, state) - so a change to the contract or to the
+    target's state invalidates the entry."""
+
+    def __init__(self, sandbox, timeout: float, cache_size: int = 10_000) -> None:
+        self.sandbox = sandbox
+        self.timeout = timeout
+        self.cache_size = cache_size
+        self._cache: dict[tuple, Decision] = {}
+
+    def check(self, contract, artifact_id, action, requester_id, context) -> Decision:
+        import time
+
+        from server.kernel.artifacts import dumps
+        from server.sandbox import CodeError
+
+        key = None
+        if contract.metadata.get("cacheable") is True:
+            key = (contract.id, contract.version, artifact_id, action, requester_id,
+                   dumps(context.get("metadata", {})), dumps(context.get("state", {})),
+                   context.get("created_by"))
+            hit = self._cache.get(key)
+            if hit is not None:
+                return hit
+        impure = []
+
+        def refuse(msg: dict) -> dict:
+            impure.append(msg.get("type"))
+            return {"type": "error", "reason": "ACCESS_DENIED", "message": "contracts are pure: no invoke or pay"}
+
+        try:
+            result = self.sandbox.call(
+                contract.id, contract.content, [m["name"] for m in contract.interface], CONTRACT_METHOD,
+                {"artifact_id": artifact_id, "action": action, "requester_id": requester_id, "context": context},
+                {"artifact_id": contract.id, "caller": "kernel", "contract": True},
+                time.monotonic() + self.timeout, refuse)
+        except CodeError as e:
+            return Decision(False, f"contract {contract.id} failed ({e.reason}: {e.message}); denied")
+        if impure:
+            return Decision(False, f"contract {contract.id} tried to {impure[0]}; contracts are pure; denied")
+        value = result.value
+        if not isinstance(value, dict) or not isinstance(value.get("allowed"), bool):
+            return Decision(False, f"contract {contract.id} returned no boolean 'allowed'; denied")
+        decision = Decision(value["allowed"], str(value.get("reason", ""))[:500] or contract.id)
+        if key is not None:
+            if len(self._cache) >= self.cache_size:
+                self._cache.clear()
+            self._cache[key] = decision
+        return decision
+
+
 def context_for(target: Artifact, now: float) -> dict:
     return {
         "metadata": target.metadata,

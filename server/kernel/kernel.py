@@ -22,7 +22,7 @@ from typing import Any
 
 from server.config import Config
 from server.errors import KernelError, Reason, invalid
-from server.kernel import artifacts, contracts, events, ledger, resources
+from server.kernel import artifacts, contracts, events, invocation, ledger, resources
 from server.kernel.artifacts import Artifact, SYSTEM_ACCOUNT, dumps
 from server.storage.executor import Failed
 
@@ -35,11 +35,15 @@ def hash_token(token: str) -> str:
 
 
 class Kernel:
-    def __init__(self, config: Config, *, clock: Callable[[], float] = time.time,
-                 runner: contracts.ContractRunner | None = None) -> None:
+    def __init__(self, config: Config, *, clock: Callable[[], float] = time.time, sandbox=None) -> None:
+        """`sandbox` (server.sandbox.Sandbox) runs user code and user contracts; without
+        one, invoking user code fails SANDBOX_UNAVAILABLE and user contracts deny."""
         self.config = config
         self.clock = clock
-        self.runner = runner or contracts.NoSandboxRunner()
+        self.sandbox = sandbox
+        self.runner: contracts.ContractRunner = (
+            contracts.SandboxedContracts(sandbox, config["sandbox"]["contract_timeout_seconds"])
+            if sandbox is not None else contracts.NoSandboxRunner())
         from server.genesis import build_genesis  # genesis artifacts call back into the kernel
 
         self.genesis = build_genesis(self)
@@ -122,6 +126,10 @@ class Kernel:
             self._remember(conn, caller, request_id, method, False, err.to_dict())
             return Failed(err)
         conn.execute("RELEASE idem")
+        if isinstance(result, Failed):  # failed, but with charges that stand (CPU used)
+            if result.error.retry_after is None:
+                self._remember(conn, caller, request_id, method, False, result.error.to_dict())
+            return result
         self._remember(conn, caller, request_id, method, True, result)
         return result
 
@@ -157,6 +165,9 @@ class Kernel:
         if size > limits["max_content_bytes"]:
             raise invalid("content", f"at most {limits['max_content_bytes']} bytes")
         metadata = self._limit_json(req.get("metadata"), "metadata", limits["max_metadata_bytes"])
+        price = metadata.get("price", 0)
+        if not isinstance(price, int) or isinstance(price, bool) or price < 0:
+            raise invalid("metadata.price", "a price is a non-negative integer of scrip")
         state = self._limit_json(req.get("state"), "state", limits["max_state_bytes"])
         if "controller" in state:
             raise invalid("state.controller", "control changes only through a transfer")
@@ -185,6 +196,8 @@ class Kernel:
                 raise invalid("interface", "only executable artifacts have an interface")
             self.charge(conn, caller, "write", now)
             resources.adjust_disk(conn, caller, size)
+            if can_execute:
+                self.check_code(artifact_id, content, interface)
             art = Artifact(
                 id=artifact_id, content=content, created_by=caller, access_contract_id=contract_id,
                 has_standing=False, can_execute=can_execute, interface=interface, metadata=metadata,
@@ -231,6 +244,8 @@ class Kernel:
         art = artifacts.bump(existing, now, content=content, access_contract_id=new_contract,
                              interface=new_interface, metadata=new_metadata, state=new_state,
                              size_bytes=size, billed_to=caller)
+        if art.can_execute and (content != existing.content or new_interface != existing.interface):
+            self.check_code(artifact_id, content, new_interface)
         artifacts.save(conn, art)
         events.append(conn, "artifact.written", principal_id=caller, artifact_id=artifact_id,
                       now=now, data={"version": art.version, "created": False})
@@ -262,28 +277,43 @@ class Kernel:
         return {"artifact": tomb.to_dict()}
 
     def op_invoke(self, conn, caller: str, artifact_id: str, method: str, args: dict) -> Any:
-        now = self.clock()
-        artifacts.check_id(artifact_id)
-        target = artifacts.require(conn, artifact_id)
-        if not target.can_execute:
-            raise KernelError(Reason.INVALID_ARGS, f"{artifact_id} is not executable", field="artifact_id")
-        artifacts.validate_args(target, method, args)
-        self.authorize(conn, target, "invoke", caller, now)
-        resources.require_usable(conn, caller, "compute", now)
-        self.charge(conn, caller, "invoke", now)
-        g = self.genesis.get(artifact_id)
-        if g is None:
-            raise KernelError(
-                Reason.SANDBOX_UNAVAILABLE,
-                f"{artifact_id} is user code; this server has no sandbox configured to run it",
-            )
-        self.charge(conn, caller, f"{artifact_id}.{method}", now)
-        return g.call(conn, caller, method, args, now)
+        """Invoke a method (server/kernel/invocation.py). If user code failed after using
+        CPU, everything is undone but that CPU charge, and the error is returned."""
+        frame = invocation.Frame(requester=caller, payer=caller, stack=(),
+                                 deadline=time.monotonic() + self.config["sandbox"]["timeout_seconds"])
+        conn.execute("SAVEPOINT invoke")
+        try:
+            value = invocation.invoke(self, conn, frame, artifact_id, method, args, self.clock())
+        except KernelError as err:
+            conn.execute("ROLLBACK TO invoke")
+            conn.execute("RELEASE invoke")
+            if err.cpu_charge is None:
+                raise
+            invocation.charge_cpu(self, conn, *err.cpu_charge, self.clock())
+            return Failed(err)
+        conn.execute("RELEASE invoke")
+        return value
+
+    def check_code(self, artifact_id: str, content: str, interface: list[dict]) -> None:
+        """Executable content must compile and define every interface method (checked
+        in the sandbox: the server never runs user code)."""
+        if not interface or self.sandbox is None:
+            return
+        from server.sandbox import CodeError
+
+        try:
+            self.sandbox.check(artifact_id, content, [m["name"] for m in interface],
+                               self.config["sandbox"]["timeout_seconds"])
+        except CodeError as e:
+            raise invalid("content", e.message)
 
     # -- operators -------------------------------------------------------------------
 
     def op_create_agent(self, conn, name: str, config_text: str, *, metadata: dict | None = None,
-                        overrides: dict | None = None, access_contract_id: str = "") -> dict:
+                        overrides: dict | None = None, access_contract_id: str = "",
+                        interface: list[dict] | None = None) -> dict:
+        """An agent: standing + code. With an `interface`, `config_text` is Python source
+        implementing it (an invokable principal that pays for its own work)."""
         now = self.clock()
         o = {k: v for k, v in (overrides or {}).items() if v}
         d = self.config.agents
@@ -296,7 +326,7 @@ class Kernel:
         if size > self.config.limits["max_content_bytes"]:
             raise invalid("config", "too large")
         metadata = self._limit_json(metadata, "metadata", self.config.limits["max_metadata_bytes"])
-        contract_id = access_contract_id or AGENT_CONTRACT
+        contract_id = access_contract_id or (DEFAULT_CONTRACT if interface else AGENT_CONTRACT)
         self._require_contract(conn, contract_id)
         for key in ("endowment", "disk_quota_bytes", "llm_budget_micro_usd"):
             if key in o and (not isinstance(o[key], int) or o[key] < 0):
@@ -304,12 +334,14 @@ class Kernel:
         for key in ("rpc_rate", "rpc_burst", "compute_rate", "compute_capacity"):
             if key in o and not (isinstance(o[key], (int, float)) and 0 < o[key] < 1e9):
                 raise invalid(key, "must be a positive finite number")
+        interface = artifacts.validate_interface(interface or [], self.config.limits)
         art = Artifact(
             id=agent_id, content=config_text, created_by=SYSTEM_ACCOUNT,
-            access_contract_id=contract_id, has_standing=True, can_execute=True, interface=[],
+            access_contract_id=contract_id, has_standing=True, can_execute=True, interface=interface,
             metadata={"kind": "agent", **metadata}, state={"controller": agent_id}, version=1,
             created_at=now, updated_at=now, size_bytes=size, billed_to=agent_id,
         )
+        self.check_code(agent_id, config_text, interface)
         artifacts.insert(conn, art)
         ledger.open_account(conn, agent_id)
         resources.create_principal(
@@ -377,12 +409,15 @@ class Kernel:
         if not include_deleted:
             where.append("deleted = 0")
         for key, value in (metadata_equals or {}).items():
+            path = "$." + json.dumps(key)
+            if isinstance(value, bool):  # JSON true/false, which SQLite extracts as 1/0
+                where.append("json_type(metadata, ?) = ?")
+                params.extend([path, "true" if value else "false"])
+                continue
             where.append("json_extract(metadata, ?) IS NOT NULL AND json(json_extract(metadata, ?)) = json(?)"
                          if isinstance(value, (dict, list)) else
-                         "json_type(metadata, ?) IS NOT NULL AND json_extract(metadata, ?) IS ?")
-            path = "$." + json.dumps(key)
-            params.extend([path, path, dumps(value) if isinstance(value, (dict, list)) else
-                           (int(value) if isinstance(value, bool) else value)])
+                         "json_type(metadata, ?) NOT IN ('true', 'false') AND json_extract(metadata, ?) IS ?")
+            params.extend([path, path, dumps(value) if isinstance(value, (dict, list)) else value])
         if query:
             like = "%" + query.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
             where.append("(lower(id) LIKE ? ESCAPE '\\' OR lower(metadata) LIKE ? ESCAPE '\\' "

@@ -63,13 +63,20 @@ def require_usable(conn, principal_id: str, resource: str, now: float) -> None:
         )
 
 
-def charge(conn, principal_id: str, resource: str, amount: float, now: float) -> None:
-    """Spend `amount` of a flow resource, possibly into debt."""
+def charge(conn, principal_id: str, resource: str, amount: float, now: float, *, force: bool = False) -> None:
+    """Spend `amount` of a flow resource, possibly into debt. `force`: charge for what
+    was already consumed (CPU time), even when already in debt."""
     if amount <= 0:
         return
     b = load_bucket(conn, principal_id, resource)
     if b is None:
+        if force:
+            return  # a payer without buckets cannot exist; nothing to charge
         raise KernelError(Reason.INSUFFICIENT_RESOURCES, f"{principal_id} has no {resource} resource")
+    if force:
+        b.force_spend(amount, now)
+        _store_bucket(conn, principal_id, resource, b)
+        return
     wait = b.spend(amount, now)
     if wait > 0:
         raise KernelError(
@@ -141,7 +148,8 @@ def transfer_quota(conn, src: str, dst: str, resource: str, amount: int | float,
         free = quota - used if resource == "disk_bytes" else quota
         if amount > free:
             raise KernelError(Reason.INSUFFICIENT_RESOURCES, f"{src} can give at most {free} {resource}")
-        stock(conn, dst, resource)  # must exist
+        if conn.execute("SELECT 1 FROM stock WHERE principal_id=? AND resource=?", (dst, resource)).fetchone() is None:
+            raise KernelError(Reason.NOT_FOUND, f"{dst!r} is not a principal with a {resource} quota", field="to")
         conn.execute("UPDATE stock SET quota=quota-? WHERE principal_id=? AND resource=?", (amount, src, resource))
         conn.execute("UPDATE stock SET quota=quota+? WHERE principal_id=? AND resource=?", (amount, dst, resource))
         return

@@ -22,10 +22,12 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             "compute_rate": request.compute_rate, "compute_capacity": request.compute_capacity,
             "disk_quota_bytes": request.disk_quota_bytes, "llm_budget_micro_usd": request.llm_budget_micro_usd,
         }
-        metadata = convert.plain_struct(request.metadata, "metadata", self.rt.config.limits)
+        limits = self.rt.config.limits
+        metadata = convert.plain_struct(request.metadata, "metadata", limits)
+        interface = [convert.method_spec(m, limits, i) for i, m in enumerate(request.interface)]
         d = await self.rt.executor.run(lambda conn: self.kernel.op_create_agent(
             conn, request.name, request.config, metadata=metadata, overrides=overrides,
-            access_contract_id=request.access_contract_id))
+            access_contract_id=request.access_contract_id, interface=interface))
         self.rt.credentials.add(d["token"], d["agent_id"], d["rpc_rate"], d["rpc_burst"])
         return admin_pb2.CreateAgentResponse(agent_id=d["agent_id"], token=d["token"],
                                              agent=convert.artifact(d["agent"]))
@@ -43,4 +45,5 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             tombstones=s["tombstones"], minted=s["minted"], burned=s["burned"],
             total_balances=s["total_balances"], last_event_seq=s["last_event_seq"],
             ledger_entries=s["ledger_entries"], uptime_seconds=time.monotonic() - self.rt.started,
-            schema_version=SCHEMA_VERSION, listen=self.rt.addresses)
+            schema_version=SCHEMA_VERSION, listen=self.rt.addresses,
+            sandbox_isolation=self.rt.sandbox.isolation if self.rt.sandbox else "none")

@@ -32,21 +32,26 @@ client that keeps calling while refused would still eat the server's CPU. Every 
 (principal, connection, anonymous-unix) has a second bucket, the *rejection allowance*
 (`free_reject_rate/free_reject_burst`): each rejection takes one unit. While the
 allowance lasts, rejections are answered at once. Once it is exhausted the client is
-flooding, and each further rejection is *held* before it is answered: it sleeps for the
-time at which the limiter's bucket would have a token for it *behind the rejections
-already held* ((held + 1 - balance) / rate, at least the call's own retry delay), capped at
-`max_flood_delay`. For unary calls the in-flight slot stays taken while the rejection is
-held, so a flooder's concurrency is bounded by `max_in_flight` (beyond that its calls are
-TOO_MANY_IN_FLIGHT, and those are held the same way). The effect: rejections to a flooder
-are paced at about its own rate limit, so a flooding principal costs the server roughly
-twice its rate limit in calls (accepted + rejected) plus its free allowance, whatever it
-sends; a closed-loop flooder is slowed down to its rate. At most `max_delayed` rejections
-are held per limiter at a time; beyond that they are answered at once (set the server
-option `grpc.max_concurrent_streams` to bound per-connection concurrency). Held
-rejections whose client gives up (deadline/cancel) are released immediately. The
-allowance refills over time and is not reset by successes, so a well-behaved agent that
-occasionally overshoots is never delayed. RetryInfo on a held rejection is still the wait
-computed when the call arrived.
+flooding, and each further rejection is *held* (asyncio.sleep) before it is answered, for
+its place in a queue drained at the limiter's own rate:
+* RATE_LIMITED: until the bucket would hold a token for it behind the RATE_LIMITED
+  rejections already held, (held + 1 - balance) / rate;
+* other refusals (TOO_MANY_IN_FLIGHT, TOO_MANY_STREAMS, UNAUTHENTICATED, ...):
+  (held + 1) / rate, counting the held non-RATE_LIMITED ones;
+never less than the call's own retry delay, never more than `max_flood_delay`. For unary
+calls the in-flight slot stays taken while a RATE_LIMITED rejection is held, so a
+flooder's concurrency is bounded by `max_in_flight`; its further calls are
+TOO_MANY_IN_FLIGHT and are held the same way. The effect: each kind of rejection to a
+flooder is answered at about its rate limit, so a flooding principal costs the server a
+small multiple of its rate limit in calls whatever it sends, and a closed-loop flooder is
+slowed down to about its rate, while a flooder still gets about its rate limit accepted
+(held rejections do not keep tokens from arriving calls). At most `max_delayed`
+rejections are held per limiter at a time; beyond that they are answered at once (set the
+server option `grpc.max_concurrent_streams` to bound per-connection concurrency). Held
+rejections whose client gives up (deadline/cancel) are released immediately, slot
+included. The allowance refills over time and is not reset by successes, so a well-behaved
+agent that occasionally overshoots is never delayed. RetryInfo on a held rejection is
+still the wait computed when the call arrived.
 
 Per-connection identity (researched for grpcio 1.85). gRPC Python exposes no per-connection
 identity to servicers or interceptors: the aio `ServicerContext` offers `peer()`,
@@ -177,18 +182,22 @@ def _bearer(value: str) -> str | None:
 class _Limiter:
     """A rate-limited identity: a connection, the anonymous unix callers, or a principal."""
 
-    __slots__ = ("bucket", "allowance", "held")
+    __slots__ = ("bucket", "allowance", "held_wait", "held_busy")
 
     def __init__(self, rate: float, burst: float, limits: GuardLimits, now: float) -> None:
         self.bucket = TokenBucket.full(rate, burst, now)
         self.allowance = TokenBucket.full(limits.free_reject_rate, limits.free_reject_burst, now)
-        self.held = 0  # rejections currently held back (flood protection)
+        # Rejections currently held back (flood protection): RATE_LIMITED ones, which
+        # queue for the bucket's tokens, and all others.
+        self.held_wait = 0
+        self.held_busy = 0
 
     def idle(self, now: float, idle_after: float) -> bool:
         b = self.bucket
         a = self.allowance
         return (
-            self.held == 0
+            self.held_wait == 0
+            and self.held_busy == 0
             and now - b.updated_at >= idle_after
             and now - a.updated_at >= idle_after
             and b.level(now) >= b.capacity
@@ -279,13 +288,18 @@ class RpcGuard(grpc.aio.ServerInterceptor):
         limits: GuardLimits = GuardLimits(),
         per_principal_rate: Callable[[str], tuple[float, float] | None] = lambda p: None,
         clock: Callable[[], float] = time.monotonic,
+        logger: Any = None,
     ) -> None:
+        """`authenticate(token)` -> principal id or None; `is_admin_token(token)`;
+        `per_principal_rate(principal_id)` -> (rate, burst) overriding the defaults for
+        that agent, or None; `clock` drives the buckets (monotonic seconds); `logger`
+        replaces structlog's "rpc" logger (anything with `.info(event, **fields)`)."""
         self._authenticate = authenticate
         self._is_admin_token = is_admin_token
         self.limits = limits
         self._per_principal_rate = per_principal_rate
         self._clock = clock
-        self._log = structlog.get_logger("rpc")
+        self._log: Any = logger  # None: structlog logger "rpc", bound on first use
         self._handlers: dict[str, tuple[Any, Any]] = {}  # method -> (original, wrapped)
         self._principals: dict[str, _Principal] = {}
         self._connections: dict[str, _Limiter] = {}
@@ -469,23 +483,37 @@ class RpcGuard(grpc.aio.ServerInterceptor):
             if lim is not None:
                 limits = self.limits
                 now = self._clock()
-                if lim.allowance.try_take(1.0, now) and lim.held < limits.max_delayed:
+                if (
+                    lim.allowance.try_take(1.0, now)
+                    and lim.held_wait + lim.held_busy < limits.max_delayed
+                ):
+                    # Flooding: hold the rejection until its place in the queue of held
+                    # rejections comes up at the limiter's rate.
                     b = lim.bucket
-                    if b.rate > 0:
-                        delay = (lim.held + 1 - b.level(now)) / b.rate
-                    else:
+                    waiting = rej.err.reason is Reason.RATE_LIMITED
+                    if b.rate <= 0:
                         delay = limits.max_flood_delay
+                    elif waiting:
+                        delay = (lim.held_wait + 1 - b.level(now)) / b.rate
+                    else:
+                        delay = (lim.held_busy + 1) / b.rate
                     own = rej.err.retry_after
                     if own is not None and math.isfinite(own) and own > delay:
                         delay = own
                     if delay > limits.max_flood_delay:
                         delay = limits.max_flood_delay
                     if delay > 0:
-                        lim.held += 1
+                        if waiting:
+                            lim.held_wait += 1
+                        else:
+                            lim.held_busy += 1
                         try:
                             await asyncio.sleep(delay)
                         finally:
-                            lim.held -= 1
+                            if waiting:
+                                lim.held_wait -= 1
+                            else:
+                                lim.held_busy -= 1
         finally:
             if rej.slot is not None:
                 rej.slot.in_flight -= 1
@@ -495,12 +523,17 @@ class RpcGuard(grpc.aio.ServerInterceptor):
 
     def _log_call(self, caller: Caller | None, method: str, code: str, t0: float, request) -> None:
         ms = round((time.perf_counter() - t0) * 1000.0, 3)
+        log = self._log
+        if log is None:
+            # Bound on first use (after the server configured structlog): skips the lazy
+            # proxy's per-call re-binding.
+            log = self._log = structlog.get_logger("rpc").bind()
         principal = caller.principal_id if caller is not None else None
         rid = getattr(request, "request_id", None)
         if rid:
-            self._log.info("rpc", principal=principal, method=method, code=code, duration_ms=ms, request_id=rid)
+            log.info("rpc", principal=principal, method=method, code=code, duration_ms=ms, request_id=rid)
         else:
-            self._log.info("rpc", principal=principal, method=method, code=code, duration_ms=ms)
+            log.info("rpc", principal=principal, method=method, code=code, duration_ms=ms)
 
     def _wrap(self, method: str, handler):
         kind = _kind_of(method)

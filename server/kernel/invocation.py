@@ -1,0 +1,142 @@
+"""Invocation: calling a method of an executable artifact, genesis or user code, with
+nested calls, who-pays rules, prices and CPU accounting.
+
+Who pays (DESIGN.md):
+  * the top-level caller pays for what it starts;
+  * code of a tool (no standing) runs on its invoker's account: its CPU, its nested
+    calls and its pay() come from the payer of the call into it;
+  * code of an artifact with standing pays for its own work: its CPU, its nested calls
+    and its pay() come from the artifact itself.
+The requester seen by contracts and genesis methods for a nested call is the artifact
+whose code makes it - never a value the code supplies.
+
+Price: `metadata.price` (integer scrip) of the invoked artifact, paid by the payer of
+the call into it to the artifact's controller when - and only when - the call succeeds.
+
+Atomicity: the whole invocation runs inside the executor's savepoint. A nested call
+that fails is rolled back to its own savepoint (the calling code may catch the error
+and go on); any failure that reaches the top undoes everything - except the CPU time
+failed code used, which is charged after the rollback.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from server.errors import KernelError, Reason
+from server.kernel import artifacts, events, ledger, resources
+from server.kernel.artifacts import Artifact
+
+if TYPE_CHECKING:
+    from server.kernel.kernel import Kernel
+
+
+@dataclass(frozen=True)
+class Frame:
+    requester: str          # identity for permission checks of the call being made
+    payer: str              # account that pays for it
+    stack: tuple[str, ...]  # user-code artifacts currently running
+    deadline: float         # time.monotonic() deadline shared by the whole chain
+
+
+def price_of(art: Artifact) -> int:
+    p = art.metadata.get("price", 0)
+    return p if isinstance(p, int) and not isinstance(p, bool) and p > 0 else 0
+
+
+def invoke(kernel: "Kernel", conn: sqlite3.Connection, frame: Frame, artifact_id: str, method: str,
+           args: dict, now: float) -> Any:
+    artifacts.check_id(artifact_id)
+    target = artifacts.require(conn, artifact_id)
+    if not target.can_execute:
+        raise KernelError(Reason.INVALID_ARGS, f"{artifact_id} is not executable", field="artifact_id")
+    artifacts.validate_args(target, method, args)
+    kernel.authorize(conn, target, "invoke", frame.requester, now)
+    resources.require_usable(conn, frame.payer, "compute", now)
+    kernel.charge(conn, frame.payer, "invoke", now)
+    g = kernel.genesis.get(artifact_id)
+    if g is not None:
+        kernel.charge(conn, frame.payer, f"{artifact_id}.{method}", now)
+        return g.call(conn, frame.requester, method, args, now)
+    return run_code(kernel, conn, frame, target, method, args, now)
+
+
+def run_code(kernel: "Kernel", conn: sqlite3.Connection, frame: Frame, target: Artifact, method: str,
+             args: dict, now: float) -> Any:
+    from server.sandbox import CodeError
+
+    if kernel.sandbox is None:
+        raise KernelError(Reason.SANDBOX_UNAVAILABLE,
+                          f"{target.id} is user code; this server has no sandbox configured to run it")
+    max_depth = kernel.config["sandbox"]["max_depth"]
+    if target.id in frame.stack:
+        raise KernelError(Reason.CALL_CYCLE, f"call cycle: {' -> '.join(frame.stack + (target.id,))}")
+    if len(frame.stack) >= max_depth:
+        raise KernelError(Reason.CALL_DEPTH_EXCEEDED, f"nested calls deeper than {max_depth}")
+    price = price_of(target)
+    controller = target.controller
+    if price and controller and controller != frame.payer:
+        have = ledger.balance(conn, frame.payer) or 0
+        if have < price:
+            raise KernelError(Reason.INSUFFICIENT_FUNDS, f"{target.id} costs {price} scrip; {frame.payer} has {have}")
+    code_payer = target.id if target.has_standing else frame.payer
+    inner = Frame(requester=target.id, payer=code_payer, stack=frame.stack + (target.id,), deadline=frame.deadline)
+
+    def on_request(msg: dict) -> dict:
+        return _serve_nested(kernel, conn, inner, msg)
+
+    context = {"artifact_id": target.id, "caller": frame.requester, "payer": frame.payer,
+               "now": now, "depth": len(inner.stack)}
+    try:
+        result = kernel.sandbox.call(target.id, target.content, [m["name"] for m in target.interface],
+                                     method, args, context, frame.deadline, on_request)
+    except CodeError as e:
+        reason = {"TIMEOUT": Reason.TIMEOUT, "INVALID_ARGS": Reason.INVALID_ARGS}.get(e.reason, Reason.EXECUTION_ERROR)
+        raise KernelError(reason, f"{target.id}.{method}: {e.message}",
+                          cpu_charge=(code_payer, e.cpu_seconds)) from None
+    charge_cpu(kernel, conn, code_payer, result.cpu_seconds, now)
+    if price and controller and controller != frame.payer:
+        ledger.transfer(conn, frame.payer, controller, price, now=now, memo=f"price of {target.id}.{method}")
+        events.append(conn, "ledger.transfer", principal_id=frame.payer, artifact_id=target.id, now=now,
+                      related=[controller], data={"from": frame.payer, "to": controller, "amount": price,
+                                                  "memo": "price"})
+    return result.value
+
+
+def charge_cpu(kernel: "Kernel", conn, payer: str, cpu_seconds: float, now: float) -> None:
+    units = cpu_seconds * kernel.config.cost("cpu_second")
+    if units > 0 and math.isfinite(units):
+        resources.charge(conn, payer, "compute", units, now, force=True)
+
+
+def _serve_nested(kernel: "Kernel", conn: sqlite3.Connection, frame: Frame, msg: dict) -> dict:
+    """Answer one request from running code. Identity and payer come from `frame`."""
+    now = kernel.clock()
+    conn.execute("SAVEPOINT nested")
+    try:
+        if time.monotonic() >= frame.deadline:
+            raise KernelError(Reason.TIMEOUT, "time limit exceeded")
+        if msg.get("type") == "invoke":
+            artifact_id, method, args = msg.get("artifact_id"), msg.get("method"), msg.get("args")
+            if not isinstance(method, str) or not isinstance(args, dict):
+                raise KernelError(Reason.INVALID_ARGS, "invoke(artifact_id, method, **args)")
+            value = invoke(kernel, conn, frame, artifact_id, method, args, now)
+        else:
+            to, amount = msg.get("to"), msg.get("amount")
+            artifacts.check_id(to, "to")
+            ledger.transfer(conn, frame.payer, to, amount, now=now, memo=f"pay from {frame.stack[-1]}")
+            events.append(conn, "ledger.transfer", principal_id=frame.payer, artifact_id=frame.stack[-1], now=now,
+                          related=[to], data={"from": frame.payer, "to": to, "amount": amount, "memo": "pay"})
+            value = {"paid": amount, "to": to, "from": frame.payer}
+    except KernelError as err:
+        conn.execute("ROLLBACK TO nested")
+        conn.execute("RELEASE nested")
+        if err.cpu_charge:
+            charge_cpu(kernel, conn, *err.cpu_charge, now)
+        return {"type": "error", "reason": err.reason.value, "message": err.message}
+    conn.execute("RELEASE nested")
+    return {"type": "result", "value": value}
