@@ -132,7 +132,7 @@ class SandboxedContracts:
         if contract.metadata.get("cacheable") is True:
             key = (contract.id, contract.version, artifact_id, action, requester_id,
                    dumps(context.get("metadata", {})), dumps(context.get("state", {})),
-                   context.get("created_by"))
+                   dumps(context.get("proposed")), context.get("created_by"))
             hit = self._cache.get(key)
             if hit is not None:
                 return hit
@@ -163,14 +163,20 @@ class SandboxedContracts:
         return decision
 
 
-def context_for(target: Artifact, now: float) -> dict:
-    return {
+def context_for(target: Artifact, now: float, proposed: dict | None = None) -> dict:
+    """What a contract sees: the target's metadata, state, created_by, kind, the time,
+    and for `write` the proposed change (metadata, state, content_changed,
+    interface_changed)."""
+    ctx = {
         "metadata": target.metadata,
         "state": target.state,
         "created_by": target.created_by,
         "kind": target.kind,
         "now": now,
     }
+    if proposed is not None:
+        ctx["proposed"] = proposed
+    return ctx
 
 
 def is_contract(art: Artifact | None) -> bool:
@@ -178,12 +184,12 @@ def is_contract(art: Artifact | None) -> bool:
 
 
 def evaluate(conn: sqlite3.Connection, runner: ContractRunner, target: Artifact, action: str,
-             requester_id: str, now: float) -> Decision:
+             requester_id: str, now: float, proposed: dict | None = None) -> Decision:
     contract_id = target.access_contract_id
     contract = artifacts.get(conn, contract_id)
     if contract is None or contract.deleted:
         return Decision(False, f"contract {contract_id} no longer exists; access denied (fail closed)")
-    ctx = context_for(target, now)
+    ctx = context_for(target, now, proposed)
     builtin = BUILTIN.get(contract_id)
     if builtin is not None:
         return builtin(target.id, action, requester_id, ctx)
@@ -193,9 +199,9 @@ def evaluate(conn: sqlite3.Connection, runner: ContractRunner, target: Artifact,
 
 
 def authorize(conn: sqlite3.Connection, runner: ContractRunner, target: Artifact, action: str,
-              requester_id: str, now: float) -> None:
+              requester_id: str, now: float, proposed: dict | None = None) -> None:
     """The single permission gate. Raises ACCESS_DENIED with the contract's reason."""
-    decision = evaluate(conn, runner, target, action, requester_id, now)
+    decision = evaluate(conn, runner, target, action, requester_id, now, proposed)
     if not decision.allowed:
         raise KernelError(
             Reason.ACCESS_DENIED, f"{action} on {target.id} denied: {decision.reason}", field="artifact_id"

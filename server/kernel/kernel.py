@@ -75,8 +75,9 @@ class Kernel:
 
     # -- helpers ---------------------------------------------------------------------
 
-    def authorize(self, conn, target: Artifact, action: str, requester: str, now: float) -> None:
-        contracts.authorize(conn, self.runner, target, action, requester, now)
+    def authorize(self, conn, target: Artifact, action: str, requester: str, now: float,
+                  proposed: dict | None = None) -> None:
+        contracts.authorize(conn, self.runner, target, action, requester, now, proposed)
 
     def charge(self, conn, payer: str, cost_key: str, now: float) -> None:
         resources.charge(conn, payer, "compute", self.config.cost(cost_key), now)
@@ -215,7 +216,6 @@ class Kernel:
         if req.get("create_only"):
             raise KernelError(Reason.ALREADY_EXISTS, f"artifact {artifact_id!r} already exists",
                               field="artifact_id")
-        self.authorize(conn, existing, "write", caller, now)
         if expected > 0 and expected != existing.version:
             raise KernelError(Reason.CONFLICT,
                               f"{artifact_id} is at version {existing.version}, not {expected}",
@@ -237,6 +237,11 @@ class Kernel:
         new_metadata = metadata if req.get("replace_metadata") else {**existing.metadata, **metadata}
         new_state = ({**state, "controller": existing.state.get("controller")}
                      if req.get("replace_state") else {**existing.state, **state})
+        # The contract sees the proposed change too, so it can allow partial writes
+        # (e.g. an approver adding only its own approval).
+        proposed = {"metadata": new_metadata, "state": new_state, "content_changed": content != existing.content,
+                    "interface_changed": new_interface != existing.interface}
+        self.authorize(conn, existing, "write", caller, now, proposed=proposed)
         self.charge(conn, caller, "write", now)
         # The bytes are billed to the last writer: nobody can fill another's quota.
         resources.adjust_disk(conn, existing.billed_to, -existing.size_bytes)
