@@ -4,6 +4,7 @@
   ecology agent create NAME [--config-text JSON] [--endowment N]
   ecology agent list
   ecology status
+  ecology defaults
 
 Operator commands find the server with --server (default $ECOLOGY_SERVER, else the
 address in <data-dir>/server.json, else 127.0.0.1:50051) and the admin token with
@@ -120,6 +121,13 @@ def _status(args) -> int:
     return 0
 
 
+def _defaults(args) -> int:
+    from server.config import defaults_toml
+
+    print(defaults_toml(), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ecology", description="Agent Ecology world server and tools")
     sub = p.add_subparsers(dest="command", required=True)
@@ -150,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="server statistics and the ledger invariant")
     operator(status)
     status.set_defaults(fn=_status)
+
+    defaults = sub.add_parser("defaults", help="print every configuration key with its default (TOML)")
+    defaults.set_defaults(fn=_defaults)
     return p
 
 

@@ -185,3 +185,17 @@ def load(path: str | Path | None) -> Config:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path}: {e}") from None
     return build(raw)
+
+
+def defaults_toml() -> str:
+    """Every key with its default, as a TOML file (`ecology defaults`)."""
+    import json
+
+    lines = []
+    for section, values in DEFAULTS.items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            name = key if key.replace("_", "").isalnum() else json.dumps(key)
+            lines.append(f"{name} = {json.dumps(value)}")
+        lines.append("")
+    return "\n".join(lines)
