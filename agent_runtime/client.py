@@ -32,6 +32,14 @@ def _struct(d: dict | None) -> struct_pb2.Struct:
     return s
 
 
+def _methods(interface: list | None) -> list[world_pb2.MethodSpec]:
+    """Interface methods as MethodSpec messages; dicts or MethodSpecs accepted."""
+    return [m if isinstance(m, world_pb2.MethodSpec) else
+            world_pb2.MethodSpec(name=m["name"], description=m.get("description", ""),
+                                 input_schema=_struct(m.get("input_schema")))
+            for m in interface or []]
+
+
 def to_python(msg) -> Any:
     """A protobuf Value/Struct as plain Python; integral numbers become ints."""
     def fix(v):
@@ -92,9 +100,7 @@ class WorldClient(_Base):
               can_execute: bool = False, interface: list[dict] | None = None, metadata: dict | None = None,
               state: dict | None = None, expected_version: int = 0, create_only: bool = False,
               request_id: str = "", **replace: bool) -> world_pb2.WriteArtifactResponse:
-        methods = [world_pb2.MethodSpec(name=m["name"], description=m.get("description", ""),
-                                        input_schema=_struct(m.get("input_schema")))
-                   for m in interface or []]
+        methods = _methods(interface)
         req = world_pb2.WriteArtifactRequest(
             artifact_id=artifact_id, content=content, access_contract_id=access_contract_id,
             can_execute=can_execute, interface=methods, metadata=_struct(metadata), state=_struct(state),
@@ -108,7 +114,7 @@ class WorldClient(_Base):
             metadata=self._md).artifact
 
     @_wrap
-    def invoke(self, artifact_id: str, method: str, *, request_id: str = "", **args: Any) -> Any:
+    def invoke(self, artifact_id: str, method: str, /, *, request_id: str = "", **args: Any) -> Any:
         resp = self._stub.InvokeArtifact(world_pb2.InvokeArtifactRequest(
             artifact_id=artifact_id, method=method, args=_struct(args), request_id=request_id),
             metadata=self._md)
@@ -196,9 +202,13 @@ class AdminClient(_Base):
 
     @_wrap
     def create_agent(self, name: str, config: str = "{}", *, metadata: dict | None = None,
-                     **overrides: Any) -> admin_pb2.CreateAgentResponse:
+                     interface: list | None = None, **overrides: Any) -> admin_pb2.CreateAgentResponse:
+        """`interface`: methods others may invoke (then `config` is Python source), given
+        as dicts like WorldClient.write's ({"name", "description", "input_schema"}) or
+        as world_pb2.MethodSpec messages."""
         return self._stub.CreateAgent(admin_pb2.CreateAgentRequest(
-            name=name, config=config, metadata=_struct(metadata), **overrides), metadata=self._md)
+            name=name, config=config, metadata=_struct(metadata), interface=_methods(interface),
+            **overrides), metadata=self._md)
 
     @_wrap
     def list_agents(self) -> list[admin_pb2.AgentSummary]:

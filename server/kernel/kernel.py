@@ -283,7 +283,7 @@ class Kernel:
 
     def op_invoke(self, conn, caller: str, artifact_id: str, method: str, args: dict) -> Any:
         """Invoke a method (server/kernel/invocation.py). If user code failed after using
-        CPU, everything is undone but that CPU charge, and the error is returned."""
+        CPU, everything is undone but the CPU charges, and the error is returned."""
         frame = invocation.Frame(requester=caller, payer=caller, stack=(),
                                  deadline=time.monotonic() + self.config["sandbox"]["timeout_seconds"])
         conn.execute("SAVEPOINT invoke")
@@ -292,9 +292,9 @@ class Kernel:
         except KernelError as err:
             conn.execute("ROLLBACK TO invoke")
             conn.execute("RELEASE invoke")
-            if err.cpu_charge is None:
+            if not frame.cpu_log:
                 raise
-            invocation.charge_cpu(self, conn, *err.cpu_charge, self.clock())
+            invocation.recharge_cpu(self, conn, frame.cpu_log, self.clock())
             return Failed(err)
         conn.execute("RELEASE invoke")
         return value
