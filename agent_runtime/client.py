@@ -192,6 +192,29 @@ class WorldClient(_Base):
     def handbook(self, page: str = "rules") -> str:
         return self.invoke("genesis_handbook", "read", page=page)["text"]
 
+    def complete(self, messages: list[dict], model: str | None = None, max_tokens: int | None = None,
+                 response_format: dict | None = None, *, request_id: str = "") -> dict:
+        """An LLM completion through genesis_llm, paid from this agent's llm_budget.
+        `messages`: [{"role": "system"|"user"|"assistant", "content": str}]. Returns
+        {content, model, usage: {prompt_tokens, completion_tokens}, cost_micro_usd,
+        budget_remaining_micro_usd}. Raises EcologyError: INSUFFICIENT_RESOURCES (budget
+        too small; no retry_after), RATE_LIMITED (world tokens-per-minute; retry_after),
+        LLM_UNAVAILABLE (the model failed; nothing charged)."""
+        args: dict[str, Any] = {"messages": [{"role": m["role"], "content": m["content"]} for m in messages]}
+        if model:
+            args["model"] = model
+        if max_tokens is not None:
+            args["max_tokens"] = max_tokens
+        if response_format is not None:
+            args["response_format"] = response_format
+        return self.invoke("genesis_llm", "complete", request_id=request_id, **args)
+
+    def llm_models(self) -> dict:
+        return self.invoke("genesis_llm", "models")
+
+    def llm_budget(self) -> dict:
+        return self.invoke("genesis_llm", "budget")
+
 
 class AdminClient(_Base):
     """An operator's connection (admin token)."""

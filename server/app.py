@@ -24,6 +24,9 @@ from grpc_reflection.v1alpha import reflection
 from ecology.v1 import admin_pb2, admin_pb2_grpc, world_pb2, world_pb2_grpc
 from server.config import Config, ConfigError
 from server.kernel.kernel import Kernel
+from server.llm import reservations
+from server.llm.backend import make_backend
+from server.llm.gateway import LlmGateway
 from server.rpc.admin import AdminService
 from server.rpc.auth import Credentials
 from server.rpc.guard import GuardLimits, RpcGuard
@@ -84,6 +87,7 @@ class WorldServer:
         except BlockingIOError:
             raise RuntimeError(f"data directory {self.data_dir} is in use by another server") from None
         admin_token = resolve_admin_token(self.config, self.data_dir)
+        llm_backend = make_backend(self.config.llm)  # a missing API key stops the start here
 
         path = self.data_dir / db.DB_FILE
         self.writer_conn = db.connect(path)
@@ -93,6 +97,11 @@ class WorldServer:
         self.kernel = Kernel(self.config, clock=self.clock, sandbox=self.sandbox)
         self.executor = Executor(self.writer_conn, max_batch=self.config.server["max_batch"])
         self.executor.run_blocking(self.kernel.bootstrap)
+        # LLM calls a crash interrupted hold budget nobody will settle: give it back.
+        released = self.executor.run_blocking(lambda conn: reservations.release_all(conn, self.kernel.clock()))
+        if released:
+            log.warning("llm_reservations_released", count=released)
+        self.llm = LlmGateway(self.kernel, self.executor, llm_backend)
         self.reader = db.connect(path)
         self.credentials = Credentials(admin_token)
         self.credentials.load(self.reader)
@@ -141,7 +150,7 @@ class WorldServer:
         self._write_ready_file()
         log.info("server_started", listen=self.addresses, data_dir=str(self.data_dir),
                  schema_version=self.schema_version, sandbox_isolation=self.sandbox.isolation,
-                 sandbox_note=ISOLATION_NOTES[self.sandbox.isolation])
+                 sandbox_note=ISOLATION_NOTES[self.sandbox.isolation], llm_backend=self.llm.backend.name)
 
     def _rpc_override(self, principal_id: str) -> tuple[float, float] | None:
         override = self.credentials.rpc_limits(principal_id)
@@ -197,6 +206,7 @@ class WorldServer:
         for t in self._tasks:
             t.cancel()
         await self.grpc_server.stop(grace)
+        await self.llm.aclose()  # queues the release of calls cut short, before the writer stops
         self.executor.stop()
         self.sandbox.close()
         self.reader.close()

@@ -99,7 +99,33 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         # Per CPU second that artifact code actually used (measured by the sandbox).
         "cpu_second": 100.0,
     },
+    # The LLM gateway, genesis_llm (server/llm/). Prices are integer micro-USD per 1000
+    # tokens; a call reserves its worst-case cost from the caller's llm_budget and is
+    # charged the actual cost from the usage the backend reports.
+    "llm": {
+        # "offline": a built-in deterministic model (no network, no key);
+        # "openai": any OpenAI-compatible endpoint (POST {base_url}/chat/completions).
+        "backend": "offline",
+        "base_url": "https://api.openai.com/v1",
+        # Environment variable holding the API key ("" for an endpoint without keys).
+        "api_key_env": "OPENAI_API_KEY",
+        # Model used when a call names none; must be one of `models`.
+        "default_model": "offline-small",
+        # name -> prices. Setting this table replaces the default one.
+        "models": {
+            "offline-small": {"prompt_micro_usd_per_1k": 150, "completion_micro_usd_per_1k": 600},
+        },
+        # max_tokens when a call gives none, and the largest a call may ask for.
+        "default_max_tokens": 512,
+        "max_tokens_cap": 4096,
+        # System-wide token bucket shared by all agents (capacity; refills per minute).
+        "tokens_per_minute": 200_000,
+        # Wall clock for one backend request.
+        "timeout_seconds": 60.0,
+    },
 }
+
+LLM_PRICE_KEYS = ("prompt_micro_usd_per_1k", "completion_micro_usd_per_1k")
 
 # Sections whose keys are open (any string), with values of the given type.
 _OPEN_SECTIONS = {"costs": float}
@@ -128,6 +154,10 @@ class Config:
     def rate_limits(self) -> dict[str, Any]:
         return self.data["rate_limits"]
 
+    @property
+    def llm(self) -> dict[str, Any]:
+        return self.data["llm"]
+
     def cost(self, key: str) -> float:
         return float(self.data["costs"].get(key, 0.0))
 
@@ -145,7 +175,8 @@ def _check_type(key: str, value: Any, default: Any) -> Any:
     else:
         ok = isinstance(value, type(default))
     if not ok:
-        raise ConfigError(f"config key {key}: expected {type(default).__name__}, got {value!r}")
+        expected = "table" if isinstance(default, dict) else type(default).__name__
+        raise ConfigError(f"config key {key}: expected {expected}, got {value!r}")
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
         raise ConfigError(f"config key {key}: must not be negative, got {value!r}")
     return value
@@ -171,7 +202,38 @@ def build(overrides: dict[str, Any] | None = None) -> Config:
         raise ConfigError("config key sandbox.isolation: one of auto, bwrap, process")
     if data["server"]["max_batch"] < 1:
         raise ConfigError("config key server.max_batch: must be at least 1")
+    _check_llm(data["llm"])
     return Config(data)
+
+
+def _check_llm(llm: dict[str, Any]) -> None:
+    if llm["backend"] not in ("offline", "openai"):
+        raise ConfigError("config key llm.backend: one of offline, openai")
+    if llm["backend"] == "openai" and not llm["base_url"].startswith(("http://", "https://")):
+        raise ConfigError(f"config key llm.base_url: an http(s) URL, got {llm['base_url']!r}")
+    models = llm["models"]
+    if not models:
+        raise ConfigError("config key llm.models: at least one model")
+    for name, prices in models.items():
+        where = f"llm.models.{name}"
+        if not isinstance(prices, dict):
+            raise ConfigError(f"config key {where}: expected table, got {prices!r}")
+        for key in prices:
+            if key not in LLM_PRICE_KEYS:
+                raise ConfigError(f"config key {where}.{key}: unknown key")
+        for key in LLM_PRICE_KEYS:
+            if key not in prices:
+                raise ConfigError(f"config key {where}.{key}: missing (integer micro-USD per 1000 tokens)")
+            _check_type(f"{where}.{key}", prices[key], 0)
+    if llm["default_model"] not in models:
+        raise ConfigError(f"config key llm.default_model: {llm['default_model']!r} is not in llm.models")
+    for key in ("default_max_tokens", "max_tokens_cap", "tokens_per_minute"):
+        if llm[key] < 1:
+            raise ConfigError(f"config key llm.{key}: must be at least 1")
+    if llm["default_max_tokens"] > llm["max_tokens_cap"]:
+        raise ConfigError("config key llm.default_max_tokens: must not exceed llm.max_tokens_cap")
+    if llm["timeout_seconds"] <= 0:
+        raise ConfigError("config key llm.timeout_seconds: must be positive")
 
 
 def load(path: str | Path | None) -> Config:
@@ -196,6 +258,14 @@ def defaults_toml() -> str:
         lines.append(f"[{section}]")
         for key, value in values.items():
             name = key if key.replace("_", "").isalnum() else json.dumps(key)
-            lines.append(f"{name} = {json.dumps(value)}")
+            lines.append(f"{name} = {_toml_value(value)}")
         lines.append("")
     return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    import json
+
+    if isinstance(value, dict):  # an inline table
+        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    return json.dumps(value)

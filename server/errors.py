@@ -36,6 +36,8 @@ class Reason(str, enum.Enum):
     NOT_LISTED = "NOT_LISTED"
     CALL_DEPTH_EXCEEDED = "CALL_DEPTH_EXCEEDED"
     CALL_CYCLE = "CALL_CYCLE"
+    NOT_NESTABLE = "NOT_NESTABLE"
+    LLM_UNAVAILABLE = "LLM_UNAVAILABLE"
     INTERNAL = "INTERNAL"
 
     @property
@@ -64,6 +66,8 @@ _CODES = {
     Reason.NOT_LISTED: grpc.StatusCode.FAILED_PRECONDITION,
     Reason.CALL_DEPTH_EXCEEDED: grpc.StatusCode.FAILED_PRECONDITION,
     Reason.CALL_CYCLE: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.NOT_NESTABLE: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.LLM_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     Reason.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 
@@ -128,9 +132,10 @@ REASON_HELP: dict[Reason, str] = {
     Reason.UNAUTHENTICATED: "No token, or a token the server does not know.",
     Reason.ADMIN_ONLY: "An agent token was used on the Admin service.",
     Reason.INSUFFICIENT_FUNDS: "Not enough scrip for a transfer or purchase.",
-    Reason.INSUFFICIENT_RESOURCES: "In debt on a flow resource (RetryInfo says until when), or not enough quota to give away.",
+    Reason.INSUFFICIENT_RESOURCES: "In debt on a flow resource (RetryInfo says until when), not enough quota to give away, "
+                                   "or an llm_budget too small for the call's worst-case cost (no RetryInfo: waiting does not help).",
     Reason.QUOTA_EXCEEDED: "A write would exceed the disk quota. Waiting does not help: delete, shrink, or get quota.",
-    Reason.RATE_LIMITED: "Too many calls for this principal or connection; RetryInfo says when to retry.",
+    Reason.RATE_LIMITED: "Too many calls for this principal or connection, or the world's LLM tokens-per-minute limit is reached; RetryInfo says when to retry.",
     Reason.TOO_MANY_IN_FLIGHT: "Too many concurrent calls from this principal; RetryInfo says when to retry.",
     Reason.TOO_MANY_STREAMS: "Too many open Subscribe streams for this principal.",
     Reason.INVALID_ARGS: "Malformed input; ErrorInfo.metadata['field'] names the field. Nothing changed.",
@@ -142,5 +147,7 @@ REASON_HELP: dict[Reason, str] = {
     Reason.NOT_LISTED: "genesis_escrow: the artifact is not for sale.",
     Reason.CALL_DEPTH_EXCEEDED: "Nested invoke() calls went deeper than sandbox.max_depth.",
     Reason.CALL_CYCLE: "A nested invoke() would re-enter an artifact already on the call stack.",
+    Reason.NOT_NESTABLE: "The method cannot be invoked from artifact code (genesis_llm.complete waits on the network); call it directly.",
+    Reason.LLM_UNAVAILABLE: "The LLM backend failed or answered malformed; nothing was charged. RetryInfo only when it said 429/503.",
     Reason.INTERNAL: "A server fault; nothing was applied.",
 }

@@ -9,6 +9,7 @@ from server.genesis.escrow import EscrowArtifact
 from server.genesis.event_log import EventLogArtifact
 from server.genesis.handbook import HandbookArtifact
 from server.genesis.ledger import LedgerArtifact
+from server.genesis.llm import LlmArtifact
 from server.genesis.rights_registry import RightsRegistryArtifact
 from server.genesis.store import StoreArtifact
 
@@ -16,6 +17,6 @@ from server.genesis.store import StoreArtifact
 def build_genesis(kernel) -> dict[str, Genesis]:
     items: list[Genesis] = [
         LedgerArtifact(kernel), EscrowArtifact(kernel), StoreArtifact(kernel), EventLogArtifact(kernel),
-        RightsRegistryArtifact(kernel), HandbookArtifact(kernel), *contracts.build(kernel),
+        RightsRegistryArtifact(kernel), HandbookArtifact(kernel), LlmArtifact(kernel), *contracts.build(kernel),
     ]
     return {g.id: g for g in items}

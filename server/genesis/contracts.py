@@ -3,6 +3,7 @@ server/kernel/contracts.py; invoking them here answers the same question)."""
 
 from __future__ import annotations
 
+from server.errors import invalid
 from server.genesis.base import Call, Genesis
 from server.kernel import contracts
 
@@ -27,6 +28,9 @@ class BuiltinContract(Genesis):
 
     def call(self, conn, caller, name, args, now):
         ctx = {"metadata": {}, "state": {}, "created_by": "", "now": now, **args["context"]}
+        for key in ("metadata", "state"):  # the contracts read them as objects
+            if not isinstance(ctx[key], dict):
+                raise invalid(f"args.context.{key}", "must be an object")
         d = self._fn(args["artifact_id"], args["action"], args["requester_id"], ctx)
         return {"allowed": d.allowed, "reason": d.reason}
 

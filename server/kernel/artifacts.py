@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import jsonschema
+import referencing.exceptions
 
 from server.errors import KernelError, Reason, invalid
 
@@ -215,7 +216,16 @@ def validate_args(art: Artifact, method: str, args: dict) -> None:
         validator = jsonschema.Draft202012Validator(spec["input_schema"])
         if len(_validators) < 4096:
             _validators[key] = validator
-    error = jsonschema.exceptions.best_match(validator.iter_errors(args))
+    try:
+        error = jsonschema.exceptions.best_match(validator.iter_errors(args))
+    except (referencing.exceptions.Unresolvable, RecursionError) as e:
+        # A schema can pass check_schema and still not be applicable: a $ref to nowhere
+        # (or to the network, which is never fetched), or a $ref cycle.
+        raise KernelError(
+            Reason.INVALID_ARGS,
+            f"{art.id}.{method}: its input_schema cannot be applied ({type(e).__name__})",
+            field="method",
+        ) from None
     if error is not None:
         where = ".".join(str(p) for p in error.absolute_path)
         raise KernelError(

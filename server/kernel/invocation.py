@@ -16,7 +16,12 @@ the call into it to the artifact's controller when - and only when - the call su
 Atomicity: the whole invocation runs inside the executor's savepoint. A nested call
 that fails is rolled back to its own savepoint (the calling code may catch the error
 and go on); any failure that reaches the top undoes everything - except the CPU time
-failed code used, which is charged after the rollback.
+the code in the chain used (failed or not), which is charged again after the rollback
+(Frame.cpu_log).
+
+Not nestable: genesis_llm.complete waits on the network, which this transaction cannot;
+a nested invoke of it fails NOT_NESTABLE (server/genesis/llm.py). Agents call it
+through the RPC layer, which runs `admit` below and the LLM steps outside the writer.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from __future__ import annotations
 import math
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from server.errors import KernelError, Reason
@@ -41,6 +46,11 @@ class Frame:
     payer: str              # account that pays for it
     stack: tuple[str, ...]  # user-code artifacts currently running
     deadline: float         # time.monotonic() deadline shared by the whole chain
+    # Every CPU charge made in this chain, (payer, seconds), shared by all its frames.
+    # A rollback (of a failed nested call or of the whole invocation) undoes the charges
+    # made inside it; they are re-applied from here, so CPU that code used is always
+    # paid for, however the chain ends.
+    cpu_log: list = field(default_factory=list, compare=False)
 
 
 def price_of(art: Artifact) -> int:
@@ -50,6 +60,18 @@ def price_of(art: Artifact) -> int:
 
 def invoke(kernel: "Kernel", conn: sqlite3.Connection, frame: Frame, artifact_id: str, method: str,
            args: dict, now: float) -> Any:
+    target, _cost = admit(kernel, conn, frame, artifact_id, method, args, now)
+    g = kernel.genesis.get(artifact_id)
+    if g is not None:
+        return g.call(conn, frame.requester, method, args, now)
+    return run_code(kernel, conn, frame, target, method, args, now)
+
+
+def admit(kernel: "Kernel", conn: sqlite3.Connection, frame: Frame, artifact_id: str, method: str,
+          args: dict, now: float) -> tuple[Artifact, float]:
+    """Everything before a method runs: the target, its interface and JSON Schema, the
+    access contract, and the compute charge. Returns the target and the compute charged.
+    (genesis_llm.complete runs only this part in the writer thread; server/llm/gateway.py.)"""
     artifacts.check_id(artifact_id)
     target = artifacts.require(conn, artifact_id)
     if not target.can_execute:
@@ -57,12 +79,12 @@ def invoke(kernel: "Kernel", conn: sqlite3.Connection, frame: Frame, artifact_id
     artifacts.validate_args(target, method, args)
     kernel.authorize(conn, target, "invoke", frame.requester, now)
     resources.require_usable(conn, frame.payer, "compute", now)
-    kernel.charge(conn, frame.payer, "invoke", now)
     g = kernel.genesis.get(artifact_id)
-    if g is not None:
-        kernel.charge(conn, frame.payer, f"{artifact_id}.{method}", now)
-        return g.call(conn, frame.requester, method, args, now)
-    return run_code(kernel, conn, frame, target, method, args, now)
+    # One spend for the whole call (verb + genesis method): charged in two parts, the
+    # first could put the payer into debt and make the call fail on its own second part.
+    cost = kernel.config.cost("invoke") + (kernel.config.cost(f"{artifact_id}.{method}") if g is not None else 0.0)
+    resources.charge(conn, frame.payer, "compute", cost, now)
+    return target, cost
 
 
 def run_code(kernel: "Kernel", conn: sqlite3.Connection, frame: Frame, target: Artifact, method: str,
@@ -84,7 +106,8 @@ def run_code(kernel: "Kernel", conn: sqlite3.Connection, frame: Frame, target: A
         if have < price:
             raise KernelError(Reason.INSUFFICIENT_FUNDS, f"{target.id} costs {price} scrip; {frame.payer} has {have}")
     code_payer = target.id if target.has_standing else frame.payer
-    inner = Frame(requester=target.id, payer=code_payer, stack=frame.stack + (target.id,), deadline=frame.deadline)
+    inner = Frame(requester=target.id, payer=code_payer, stack=frame.stack + (target.id,), deadline=frame.deadline,
+                  cpu_log=frame.cpu_log)
 
     def on_request(msg: dict) -> dict:
         return _serve_nested(kernel, conn, inner, msg)
@@ -95,16 +118,30 @@ def run_code(kernel: "Kernel", conn: sqlite3.Connection, frame: Frame, target: A
         result = kernel.sandbox.call(target.id, target.content, [m["name"] for m in target.interface],
                                      method, args, context, frame.deadline, on_request)
     except CodeError as e:
-        reason = {"TIMEOUT": Reason.TIMEOUT, "INVALID_ARGS": Reason.INVALID_ARGS}.get(e.reason, Reason.EXECUTION_ERROR)
-        raise KernelError(reason, f"{target.id}.{method}: {e.message}",
-                          cpu_charge=(code_payer, e.cpu_seconds)) from None
-    charge_cpu(kernel, conn, code_payer, result.cpu_seconds, now)
+        reason = {"TIMEOUT": Reason.TIMEOUT, "INVALID_ARGS": Reason.INVALID_ARGS,
+                  "CALL_DEPTH_EXCEEDED": Reason.CALL_DEPTH_EXCEEDED,
+                  "CALL_CYCLE": Reason.CALL_CYCLE}.get(e.reason, Reason.EXECUTION_ERROR)
+        use_cpu(kernel, conn, frame, code_payer, e.cpu_seconds, now)  # re-applied after the rollback
+        raise KernelError(reason, f"{target.id}.{method}: {e.message}") from None
+    use_cpu(kernel, conn, frame, code_payer, result.cpu_seconds, now)
     if price and controller and controller != frame.payer:
         ledger.transfer(conn, frame.payer, controller, price, now=now, memo=f"price of {target.id}.{method}")
         events.append(conn, "ledger.transfer", principal_id=frame.payer, artifact_id=target.id, now=now,
                       related=[controller], data={"from": frame.payer, "to": controller, "amount": price,
                                                   "memo": "price"})
     return result.value
+
+
+def use_cpu(kernel: "Kernel", conn, frame: Frame, payer: str, cpu_seconds: float, now: float) -> None:
+    """Charge CPU that code used, and log it so a rollback cannot erase it."""
+    frame.cpu_log.append((payer, cpu_seconds))
+    charge_cpu(kernel, conn, payer, cpu_seconds, now)
+
+
+def recharge_cpu(kernel: "Kernel", conn, entries: list, now: float) -> None:
+    """After a rollback: charge again the CPU charges the rollback undid."""
+    for payer, cpu_seconds in entries:
+        charge_cpu(kernel, conn, payer, cpu_seconds, now)
 
 
 def charge_cpu(kernel: "Kernel", conn, payer: str, cpu_seconds: float, now: float) -> None:
@@ -116,6 +153,7 @@ def charge_cpu(kernel: "Kernel", conn, payer: str, cpu_seconds: float, now: floa
 def _serve_nested(kernel: "Kernel", conn: sqlite3.Connection, frame: Frame, msg: dict) -> dict:
     """Answer one request from running code. Identity and payer come from `frame`."""
     now = kernel.clock()
+    mark = len(frame.cpu_log)
     conn.execute("SAVEPOINT nested")
     try:
         if time.monotonic() >= frame.deadline:
@@ -135,8 +173,7 @@ def _serve_nested(kernel: "Kernel", conn: sqlite3.Connection, frame: Frame, msg:
     except KernelError as err:
         conn.execute("ROLLBACK TO nested")
         conn.execute("RELEASE nested")
-        if err.cpu_charge:
-            charge_cpu(kernel, conn, *err.cpu_charge, now)
+        recharge_cpu(kernel, conn, frame.cpu_log[mark:], now)
         return {"type": "error", "reason": err.reason.value, "message": err.message}
     conn.execute("RELEASE nested")
     return {"type": "result", "value": value}

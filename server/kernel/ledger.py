@@ -76,7 +76,8 @@ def transfer(conn, src: str, dst: str, amount: int, *, now: float, memo: str = "
     if src == dst:
         raise KernelError(Reason.INVALID_ARGS, "cannot transfer to oneself", field="to")
     if SYSTEM_ACCOUNT in (src, dst):
-        raise KernelError(Reason.INVALID_ARGS, "the issuance account moves scrip only by mint and burn")
+        raise KernelError(Reason.INVALID_ARGS, "the issuance account moves scrip only by mint and burn",
+                          field="to" if dst == SYSTEM_ACCOUNT else "from")
     _debit(conn, src, amount)
     _credit(conn, dst, amount)
     return _entry(conn, now, src, dst, amount, "transfer", memo)

@@ -87,6 +87,19 @@ def charge(conn, principal_id: str, resource: str, amount: float, now: float, *,
     _store_bucket(conn, principal_id, resource, b)
 
 
+def refund(conn, principal_id: str, resource: str, amount: float, now: float) -> None:
+    """Give back a charge for work that did not happen (a call that failed outside the
+    kernel, e.g. at the LLM backend), up to the bucket's capacity."""
+    if amount <= 0:
+        return
+    b = load_bucket(conn, principal_id, resource)
+    if b is None:
+        return
+    b.refill(now)
+    b.balance = min(b.capacity, b.balance + amount)
+    _store_bucket(conn, principal_id, resource, b)
+
+
 def stock(conn, principal_id: str, resource: str) -> tuple[int, int]:
     row = conn.execute(
         "SELECT quota, used FROM stock WHERE principal_id=? AND resource=?", (principal_id, resource)

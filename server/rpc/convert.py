@@ -54,7 +54,9 @@ def _plain(v: struct_pb2.Value, field: str, depth: int, max_depth: int, budget: 
         n = v.number_value
         if not math.isfinite(n):
             raise invalid(field, "numbers must be finite")
-        return int(n) if n.is_integer() and abs(n) <= 2**63 else n
+        # Integral values become ints only within SQLite's int64 range (2**63 itself is
+        # not): larger ones stay floats, which SQLite can bind.
+        return int(n) if n.is_integer() and -(2**63) <= n < 2**63 else n
     if kind == "string_value":
         return v.string_value
     if kind == "bool_value":

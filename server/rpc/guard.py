@@ -79,15 +79,21 @@ held. Such a record is indistinguishable from a fresh one, so eviction never res
 limit. Principals are bounded by the number of valid tokens; connections by the number of
 connections used recently.
 
-Logging: one structlog line per call on logger "rpc" (event "rpc") with principal, method,
-code (status code name), duration_ms, and request_id when the request has a non-empty
-`request_id` field. The codes of aborts done by servicers are learnt through a thin proxy
-of the context that the servicer receives (it records abort/abort_with_status/set_code and
-forwards everything else).
+Logging: one structlog line per call on logger "rpc" (event "rpc") with principal (the
+agent id; "<admin>" for the operator, which no agent id can spell; None when anonymous or
+refused before authentication), method, code (status code name), duration_ms, and
+request_id when the request has a non-empty `request_id` field. The codes of aborts done
+by servicers are learnt through a thin proxy of the context that the servicer receives (it
+records abort/abort_with_status/set_code and forwards everything else).
 
 Performance: handlers are wrapped once per method and cached; per call the guard reads the
 metadata tuple directly (no regex), makes a couple of dict look-ups and bucket updates and
-allocates only the small context proxy.
+allocates only the small context proxy. Measured on the development box: ~5 us per call
+for the guard itself plus ~10-15 us for the log line (structlog with ISO timestamps and
+JSONRenderer), against ~300 us of CPU that grpc.aio itself spends per unary call.
+
+Servicer behaviours should be coroutines / async generators (as grpc.aio servicers are):
+a synchronous behaviour is called on the event loop thread, since the wrapper is async.
 """
 
 from __future__ import annotations
@@ -275,6 +281,15 @@ class _Ctx:
 
 def _unauthenticated(message: str) -> KernelError:
     return KernelError(Reason.UNAUTHENTICATED, message)
+
+
+def _decode(deserialize: Callable[[bytes], Any], data: bytes) -> Any:
+    """Parse a request; bytes that are not a valid message are INVALID_ARGS."""
+    try:
+        return deserialize(data)
+    except Exception:
+        raise KernelError(Reason.INVALID_ARGS, "request: not a valid protobuf message for this method",
+                          field="request") from None
 
 
 class RpcGuard(grpc.aio.ServerInterceptor):
@@ -528,7 +543,12 @@ class RpcGuard(grpc.aio.ServerInterceptor):
             # Bound on first use (after the server configured structlog): skips the lazy
             # proxy's per-call re-binding.
             log = self._log = structlog.get_logger("rpc").bind()
-        principal = caller.principal_id if caller is not None else None
+        if caller is None:
+            principal = None
+        elif caller is ADMIN:
+            principal = "<admin>"
+        else:
+            principal = caller.principal_id
         rid = getattr(request, "request_id", None)
         if rid:
             log.info("rpc", principal=principal, method=method, code=code, duration_ms=ms, request_id=rid)
@@ -547,6 +567,11 @@ class RpcGuard(grpc.aio.ServerInterceptor):
         log_call = self._log_call
         abort = rpc_status.abort
         perf = time.perf_counter
+        # Unary requests are parsed here, after admission, not by gRPC: bytes that are not
+        # a valid message then fail INVALID_ARGUMENT / INVALID_ARGS (gRPC itself answers
+        # UNKNOWN without details), and nothing is parsed before the caller is admitted.
+        decode = None if handler.request_streaming else handler.request_deserializer
+        request_deserializer = handler.request_deserializer if handler.request_streaming else None
 
         if not handler.response_streaming:
             is_coro = inspect.iscoroutinefunction(orig)
@@ -560,6 +585,7 @@ class RpcGuard(grpc.aio.ServerInterceptor):
                         caller, p = admit(kind, context, streaming)
                     except _Reject as rej:
                         code = rej.err.code.name
+                        caller = getattr(rej.limiter, "caller", None)  # principal, if known
                         try:
                             await refuse(context, rej)
                         except asyncio.CancelledError:
@@ -568,6 +594,8 @@ class RpcGuard(grpc.aio.ServerInterceptor):
                     ctx = _Ctx(context)
                     token = CALLER.set(caller)
                     try:
+                        if decode is not None:
+                            request = _decode(decode, request)
                         if is_coro:
                             return await orig(request, ctx)
                         result = orig(request, ctx)
@@ -604,12 +632,12 @@ class RpcGuard(grpc.aio.ServerInterceptor):
             if handler.request_streaming:
                 return grpc.stream_unary_rpc_method_handler(
                     unary_response,
-                    request_deserializer=handler.request_deserializer,
+                    request_deserializer=request_deserializer,
                     response_serializer=handler.response_serializer,
                 )
             return grpc.unary_unary_rpc_method_handler(
                 unary_response,
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=request_deserializer,
                 response_serializer=handler.response_serializer,
             )
 
@@ -625,6 +653,7 @@ class RpcGuard(grpc.aio.ServerInterceptor):
                     caller, p = admit(kind, context, streaming)
                 except _Reject as rej:
                     code = rej.err.code.name
+                    caller = getattr(rej.limiter, "caller", None)  # principal, if known
                     try:
                         await refuse(context, rej)
                     except asyncio.CancelledError:
@@ -633,6 +662,8 @@ class RpcGuard(grpc.aio.ServerInterceptor):
                 ctx = _Ctx(context)
                 token = CALLER.set(caller)
                 try:
+                    if decode is not None:
+                        request = _decode(decode, request)
                     if is_agen:
                         agen = orig(request, ctx)
                         try:
@@ -676,11 +707,11 @@ class RpcGuard(grpc.aio.ServerInterceptor):
         if handler.request_streaming:
             return grpc.stream_stream_rpc_method_handler(
                 stream_response,
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return grpc.unary_stream_rpc_method_handler(
             stream_response,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=request_deserializer,
             response_serializer=handler.response_serializer,
         )

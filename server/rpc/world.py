@@ -13,6 +13,7 @@ import grpc
 
 from ecology.v1 import world_pb2, world_pb2_grpc
 from server.errors import KernelError, Reason, invalid
+from server.genesis.llm import ID as LLM_ID
 from server.kernel import events
 from server.rpc import convert
 from server.rpc.guard import CALLER
@@ -112,9 +113,13 @@ class WorldService(world_pb2_grpc.WorldServicer):
         args = convert.plain_struct(request.args, "args", self.limits)
         if request.args.ByteSize() > self.limits["max_args_bytes"]:
             raise invalid("args", f"at most {self.limits['max_args_bytes']} bytes")
-        result = await self.rt.executor.run(lambda conn: self.kernel.idempotent(
-            conn, caller, request.request_id, f"InvokeArtifact:{request.artifact_id}.{request.method}",
-            lambda: self.kernel.op_invoke(conn, caller, request.artifact_id, request.method, args)))
+        if request.artifact_id == LLM_ID and request.method == "complete":
+            # Waits on the network: reserve, call, reconcile outside the writer thread.
+            result = await self.rt.llm.complete(caller, args, request.request_id)
+        else:
+            result = await self.rt.executor.run(lambda conn: self.kernel.idempotent(
+                conn, caller, request.request_id, f"InvokeArtifact:{request.artifact_id}.{request.method}",
+                lambda: self.kernel.op_invoke(conn, caller, request.artifact_id, request.method, args)))
         return world_pb2.InvokeArtifactResponse(result=convert.value(result))
 
     @translate_errors

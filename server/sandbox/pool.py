@@ -126,8 +126,12 @@ class Worker:
                 "--setenv", "PYTHONDONTWRITEBYTECODE", "1",
                 *_interpreter_binds(),
                 "--ro-bind", str(WORKER_SOURCE), "/sandbox/worker.py",
-                "--proc", "/proc", "--dev", "/dev",
+                "--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev",
                 "--size", str(settings.tmpfs_bytes), "--tmpfs", "/tmp", "--chdir", "/tmp",
+                # bwrap's own root and /dev are tmpfs without a size limit: read-only, so
+                # the size-limited /tmp is the only writable place (tmpfs pages are not
+                # counted in RLIMIT_AS: a writable / or /dev/shm would hold host RAM).
+                "--remount-ro", "/",
                 "--seccomp", str(filter_r), "--info-fd", str(info_w),
                 python, "-I", "-S", "-B", "/sandbox/worker.py",
             ]

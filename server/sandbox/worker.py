@@ -96,11 +96,18 @@ def _set_limits(limits: dict) -> None:
             resource.setrlimit(getattr(resource, name), (int(value), int(value)))
 
 
+# Failures of a whole call chain: when the code lets such a RemoteError escape, the
+# reason travels up unchanged, so the top-level caller sees CALL_DEPTH_EXCEEDED or
+# CALL_CYCLE rather than a generic EXECUTION_ERROR.
+_CHAIN_REASONS = ("CALL_DEPTH_EXCEEDED", "CALL_CYCLE", "TIMEOUT")
+
+
 def _describe(exc: BaseException) -> dict:
     # Only the artifact's own frames (filename "<artifact>") are shown: no worker internals.
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == "<artifact>"]
     where = f" (line {frames[-1].lineno})" if frames else ""
-    return {"type": "error", "reason": "EXECUTION_ERROR",
+    reason = exc.reason if isinstance(exc, RemoteError) and exc.reason in _CHAIN_REASONS else "EXECUTION_ERROR"
+    return {"type": "error", "reason": reason,
             "message": f"{type(exc).__name__}: {exc}{where}"[:2000], "exc_type": type(exc).__name__}
 
 

@@ -122,6 +122,25 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX idempotency_at ON idempotency(at);
     """,
+    # 1 -> 2: LLM gateway reservations (server/llm/reservations.py). While a call to the
+    # LLM backend is in flight, its worst-case cost is held here, already taken out of the
+    # caller's llm_budget quota; the reconcile step charges the actual cost and gives the
+    # rest back. Rows left by a crash are released at startup.
+    """
+    CREATE TABLE llm_reservations (
+        id           INTEGER PRIMARY KEY,
+        principal_id TEXT NOT NULL,
+        amount       INTEGER NOT NULL CHECK (amount >= 0),  -- micro-USD held
+        tokens       INTEGER NOT NULL CHECK (tokens >= 0),  -- estimated tokens (tokens-per-minute)
+        compute      REAL NOT NULL,                         -- compute charged, refunded on failure
+        model        TEXT NOT NULL,
+        request_id   TEXT NOT NULL,                         -- '' when the call had none
+        created_at   REAL NOT NULL
+    );
+    CREATE INDEX llm_reservations_principal ON llm_reservations(principal_id);
+    CREATE UNIQUE INDEX llm_reservations_request ON llm_reservations(principal_id, request_id)
+        WHERE request_id != '';
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,148 @@
+"""The three steps of `genesis_llm.complete` (see server/llm/__init__.py): reserve in the
+writer thread, await the backend on the event loop, reconcile in the writer thread.
+
+Idempotency: a call with a request_id that already succeeded returns its first outcome
+and charges nothing again; a second call with the same id while the first is still in
+flight fails CONFLICT with a retry delay. Failed calls are not remembered (nothing of
+them was applied), so a retry with the same id tries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import structlog
+
+from server.errors import KernelError, Reason, invalid
+from server.genesis.llm import ID, LlmArtifact, Plan
+from server.kernel import events, invocation
+from server.llm import reservations
+from server.llm.backend import Backend, BackendError, Completion, Request
+
+log = structlog.get_logger("llm")
+
+METHOD = "complete"
+IDEMPOTENCY_KEY = f"InvokeArtifact:{ID}.{METHOD}"  # as server/rpc/world.py names invocations
+IN_FLIGHT_RETRY_SECONDS = 1.0
+
+
+class LlmGateway:
+    def __init__(self, kernel, executor, backend: Backend) -> None:
+        self.kernel = kernel
+        self.executor = executor
+        self.backend = backend
+        self.artifact: LlmArtifact = kernel.genesis[ID]
+        self._cleanup: set[asyncio.Task] = set()
+
+    async def complete(self, caller: str, args: dict, request_id: str = "") -> dict:
+        reserving = asyncio.ensure_future(self.executor.run(lambda conn: self._reserve(conn, caller, args, request_id)))
+        try:
+            # Shielded: once queued, the op runs even if this call is cancelled; then
+            # whatever it reserved is released at once.
+            reserved = await asyncio.shield(reserving)
+        except asyncio.CancelledError:
+            reserving.add_done_callback(self._release_if_reserved)
+            raise
+        if "replay" in reserved:
+            return reserved["replay"]
+        plan: Plan = reserved["plan"]
+        request = Request(model=plan.model, messages=plan.messages, max_tokens=plan.max_tokens,
+                          response_format=plan.response_format)
+        started = time.monotonic()
+        try:
+            answer = await self.backend.complete(request)
+        except asyncio.CancelledError:  # the caller went away, or the server is stopping
+            self._release_soon(reserved)
+            raise
+        except BackendError as e:
+            err = KernelError(Reason.LLM_UNAVAILABLE, f"LLM backend ({self.backend.name}): {e.message}; "
+                              "nothing was charged", retry_after=e.retry_after)
+            await self.executor.run(lambda conn: self._release(conn, reserved))
+            log.warning("llm_failed", principal=caller, model=plan.model, error=e.message,
+                        retry_after=e.retry_after)
+            raise err from None
+        except Exception as e:  # a fault in a backend: contain it
+            log.exception("llm_backend_fault", principal=caller, error=repr(e))
+            await self.executor.run(lambda conn: self._release(conn, reserved))
+            raise KernelError(Reason.LLM_UNAVAILABLE,
+                              f"LLM backend ({self.backend.name}) failed unexpectedly; nothing was charged") from None
+        try:
+            return await self.executor.run(
+                lambda conn: self._settle(conn, caller, reserved, answer, request_id, time.monotonic() - started))
+        except KernelError:
+            try:
+                await self.executor.run(lambda conn: self._release(conn, reserved))
+            except KernelError:
+                log.exception("llm_release_failed", reservation=reserved["id"])
+            raise
+
+    async def aclose(self) -> None:
+        if self._cleanup:
+            await asyncio.gather(*self._cleanup, return_exceptions=True)
+        await self.backend.aclose()
+
+    # -- ops (writer thread) ------------------------------------------------------------
+
+    def _reserve(self, conn, caller: str, args: dict, request_id: str) -> dict:
+        now = self.kernel.clock()
+        if request_id:
+            if len(request_id) > 128:
+                raise invalid("request_id", "at most 128 characters")
+            row = conn.execute("SELECT method, ok, outcome FROM idempotency WHERE principal_id=? AND request_id=?",
+                               (caller, request_id)).fetchone()
+            if row is not None:
+                if row["method"] != IDEMPOTENCY_KEY:
+                    raise invalid("request_id", f"already used for {row['method']}")
+                if row["ok"]:
+                    return {"replay": json.loads(row["outcome"])}
+                raise KernelError.from_dict(json.loads(row["outcome"]))
+            if conn.execute("SELECT 1 FROM llm_reservations WHERE principal_id=? AND request_id=?",
+                            (caller, request_id)).fetchone():
+                raise KernelError(Reason.CONFLICT, f"a call with request_id {request_id!r} is still in flight",
+                                  field="request_id", retry_after=IN_FLIGHT_RETRY_SECONDS)
+        frame = invocation.Frame(requester=caller, payer=caller, stack=(), deadline=time.monotonic())
+        _target, compute = invocation.admit(self.kernel, conn, frame, ID, METHOD, args, now)
+        plan = self.artifact.plan(args)
+        reservation = reservations.reserve(conn, caller, amount=plan.cost, tokens=plan.tokens, compute=compute,
+                                           model=plan.model, request_id=request_id, now=now)
+        # Last: the bucket is in memory, so nothing after it may fail and roll the op back.
+        self.artifact.take_tokens(plan.tokens, now)
+        return {"plan": plan, "id": reservation}
+
+    def _settle(self, conn, caller: str, reserved: dict, answer: Completion, request_id: str,
+                seconds: float) -> dict:
+        now = self.kernel.clock()
+        plan: Plan = reserved["plan"]
+        cost = plan.actual_cost(answer.prompt_tokens, answer.completion_tokens)
+        charged = reservations.settle(conn, reserved["id"], cost)
+        remaining = reservations.budget(conn, caller)[0]
+        events.append(conn, "llm.completed", principal_id=caller, artifact_id=ID, now=now, data={
+            "model": answer.model, "prompt_tokens": answer.prompt_tokens,
+            "completion_tokens": answer.completion_tokens, "cost_micro_usd": charged,
+            "reserved_micro_usd": plan.cost, "seconds": round(seconds, 3)})
+        result = {
+            "content": answer.content, "model": answer.model,
+            "usage": {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens},
+            "cost_micro_usd": charged, "budget_remaining_micro_usd": remaining,
+        }
+        if request_id:
+            self.kernel._remember(conn, caller, request_id, IDEMPOTENCY_KEY, True, result)
+        self.artifact.return_tokens(plan.tokens - answer.prompt_tokens - answer.completion_tokens, now)
+        return result
+
+    def _release(self, conn, reserved: dict) -> None:
+        now = self.kernel.clock()
+        reservations.release(conn, reserved["id"], now)
+        self.artifact.return_tokens(reserved["plan"].tokens, now)
+
+    def _release_if_reserved(self, task: asyncio.Future) -> None:
+        if not task.cancelled() and task.exception() is None and "plan" in task.result():
+            self._release_soon(task.result())
+
+    def _release_soon(self, reserved: dict) -> None:
+        task = asyncio.ensure_future(self.executor.run(lambda conn: self._release(conn, reserved)))
+        self._cleanup.add(task)
+        task.add_done_callback(self._cleanup.discard)
+

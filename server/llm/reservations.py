@@ -1,0 +1,93 @@
+"""Held LLM budget (table `llm_reservations`). Runs in the kernel's writer thread.
+
+`llm_budget` is a stock resource: quota = what remains, used = what was spent. A
+reservation moves its amount out of quota (so concurrent calls cannot overspend, and
+the amount cannot be given away) until it is settled (charge the actual cost, at most
+the amount held: used += cost, quota += the rest) or released (quota += amount, and
+the compute the call was charged is refunded). Reservations found at startup belong to
+calls a crash interrupted: they are released.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from server.errors import KernelError, Reason
+from server.kernel import resources
+
+RESOURCE = "llm_budget"
+
+
+def budget(conn: sqlite3.Connection, principal_id: str) -> tuple[int, int] | None:
+    """(remaining, spent) micro-USD, or None if `principal_id` has no llm_budget."""
+    row = conn.execute("SELECT quota, used FROM stock WHERE principal_id=? AND resource=?",
+                       (principal_id, RESOURCE)).fetchone()
+    return None if row is None else (row[0], row[1])
+
+
+def held(conn: sqlite3.Connection, principal_id: str) -> tuple[int, int]:
+    """(micro-USD held, number of calls in flight) for a principal."""
+    row = conn.execute("SELECT COALESCE(SUM(amount), 0), COUNT(*) FROM llm_reservations WHERE principal_id=?",
+                       (principal_id,)).fetchone()
+    return row[0], row[1]
+
+
+def reserve(conn: sqlite3.Connection, principal_id: str, *, amount: int, tokens: int, compute: float,
+            model: str, request_id: str, now: float) -> int:
+    """Hold `amount` micro-USD of the principal's budget; returns the reservation id.
+    A budget smaller than `amount` fails INSUFFICIENT_RESOURCES without a retry delay:
+    the budget does not renew, so waiting does not help."""
+    have = budget(conn, principal_id)
+    if have is None:
+        raise KernelError(Reason.INSUFFICIENT_RESOURCES, f"{principal_id} is not a principal with an llm_budget")
+    remaining = have[0]
+    if remaining < amount:
+        raise KernelError(
+            Reason.INSUFFICIENT_RESOURCES,
+            f"{principal_id}'s llm_budget has {remaining} micro-USD left; this call may cost up to {amount} "
+            "(lower max_tokens, shorten the messages, or get budget from another principal)")
+    conn.execute("UPDATE stock SET quota = quota - ? WHERE principal_id=? AND resource=?",
+                 (amount, principal_id, RESOURCE))
+    cur = conn.execute(
+        "INSERT INTO llm_reservations (principal_id, amount, tokens, compute, model, request_id, created_at) "
+        "VALUES (?,?,?,?,?,?,?)", (principal_id, amount, tokens, compute, model, request_id, now))
+    return cur.lastrowid
+
+
+def _take(conn: sqlite3.Connection, reservation_id: int) -> sqlite3.Row:
+    row = conn.execute("SELECT * FROM llm_reservations WHERE id=?", (reservation_id,)).fetchone()
+    if row is None:
+        raise KernelError(Reason.INTERNAL, f"LLM reservation {reservation_id} is gone")
+    conn.execute("DELETE FROM llm_reservations WHERE id=?", (reservation_id,))
+    return row
+
+
+def settle(conn: sqlite3.Connection, reservation_id: int, cost: int) -> int:
+    """Charge `cost` (at most the amount held), give back the rest; returns the charge."""
+    row = _take(conn, reservation_id)
+    charged = max(0, min(cost, row["amount"]))
+    conn.execute("UPDATE stock SET quota = quota + ?, used = used + ? WHERE principal_id=? AND resource=?",
+                 (row["amount"] - charged, charged, row["principal_id"], RESOURCE))
+    return charged
+
+
+def release(conn: sqlite3.Connection, reservation_id: int, now: float) -> sqlite3.Row:
+    """Give the whole amount back and refund the call's compute: nothing is charged."""
+    row = _take(conn, reservation_id)
+    _give_back(conn, row, now)
+    return row
+
+
+def _give_back(conn: sqlite3.Connection, row: sqlite3.Row, now: float) -> None:
+    conn.execute("UPDATE stock SET quota = quota + ? WHERE principal_id=? AND resource=?",
+                 (row["amount"], row["principal_id"], RESOURCE))
+    resources.refund(conn, row["principal_id"], "compute", row["compute"], now)
+
+
+def release_all(conn: sqlite3.Connection, now: float) -> int:
+    """At startup: release every reservation (their calls died with the last process)."""
+    rows = conn.execute("SELECT * FROM llm_reservations ORDER BY id").fetchall()
+    for row in rows:
+        _give_back(conn, row, now)
+    conn.execute("DELETE FROM llm_reservations")
+    return len(rows)
