@@ -142,15 +142,16 @@ def test_actual_cost_is_reconciled_exactly_and_the_request_is_what_was_asked(mak
     a = server.agent("alice")
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello"}]
     fake_llm.reply(content="Hello there", prompt=123, completion=45)
-    r = a.complete(messages, max_tokens=50)
-    # 123 prompt tokens at 1000/1k + 45 completion tokens at 2000/1k = 123 + 90 micro-USD.
+    r = a.complete(messages, max_tokens=200)
+    # Reserved: (18 chars / 4 -> 5) + 2 * 4 = 13 prompt tokens + 200 -> 13 + 400 = 413 micro-USD.
+    # Charged: 123 prompt tokens at 1000/1k + 45 completion tokens at 2000/1k = 123 + 90.
     assert r == {"content": "Hello there", "model": "test-model",
                  "usage": {"prompt_tokens": 123, "completion_tokens": 45},
                  "cost_micro_usd": 213, "budget_remaining_micro_usd": 1_000_000 - 213}
     sent = fake_llm.requests[-1]
     assert sent["path"] == "/v1/chat/completions"
     assert sent["auth"] == f"Bearer {KEY}"
-    assert sent["body"] == {"model": "test-model", "messages": messages, "max_tokens": 50}
+    assert sent["body"] == {"model": "test-model", "messages": messages, "max_tokens": 200}
     assert budget(a) == (1_000_000 - 213, 213, 0)
     assert {s.name: (s.quota, s.used) for s in a.get_state().stock}["llm_budget"] == (1_000_000 - 213, 213)
 
@@ -164,7 +165,7 @@ def test_actual_cost_is_reconciled_exactly_and_the_request_is_what_was_asked(mak
 
     # The backend reports more than the worst case: the charge stops at the reservation.
     # Estimate: 14 prompt tokens + max_tokens 10 -> 14 * 1 + 10 * 2 = 34 micro-USD.
-    fake_llm.reply(prompt=100_000, completion=100_000)
+    fake_llm.reply(prompt=1000, completion=1000)
     assert a.complete(X40, max_tokens=10)["cost_micro_usd"] == 34
     assert budget(a) == (1_000_000 - 213 - 12 - 34, 213 + 12 + 34, 0)
 
@@ -223,15 +224,16 @@ def test_tokens_per_minute_limit_is_world_wide_with_exact_retry(make_server, fak
     # 600 tokens per minute: capacity 600, refilling 10 tokens a second.
     server = make_server(openai_config(fake_llm.url, tokens_per_minute=600))
     a, b = server.agent("a"), server.agent("b")
-    # Estimated 14 + 400 = 414 tokens; used 14 + 386 = 400: the bucket keeps 600 - 400 = 200.
+    # Estimated 14 + 400 = 414 tokens; used 14 + 386 = 400: the bucket keeps 600 - 400 = 200
+    # (plus what refills meanwhile).
     fake_llm.reply(prompt=14, completion=386)
+    started = time.monotonic()
     a.complete(X40, max_tokens=400)
-    t_after = time.monotonic()
     sent = len(fake_llm.requests)
     err = fails(lambda: b.complete(X40, max_tokens=400), C.RESOURCE_EXHAUSTED, "RATE_LIMITED")
-    elapsed = time.monotonic() - t_after
-    expected = (414 - 200) / 10  # 21.4 s, minus what refilled since
-    assert expected - 10 * elapsed / 10 - 1.0 <= err.retry_after <= expected + 0.01, err.retry_after
+    elapsed = time.monotonic() - started
+    # 414 - 200 = 214 tokens missing at 10 a second: 21.4 s, less what refilled since the first call.
+    assert 21.4 - elapsed - 0.05 <= err.retry_after <= 21.4 + 0.01, (err.retry_after, elapsed)
     assert len(fake_llm.requests) == sent
     assert budget(b) == (1_000_000, 0, 0)  # a refused call holds nothing
     assert b.llm_budget()["tokens_available"] <= 210
