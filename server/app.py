@@ -128,6 +128,9 @@ class WorldServer:
                 ("grpc.max_receive_message_length", max_msg),
                 ("grpc.max_send_message_length", max_msg),
                 ("grpc.so_reuseport", 0),
+                # Bounds how many calls one connection can have open (and so how many
+                # rejections the guard may have to hold for a flooder).
+                ("grpc.max_concurrent_streams", 256),
             ],
         )
         world_pb2_grpc.add_WorldServicer_to_server(WorldService(self), self.grpc_server)

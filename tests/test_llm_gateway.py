@@ -313,6 +313,23 @@ def test_a_reservation_pending_at_a_crash_is_released_at_restart(make_server, fa
     assert a.complete(X40, max_tokens=100)["cost_micro_usd"] == 114
 
 
+def test_a_graceful_stop_mid_call_releases_the_reservation(make_server, fake_llm):
+    server = make_server("[server]\nshutdown_grace_seconds = 0.5\n" + openai_config(fake_llm.url))
+    a = server.agent("a")
+    fake_llm.reply(delay=60.0)
+    caller = threading.Thread(target=lambda: pytest.raises(EcologyError, a.complete, X40))
+    caller.start()
+    assert fake_llm.arrived.wait(10)
+    assert len(reservations(server)) == 1
+    assert server.stop() == 0  # SIGTERM: the call is cut short after the grace period
+    caller.join(10)
+    assert reservations(server) == []
+    conn = server.db()
+    assert conn.execute("SELECT quota, used FROM stock WHERE principal_id='a' AND resource='llm_budget'"
+                        ).fetchone()[:] == (1_000_000, 0)
+    conn.close()
+
+
 def test_missing_api_key_stops_the_server_at_start(make_server, fake_llm, monkeypatch):
     monkeypatch.delenv(KEY_ENV)
     with pytest.raises(RuntimeError):

@@ -18,6 +18,9 @@ import math
 from dataclasses import dataclass
 
 INFINITE = math.inf
+# Clock arithmetic in floats can leave 0.9999999 where 1 is due; a client that waits
+# exactly its RetryInfo must not be refused again for that.
+EPSILON = 1e-9
 
 
 @dataclass
@@ -45,7 +48,7 @@ class TokenBucket:
     def seconds_until(self, target: float, now: float) -> float:
         """Seconds until the balance reaches `target` (0 if already there)."""
         missing = target - self.level(now)
-        if missing <= 0:
+        if missing <= EPSILON:
             return 0.0
         if self.rate <= 0 or target > self.capacity:
             return INFINITE
@@ -58,7 +61,7 @@ class TokenBucket:
     def try_take(self, amount: float, now: float) -> float:
         """Take `amount` if available. Returns 0.0 on success, else the seconds to wait."""
         self.refill(now)
-        if self.balance >= amount:
+        if self.balance + EPSILON >= amount:
             self.balance -= amount
             return 0.0
         return self.seconds_until(amount, now)
@@ -72,7 +75,7 @@ class TokenBucket:
         """Spend with debt. Returns 0.0 on success; when already in debt, spends nothing
         and returns the seconds until usable again."""
         self.refill(now)
-        if self.balance < 0:
+        if self.balance < -EPSILON:
             return self.seconds_until_usable(now)
         self.balance -= amount
         return 0.0
