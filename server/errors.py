@@ -84,12 +84,8 @@ class KernelError(Exception):
         field: str | None = None,
         retry_after: float | None = None,
         code: grpc.StatusCode | None = None,
-        cpu_charge: tuple[str, float] | None = None,
     ) -> None:
         super().__init__(message)
-        # (payer, cpu seconds) that failed user code used: charged even though the
-        # call's other effects are rolled back.
-        self.cpu_charge = cpu_charge
         self.reason = reason
         self.message = message
         self.field = field
