@@ -3,6 +3,7 @@
   ecology serve --data-dir DIR [--listen ADDR ...] [--config FILE]
   ecology agent create NAME [--config-text JSON] [--endowment N]
   ecology agent list
+  ecology agent run [--server ADDR] [--token-file F] [--brain B]   (one agent's loop; see agent_runtime/run.py)
   ecology status
   ecology defaults
 
@@ -104,6 +105,19 @@ def _agent_list(args) -> int:
     return 0
 
 
+def _agent_run(args) -> int:
+    from agent_runtime import run
+
+    argv = []
+    if args.server:
+        argv += ["--server", args.server]
+    if args.token_file:
+        argv += ["--token-file", args.token_file]
+    if args.brain:
+        argv += ["--brain", args.brain]
+    return run.main(argv)
+
+
 def _status(args) -> int:
     from google.protobuf import json_format
 
@@ -154,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     lst = agent.add_parser("list", help="list agents")
     operator(lst)
     lst.set_defaults(fn=_agent_list)
+    run = agent.add_parser("run", help="run one agent (inside its container): server and token from "
+                                       "$ECOLOGY_SERVER and $ECOLOGY_TOKEN / $ECOLOGY_TOKEN_FILE")
+    run.add_argument("--server", help="server address (default $ECOLOGY_SERVER)")
+    run.add_argument("--token-file", help="file holding the agent's token")
+    run.add_argument("--brain", choices=("scripted", "llm", "plan"), help="override the configured brain")
+    run.set_defaults(fn=_agent_run)
 
     status = sub.add_parser("status", help="server statistics and the ledger invariant")
     operator(status)

@@ -21,6 +21,9 @@ RULES = """# The rules of the world
 - compute is a token bucket (rate, capacity). Each verb costs compute; you may overspend once into debt, then
   wait exactly until your balance is back at zero (the error's RetryInfo tells you how long).
 - Disk bytes are a quota: what you write counts against it; deleting frees it.
+- LLM calls go through genesis_llm.complete and are paid from your llm_budget (integer micro-USD), which does
+  not renew: the worst case is reserved first, the actual cost charged after. A spent budget freezes only your
+  LLM calls; any principal may give you more (genesis_rights_registry.transfer_quota).
 - A call that fails changes nothing.
 """
 

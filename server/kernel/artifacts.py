@@ -200,7 +200,7 @@ def validate_interface(methods: Any, limits: dict) -> list[dict]:
     return out
 
 
-_validators: dict[str, jsonschema.protocols.Validator] = {}
+_validators: dict[tuple, jsonschema.protocols.Validator] = {}
 
 
 def validate_args(art: Artifact, method: str, args: dict) -> None:
@@ -210,13 +210,18 @@ def validate_args(art: Artifact, method: str, args: dict) -> None:
         raise KernelError(
             Reason.INVALID_ARGS, f"{art.id} has no method {method!r} (methods: {names})", field="method"
         )
-    key = dumps(spec["input_schema"])
+    # Compiled validators are reused per artifact version (checked equal to the schema,
+    # so two worlds in one process cannot mix them up).
+    key = (art.id, art.version, method)
     validator = _validators.get(key)
-    if validator is None:
+    if validator is None or validator.schema != spec["input_schema"]:
         validator = jsonschema.Draft202012Validator(spec["input_schema"])
-        if len(_validators) < 4096:
-            _validators[key] = validator
+        if len(_validators) >= 4096:
+            _validators.clear()
+        _validators[key] = validator
     try:
+        if validator.is_valid(args):  # the common case; best_match is the slow path
+            return
         error = jsonschema.exceptions.best_match(validator.iter_errors(args))
     except (referencing.exceptions.Unresolvable, RecursionError) as e:
         # A schema can pass check_schema and still not be applicable: a $ref to nowhere

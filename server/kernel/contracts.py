@@ -184,9 +184,12 @@ def is_contract(art: Artifact | None) -> bool:
 
 
 def evaluate(conn: sqlite3.Connection, runner: ContractRunner, target: Artifact, action: str,
-             requester_id: str, now: float, proposed: dict | None = None) -> Decision:
+             requester_id: str, now: float, proposed: dict | None = None, loader=None) -> Decision:
     contract_id = target.access_contract_id
-    contract = artifacts.get(conn, contract_id)
+    try:
+        contract = (loader or artifacts.require)(conn, contract_id)
+    except KernelError:
+        contract = None
     if contract is None or contract.deleted:
         return Decision(False, f"contract {contract_id} no longer exists; access denied (fail closed)")
     ctx = context_for(target, now, proposed)
@@ -199,9 +202,11 @@ def evaluate(conn: sqlite3.Connection, runner: ContractRunner, target: Artifact,
 
 
 def authorize(conn: sqlite3.Connection, runner: ContractRunner, target: Artifact, action: str,
-              requester_id: str, now: float, proposed: dict | None = None) -> None:
-    """The single permission gate. Raises ACCESS_DENIED with the contract's reason."""
-    decision = evaluate(conn, runner, target, action, requester_id, now, proposed)
+              requester_id: str, now: float, proposed: dict | None = None, loader=None) -> None:
+    """The single permission gate. Raises ACCESS_DENIED with the contract's reason.
+    `loader(conn, id)` fetches the contract artifact (the kernel's, which keeps genesis
+    contracts in memory)."""
+    decision = evaluate(conn, runner, target, action, requester_id, now, proposed, loader)
     if not decision.allowed:
         raise KernelError(
             Reason.ACCESS_DENIED, f"{action} on {target.id} denied: {decision.reason}", field="artifact_id"

@@ -73,12 +73,11 @@ def admit(kernel: "Kernel", conn: sqlite3.Connection, frame: Frame, artifact_id:
     access contract, and the compute charge. Returns the target and the compute charged.
     (genesis_llm.complete runs only this part in the writer thread; server/llm/gateway.py.)"""
     artifacts.check_id(artifact_id)
-    target = artifacts.require(conn, artifact_id)
+    target = kernel.load(conn, artifact_id)
     if not target.can_execute:
         raise KernelError(Reason.INVALID_ARGS, f"{artifact_id} is not executable", field="artifact_id")
     artifacts.validate_args(target, method, args)
     kernel.authorize(conn, target, "invoke", frame.requester, now)
-    resources.require_usable(conn, frame.payer, "compute", now)
     g = kernel.genesis.get(artifact_id)
     # One spend for the whole call (verb + genesis method): charged in two parts, the
     # first could put the payer into debt and make the call fail on its own second part.

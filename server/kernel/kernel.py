@@ -41,6 +41,7 @@ class Kernel:
         self.config = config
         self.clock = clock
         self.sandbox = sandbox
+        self._genesis_artifacts: dict[str, Artifact] = {}
         self.runner: contracts.ContractRunner = (
             contracts.SandboxedContracts(sandbox, config["sandbox"]["contract_timeout_seconds"])
             if sandbox is not None else contracts.NoSandboxRunner())
@@ -53,6 +54,7 @@ class Kernel:
     def bootstrap(self, conn: sqlite3.Connection) -> None:
         """Create (or refresh) the genesis artifacts. Idempotent; run at every start."""
         now = self.clock()
+        self._genesis_artifacts = {}
         for g in self.genesis.values():
             existing = artifacts.get(conn, g.id)
             content = g.content()
@@ -72,12 +74,20 @@ class Kernel:
                 artifacts.save(conn, artifacts.bump(
                     existing, now, content=content, interface=interface,
                     size_bytes=len(content.encode())))
+            self._genesis_artifacts[g.id] = artifacts.require(conn, g.id)
 
     # -- helpers ---------------------------------------------------------------------
 
+    def load(self, conn, artifact_id: str) -> Artifact:
+        """An existing, live artifact. Genesis artifacts come from memory: nobody can
+        write, delete or transfer them after bootstrap (their controller is
+        genesis_system, which no caller can be)."""
+        cached = self._genesis_artifacts.get(artifact_id)
+        return cached if cached is not None else artifacts.require(conn, artifact_id)
+
     def authorize(self, conn, target: Artifact, action: str, requester: str, now: float,
                   proposed: dict | None = None) -> None:
-        contracts.authorize(conn, self.runner, target, action, requester, now, proposed)
+        contracts.authorize(conn, self.runner, target, action, requester, now, proposed, loader=self.load)
 
     def charge(self, conn, payer: str, cost_key: str, now: float) -> None:
         resources.charge(conn, payer, "compute", self.config.cost(cost_key), now)
@@ -151,7 +161,6 @@ class Kernel:
         artifacts.check_id(artifact_id)
         target = artifacts.require(conn, artifact_id)
         self.authorize(conn, target, "read", caller, now)
-        resources.require_usable(conn, caller, "compute", now)
         self.charge(conn, caller, "read", now)
         return target.to_dict()
 
@@ -271,7 +280,6 @@ class Kernel:
                               field="expected_version")
         if artifact_id.startswith(artifacts.RESERVED_PREFIX):
             raise KernelError(Reason.ACCESS_DENIED, "genesis artifacts cannot be deleted")
-        resources.require_usable(conn, caller, "compute", now)
         self.charge(conn, caller, "delete", now)
         resources.adjust_disk(conn, target.billed_to, -target.size_bytes)
         conn.execute("DELETE FROM escrow_listings WHERE artifact_id = ?", (artifact_id,))

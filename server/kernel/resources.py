@@ -64,9 +64,11 @@ def require_usable(conn, principal_id: str, resource: str, now: float) -> None:
 
 
 def charge(conn, principal_id: str, resource: str, amount: float, now: float, *, force: bool = False) -> None:
-    """Spend `amount` of a flow resource, possibly into debt. `force`: charge for what
-    was already consumed (CPU time), even when already in debt."""
-    if amount <= 0:
+    """Spend `amount` of a flow resource, possibly into debt; refused (with the exact
+    wait) while already in debt, even for a zero amount - one read of the bucket does
+    both the check and the spend. `force`: charge for what was already consumed (CPU
+    time), even when already in debt."""
+    if amount <= 0 and force:
         return
     b = load_bucket(conn, principal_id, resource)
     if b is None:
@@ -77,14 +79,15 @@ def charge(conn, principal_id: str, resource: str, amount: float, now: float, *,
         b.force_spend(amount, now)
         _store_bucket(conn, principal_id, resource, b)
         return
-    wait = b.spend(amount, now)
+    wait = b.spend(max(amount, 0.0), now)
     if wait > 0:
         raise KernelError(
             Reason.INSUFFICIENT_RESOURCES,
             f"{principal_id} is in {resource} debt; usable again in {wait:.3f}s",
             retry_after=wait,
         )
-    _store_bucket(conn, principal_id, resource, b)
+    if amount > 0:
+        _store_bucket(conn, principal_id, resource, b)
 
 
 def refund(conn, principal_id: str, resource: str, amount: float, now: float) -> None:

@@ -35,6 +35,8 @@ class LlmGateway:
         self.backend = backend
         self.artifact: LlmArtifact = kernel.genesis[ID]
         self._cleanup: set[asyncio.Task] = set()
+        self._pending: dict[int, dict] = {}  # reservation id -> reserved, while the backend works
+        self._closed = False
 
     async def complete(self, caller: str, args: dict, request_id: str = "") -> dict:
         reserving = asyncio.ensure_future(self.executor.run(lambda conn: self._reserve(conn, caller, args, request_id)))
@@ -47,6 +49,13 @@ class LlmGateway:
             raise
         if "replay" in reserved:
             return reserved["replay"]
+        self._pending[reserved["id"]] = reserved
+        try:
+            return await self._call(caller, reserved, request_id)
+        finally:
+            self._pending.pop(reserved["id"], None)
+
+    async def _call(self, caller: str, reserved: dict, request_id: str) -> dict:
         plan: Plan = reserved["plan"]
         request = Request(model=plan.model, messages=plan.messages, max_tokens=plan.max_tokens,
                           response_format=plan.response_format)
@@ -79,6 +88,14 @@ class LlmGateway:
             raise
 
     async def aclose(self) -> None:
+        """At shutdown, after the RPC server stopped and before the writer does: release
+        the reservations of calls still waiting for the backend (their handlers may be
+        cancelled only later). What still slips through is released at the next start."""
+        self._closed = True
+        pending = list(self._pending.values())
+        self._pending.clear()
+        if pending:
+            await self.executor.run(lambda conn: [self._release(conn, r) for r in pending])
         if self._cleanup:
             await asyncio.gather(*self._cleanup, return_exceptions=True)
         await self.backend.aclose()
@@ -134,14 +151,16 @@ class LlmGateway:
 
     def _release(self, conn, reserved: dict) -> None:
         now = self.kernel.clock()
-        reservations.release(conn, reserved["id"], now)
-        self.artifact.return_tokens(reserved["plan"].tokens, now)
+        if reservations.release(conn, reserved["id"], now):
+            self.artifact.return_tokens(reserved["plan"].tokens, now)
 
     def _release_if_reserved(self, task: asyncio.Future) -> None:
         if not task.cancelled() and task.exception() is None and "plan" in task.result():
             self._release_soon(task.result())
 
     def _release_soon(self, reserved: dict) -> None:
+        if self._closed:  # released by aclose, or else at the next start
+            return
         task = asyncio.ensure_future(self.executor.run(lambda conn: self._release(conn, reserved)))
         self._cleanup.add(task)
         task.add_done_callback(self._cleanup.discard)

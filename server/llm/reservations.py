@@ -54,28 +54,33 @@ def reserve(conn: sqlite3.Connection, principal_id: str, *, amount: int, tokens:
     return cur.lastrowid
 
 
-def _take(conn: sqlite3.Connection, reservation_id: int) -> sqlite3.Row:
+def _take(conn: sqlite3.Connection, reservation_id: int) -> sqlite3.Row | None:
     row = conn.execute("SELECT * FROM llm_reservations WHERE id=?", (reservation_id,)).fetchone()
-    if row is None:
-        raise KernelError(Reason.INTERNAL, f"LLM reservation {reservation_id} is gone")
-    conn.execute("DELETE FROM llm_reservations WHERE id=?", (reservation_id,))
+    if row is not None:
+        conn.execute("DELETE FROM llm_reservations WHERE id=?", (reservation_id,))
     return row
 
 
 def settle(conn: sqlite3.Connection, reservation_id: int, cost: int) -> int:
     """Charge `cost` (at most the amount held), give back the rest; returns the charge."""
     row = _take(conn, reservation_id)
+    if row is None:  # released meanwhile (the server is stopping): nothing to charge
+        raise KernelError(Reason.LLM_UNAVAILABLE, "the call was cancelled while the model answered; "
+                                                  "nothing was charged")
     charged = max(0, min(cost, row["amount"]))
     conn.execute("UPDATE stock SET quota = quota + ?, used = used + ? WHERE principal_id=? AND resource=?",
                  (row["amount"] - charged, charged, row["principal_id"], RESOURCE))
     return charged
 
 
-def release(conn: sqlite3.Connection, reservation_id: int, now: float) -> sqlite3.Row:
-    """Give the whole amount back and refund the call's compute: nothing is charged."""
+def release(conn: sqlite3.Connection, reservation_id: int, now: float) -> bool:
+    """Give the whole amount back and refund the call's compute: nothing is charged.
+    False if it was already released (releasing twice is harmless)."""
     row = _take(conn, reservation_id)
+    if row is None:
+        return False
     _give_back(conn, row, now)
-    return row
+    return True
 
 
 def _give_back(conn: sqlite3.Connection, row: sqlite3.Row, now: float) -> None:

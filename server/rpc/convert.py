@@ -31,8 +31,22 @@ def struct(d: dict | None) -> struct_pb2.Struct:
 
 
 def value(v: Any) -> struct_pb2.Value:
+    """A JSON value as a protobuf Value (faster than json_format.ParseDict)."""
     out = struct_pb2.Value()
-    json_format.ParseDict(v, out)
+    if isinstance(v, dict):
+        out.struct_value.update(v)
+    elif isinstance(v, list):
+        out.list_value.extend(v)
+    elif v is None:
+        out.null_value = struct_pb2.NULL_VALUE
+    elif isinstance(v, bool):
+        out.bool_value = v
+    elif isinstance(v, (int, float)):
+        out.number_value = v
+    elif isinstance(v, str):
+        out.string_value = v
+    else:
+        json_format.ParseDict(v, out)
     return out
 
 

@@ -5,6 +5,7 @@ answers the code's nested requests (invoke, pay) through `on_request`."""
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,13 +41,16 @@ class Sandbox:
         return self.pool.isolation
 
     @staticmethod
-    def key(artifact_id: str, source: str) -> tuple[str, str]:
-        return (artifact_id, hashlib.sha256(source.encode()).hexdigest())
+    def key(artifact_id: str, source: str, methods: list[str]) -> tuple[str, str]:
+        """A worker is dedicated to one artifact version: its code AND the methods it was
+        checked for (an interface-only change must load - and check - the code again)."""
+        version = json.dumps([source, sorted(methods)])
+        return (artifact_id, hashlib.sha256(version.encode()).hexdigest())
 
     def call(self, artifact_id: str, source: str, methods: list[str], method: str, args: dict,
              context: dict, deadline: float, on_request: Callable[[dict], dict]) -> CallResult:
         """Run `method(**args)`; raises CodeError. The worker is recycled on any fault."""
-        worker, fresh = self.pool.acquire(self.key(artifact_id, source))
+        worker, fresh = self.pool.acquire(self.key(artifact_id, source, methods))
         healthy = False
         cpu_before = worker.cpu_seconds()
         try:
@@ -75,7 +79,7 @@ class Sandbox:
 
     def check(self, artifact_id: str, source: str, methods: list[str], timeout: float) -> None:
         """Load the code once (compile + run its top level) and check every method exists."""
-        worker, fresh = self.pool.acquire(self.key(artifact_id, source))
+        worker, fresh = self.pool.acquire(self.key(artifact_id, source, methods))
         healthy = False
         try:
             if not fresh:
