@@ -7,14 +7,37 @@
 
 Every failure raises EcologyError (reason, field, retry_after). Addresses are
 "host:port" or "unix:PATH".
+
+Resilience (what a long-running agent wants), opt-in with `retry=RetryPolicy()`:
+
+* Reconnect: gRPC channels reconnect by themselves; the channel options below keep the
+  reconnect backoff short (0.1 s .. 2 s) so a restarted server is found again quickly, and
+  with a policy every unary call is sent `wait_for_ready` (it waits for the connection
+  instead of failing while the server is away, up to the policy's `call_timeout`).
+* A call that fails UNAVAILABLE (the connection broke) is retried with exponential
+  backoff when that is safe: reads always; write/delete/invoke because the policy gives
+  each one a request id (the server's idempotency key: a retry returns the first outcome
+  and applies nothing twice).
+* RetryInfo is honoured instead of hammering (`call_with_retry`): RATE_LIMITED,
+  TOO_MANY_IN_FLIGHT, INSUFFICIENT_RESOURCES (compute debt) and LLM_UNAVAILABLE (the
+  model said 429/503) are retried after sleeping exactly `retry_after`, a bounded number
+  of times; a delay longer than `max_delay` is raised to the caller instead.
+* `subscribe` resumes after a disconnect from the last event it delivered.
+
+Without a policy (the default) every call is made once and fails fast, as a test or an
+operator tool wants.
 """
 
 from __future__ import annotations
 
 import functools
+import random
+import threading
+import time
 import uuid
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import json_format, struct_pb2
@@ -22,7 +45,98 @@ from google.protobuf import json_format, struct_pb2
 from agent_runtime.errors import EcologyError
 from ecology.v1 import admin_pb2, admin_pb2_grpc, world_pb2, world_pb2_grpc
 
-CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 8 * 1024 * 1024)]
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+    # Find a restarted server quickly (defaults: 1 s initial, up to 120 s).
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
+T = TypeVar("T")
+
+# Genesis methods that change nothing: retried freely, no request id needed.
+READ_ONLY_METHODS = frozenset({
+    ("genesis_ledger", "balance"), ("genesis_ledger", "history"), ("genesis_escrow", "listings"),
+    ("genesis_store", "list"), ("genesis_store", "search"), ("genesis_store", "get_metadata"),
+    ("genesis_event_log", "read"), ("genesis_rights_registry", "quotas"), ("genesis_handbook", "pages"),
+    ("genesis_handbook", "read"), ("genesis_llm", "models"), ("genesis_llm", "budget"),
+})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a client retries (see the module docstring)."""
+
+    # Tries in all for a call refused with a RetryInfo (RATE_LIMITED, TOO_MANY_IN_FLIGHT,
+    # INSUFFICIENT_RESOURCES with a delay, LLM_UNAVAILABLE with a delay).
+    attempts: int = 6
+    # A RetryInfo longer than this is raised instead of slept (the caller decides).
+    max_delay: float = 30.0
+    # Tries in all for a call that failed UNAVAILABLE / DEADLINE_EXCEEDED (no connection).
+    unavailable_attempts: int = 8
+    # Exponential backoff between those tries: initial, factor 2, cap; +-20 % jitter.
+    backoff_initial: float = 0.1
+    backoff_max: float = 5.0
+    # Deadline of one unary call (it waits for the connection until then).
+    call_timeout: float = 120.0
+    # Send unary calls with wait_for_ready (queue while the server is unreachable).
+    wait_for_ready: bool = True
+    # Reasons retried after their RetryInfo.
+    retry_reasons: frozenset = frozenset({"RATE_LIMITED", "TOO_MANY_IN_FLIGHT", "INSUFFICIENT_RESOURCES",
+                                          "LLM_UNAVAILABLE"})
+
+    def backoff(self, attempt: int) -> float:
+        """Delay before retry number `attempt` (1-based) after a lost connection."""
+        base = min(self.backoff_max, self.backoff_initial * (2 ** (attempt - 1)))
+        return base * random.uniform(0.8, 1.2)
+
+
+CONNECTION_REASONS = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
+
+
+def is_connection_error(err: EcologyError) -> bool:
+    """The call did not get an answer from the server (as opposed to a refusal)."""
+    return err.reason in CONNECTION_REASONS and err.code in (grpc.StatusCode.UNAVAILABLE,
+                                                             grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def call_with_retry(fn: Callable[..., T], *args: Any, policy: RetryPolicy | None = None,
+                    idempotent: bool = True, sleep: Callable[[float], Any] | None = None,
+                    on_retry: Callable[[EcologyError, float], Any] | None = None, **kwargs: Any) -> T:
+    """Call `fn(*args, **kwargs)`; when it raises an EcologyError that waiting can fix,
+    wait and call again, a bounded number of times:
+
+    * a reason in `policy.retry_reasons` with a `retry_after` (RetryInfo): sleep exactly
+      `retry_after` (never more than `policy.max_delay`: a longer one is raised), at most
+      `policy.attempts` tries in all;
+    * a lost connection (UNAVAILABLE, DEADLINE_EXCEEDED without ErrorInfo), only when
+      `idempotent`: exponential backoff, at most `policy.unavailable_attempts` tries.
+
+    Anything else, and the last failure, is raised. `sleep` (default time.sleep) may
+    raise to abandon the wait; `on_retry(err, delay)` is told about every retry."""
+    policy = policy or RetryPolicy()
+    sleep = sleep or time.sleep
+    refused = lost = 0
+    while True:
+        try:
+            return fn(*args, **kwargs)
+        except EcologyError as err:
+            if err.retry_after is not None and err.reason in policy.retry_reasons:
+                refused += 1
+                if refused >= policy.attempts or err.retry_after > policy.max_delay:
+                    raise
+                delay = err.retry_after
+            elif idempotent and is_connection_error(err):
+                lost += 1
+                if lost >= policy.unavailable_attempts:
+                    raise
+                delay = policy.backoff(lost)
+            else:
+                raise
+            if on_retry is not None:
+                on_retry(err, delay)
+            sleep(delay)
 
 
 def _struct(d: dict | None) -> struct_pb2.Struct:
@@ -54,6 +168,7 @@ def to_python(msg) -> Any:
 
 
 def _wrap(fn):
+    """Turn grpc.RpcError into EcologyError (for code that calls stubs directly)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -64,12 +179,49 @@ def _wrap(fn):
 
 
 class _Base:
-    def __init__(self, target: str, token: str, *, channel: grpc.Channel | None = None) -> None:
+    def __init__(self, target: str, token: str, *, channel: grpc.Channel | None = None,
+                 retry: RetryPolicy | None = None) -> None:
         self.target = target
+        self.retry = retry
         self._channel = channel or grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._md = (("authorization", f"Bearer {token}"),)
+        self._closed = threading.Event()
+
+    def _sleep(self, seconds: float) -> None:
+        """A retry's wait; closing the client abandons it."""
+        if self._closed.wait(seconds):
+            raise EcologyError(grpc.StatusCode.CANCELLED, "CANCELLED", "the client was closed")
+
+    def _unary(self, rpc: Callable, request, *, idempotent: bool = True, timeout: float | None = None):
+        """One unary call through the policy (or once, without one)."""
+        policy = self.retry
+
+        def once():
+            try:
+                if policy is None:
+                    return rpc(request, metadata=self._md, timeout=timeout)
+                return rpc(request, metadata=self._md, timeout=timeout or policy.call_timeout,
+                           wait_for_ready=policy.wait_for_ready)
+            except grpc.RpcError as err:
+                raise EcologyError.from_rpc_error(err) from None
+            except ValueError as err:  # "Cannot invoke RPC on closed channel!"
+                if self._closed.is_set():
+                    raise EcologyError(grpc.StatusCode.CANCELLED, "CANCELLED", str(err)) from None
+                raise
+
+        if policy is None:
+            return once()
+        return call_with_retry(once, policy=policy, idempotent=idempotent, sleep=self._sleep)
+
+    def _request_id(self, given: str) -> str:
+        """With a policy, mutating calls carry an idempotency key so retries are safe."""
+        if given or self.retry is None:
+            return given
+        return uuid.uuid4().hex
 
     def close(self) -> None:
+        """Close the channel: calls in progress (on any thread) end with CANCELLED."""
+        self._closed.set()
         self._channel.close()
 
     def __enter__(self):
@@ -79,23 +231,126 @@ class _Base:
         self.close()
 
 
+class Subscription:
+    """Events of a Subscribe stream, as an iterator (see WorldClient.subscribe).
+
+    With `resume`, a stream that breaks (server restart, lost connection) or that the
+    server ends (shutdown) is opened again from the last event delivered (`last_seq`),
+    after a short backoff or the RetryInfo of a RATE_LIMITED refusal, so no event is lost
+    or repeated. `close()` may be called from any thread; the iteration then stops."""
+
+    def __init__(self, client: "WorldClient", after_seq: int, types, artifact_ids, principal_ids,
+                 timeout: float | None, resume: bool) -> None:
+        self._client = client
+        self.last_seq = after_seq
+        self._filters = dict(types=list(types), artifact_ids=list(artifact_ids), principal_ids=list(principal_ids))
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self.resume = resume
+        self.reconnects = 0
+        self._call = None
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._failures = 0
+
+    def __iter__(self) -> "Subscription":
+        return self
+
+    def _remaining(self) -> float | None:
+        return None if self._deadline is None else self._deadline - time.monotonic()
+
+    def _open(self):
+        remaining = self._remaining()
+        if remaining is not None and remaining <= 0:
+            raise EcologyError(grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED", "subscription timed out")
+        call = self._client._stub.Subscribe(
+            world_pb2.SubscribeRequest(after_seq=self.last_seq, **self._filters), metadata=self._client._md,
+            timeout=remaining, wait_for_ready=self.resume and self.reconnects > 0 or None)
+        with self._lock:
+            if self._closed.is_set():
+                call.cancel()
+                raise StopIteration
+            self._call = call
+        return call
+
+    def __next__(self) -> world_pb2.Event:
+        while True:
+            if self._closed.is_set():
+                raise StopIteration
+            try:
+                call = self._call or self._open()
+                ev = next(call)
+            except StopIteration:
+                self._drop()
+                if self._closed.is_set() or not self.resume:
+                    raise
+                delay = self._backoff()          # the server ended the stream (shutting down)
+            except grpc.RpcError as rpc_err:
+                self._drop()
+                if self._closed.is_set() or rpc_err.code() == grpc.StatusCode.CANCELLED:
+                    raise StopIteration from None
+                err = EcologyError.from_rpc_error(rpc_err)
+                if not self.resume or err.reason == "DEADLINE_EXCEEDED" and self._deadline is not None:
+                    raise err from None
+                if err.retry_after is not None and err.reason in ("RATE_LIMITED", "TOO_MANY_IN_FLIGHT"):
+                    delay = err.retry_after
+                elif is_connection_error(err) or err.reason in ("INTERNAL", "TOO_MANY_STREAMS"):
+                    delay = self._backoff()
+                else:
+                    raise err from None
+            except ValueError:                   # the channel was closed under us
+                if self._client._closed.is_set():
+                    raise StopIteration from None
+                raise
+            else:
+                self._failures = 0
+                self.last_seq = ev.seq
+                return ev
+            self.reconnects += 1
+            if self._closed.wait(delay):
+                raise StopIteration
+
+    def _backoff(self) -> float:
+        self._failures += 1
+        return min(2.0, 0.05 * (2 ** (self._failures - 1))) * random.uniform(0.8, 1.2)
+
+    def _drop(self) -> None:
+        with self._lock:
+            call, self._call = self._call, None
+        if call is not None:
+            call.cancel()
+
+    def close(self) -> None:
+        """Stop the iteration (thread-safe): cancels the stream."""
+        self._closed.set()
+        self._drop()
+
+    def __enter__(self) -> "Subscription":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
 class WorldClient(_Base):
-    """An agent's connection to the world."""
+    """An agent's connection to the world. `retry=RetryPolicy()` makes it resilient
+    (reconnect, RetryInfo, idempotent retries; see the module docstring)."""
 
     def __init__(self, target: str, token: str, **kw) -> None:
         super().__init__(target, token, **kw)
         self._stub = world_pb2_grpc.WorldStub(self._channel)
 
-    @_wrap
     def get_state(self, timeout: float | None = 30) -> world_pb2.GetStateResponse:
-        return self._stub.GetState(world_pb2.GetStateRequest(), metadata=self._md, timeout=timeout)
+        return self._unary(self._stub.GetState, world_pb2.GetStateRequest(), timeout=timeout)
 
-    @_wrap
     def read(self, artifact_id: str) -> world_pb2.Artifact:
-        return self._stub.ReadArtifact(world_pb2.ReadArtifactRequest(artifact_id=artifact_id),
-                                       metadata=self._md).artifact
+        return self._unary(self._stub.ReadArtifact, world_pb2.ReadArtifactRequest(artifact_id=artifact_id)).artifact
 
-    @_wrap
     def write(self, artifact_id: str, content: str = "", *, access_contract_id: str = "",
               can_execute: bool = False, interface: list[dict] | None = None, metadata: dict | None = None,
               state: dict | None = None, expected_version: int = 0, create_only: bool = False,
@@ -104,42 +359,36 @@ class WorldClient(_Base):
         req = world_pb2.WriteArtifactRequest(
             artifact_id=artifact_id, content=content, access_contract_id=access_contract_id,
             can_execute=can_execute, interface=methods, metadata=_struct(metadata), state=_struct(state),
-            expected_version=expected_version, create_only=create_only, request_id=request_id, **replace)
-        return self._stub.WriteArtifact(req, metadata=self._md)
+            expected_version=expected_version, create_only=create_only,
+            request_id=self._request_id(request_id), **replace)
+        return self._unary(self._stub.WriteArtifact, req, idempotent=bool(req.request_id))
 
-    @_wrap
     def delete(self, artifact_id: str, *, expected_version: int = 0, request_id: str = "") -> world_pb2.Artifact:
-        return self._stub.DeleteArtifact(world_pb2.DeleteArtifactRequest(
-            artifact_id=artifact_id, expected_version=expected_version, request_id=request_id),
-            metadata=self._md).artifact
+        req = world_pb2.DeleteArtifactRequest(artifact_id=artifact_id, expected_version=expected_version,
+                                               request_id=self._request_id(request_id))
+        return self._unary(self._stub.DeleteArtifact, req, idempotent=bool(req.request_id)).artifact
 
-    @_wrap
     def invoke(self, artifact_id: str, method: str, /, *, request_id: str = "", **args: Any) -> Any:
-        resp = self._stub.InvokeArtifact(world_pb2.InvokeArtifactRequest(
-            artifact_id=artifact_id, method=method, args=_struct(args), request_id=request_id),
-            metadata=self._md)
+        read_only = (artifact_id, method) in READ_ONLY_METHODS
+        if not read_only:
+            request_id = self._request_id(request_id)
+        req = world_pb2.InvokeArtifactRequest(artifact_id=artifact_id, method=method, args=_struct(args),
+                                              request_id=request_id)
+        resp = self._unary(self._stub.InvokeArtifact, req, idempotent=read_only or bool(request_id))
         return to_python(resp.result)
 
-    @_wrap
     def list_artifacts(self, **filters: Any) -> world_pb2.ListArtifactsResponse:
         meta = filters.pop("metadata_equals", None)
-        return self._stub.ListArtifacts(world_pb2.ListArtifactsRequest(
-            metadata_equals=_struct(meta), **filters), metadata=self._md)
+        return self._unary(self._stub.ListArtifacts, world_pb2.ListArtifactsRequest(
+            metadata_equals=_struct(meta), **filters))
 
     def subscribe(self, after_seq: int = 0, *, types=(), artifact_ids=(), principal_ids=(),
-                  timeout: float | None = None) -> Iterator[world_pb2.Event]:
-        """Events after `after_seq`, then live ones. Cancel by closing the iterator."""
-        call = self._stub.Subscribe(world_pb2.SubscribeRequest(
-            after_seq=after_seq, types=list(types), artifact_ids=list(artifact_ids),
-            principal_ids=list(principal_ids)), metadata=self._md, timeout=timeout)
-        try:
-            for ev in call:
-                yield ev
-        except grpc.RpcError as err:
-            if err.code() != grpc.StatusCode.CANCELLED:
-                raise EcologyError.from_rpc_error(err) from None
-        finally:
-            call.cancel()
+                  timeout: float | None = None, resume: bool = True) -> Subscription:
+        """Events after `after_seq`, then live ones, as an iterator; stop it with
+        `.close()` (from any thread). `timeout` bounds the whole subscription (then
+        DEADLINE_EXCEEDED). With `resume` (default), a broken stream is reopened from the
+        last delivered event, so a server restart loses nothing."""
+        return Subscription(self, after_seq, types, artifact_ids, principal_ids, timeout, resume)
 
     # -- genesis helpers ---------------------------------------------------------------
 
@@ -223,26 +472,23 @@ class AdminClient(_Base):
         super().__init__(target, admin_token, **kw)
         self._stub = admin_pb2_grpc.AdminStub(self._channel)
 
-    @_wrap
     def create_agent(self, name: str, config: str = "{}", *, metadata: dict | None = None,
                      interface: list | None = None, **overrides: Any) -> admin_pb2.CreateAgentResponse:
         """`interface`: methods others may invoke (then `config` is Python source), given
         as dicts like WorldClient.write's ({"name", "description", "input_schema"}) or
         as world_pb2.MethodSpec messages."""
-        return self._stub.CreateAgent(admin_pb2.CreateAgentRequest(
+        return self._unary(self._stub.CreateAgent, admin_pb2.CreateAgentRequest(
             name=name, config=config, metadata=_struct(metadata), interface=_methods(interface),
-            **overrides), metadata=self._md)
+            **overrides), idempotent=False)
 
-    @_wrap
     def list_agents(self) -> list[admin_pb2.AgentSummary]:
         out, cursor = [], ""
         while True:
-            resp = self._stub.ListAgents(admin_pb2.ListAgentsRequest(cursor=cursor), metadata=self._md)
+            resp = self._unary(self._stub.ListAgents, admin_pb2.ListAgentsRequest(cursor=cursor))
             out.extend(resp.agents)
             cursor = resp.next_cursor
             if not cursor:
                 return out
 
-    @_wrap
     def get_stats(self) -> admin_pb2.GetStatsResponse:
-        return self._stub.GetStats(admin_pb2.GetStatsRequest(), metadata=self._md)
+        return self._unary(self._stub.GetStats, admin_pb2.GetStatsRequest())

@@ -330,7 +330,7 @@ def test_a_crashed_worker_is_replaced_and_the_next_call_succeeds(world):
     assert alice.invoke(aid, "f", crash=False) == 2  # the same warm worker
     with pytest.raises(EcologyError) as e:
         alice.invoke(aid, "f", crash=True)
-    assert e.value.reason == "EXECUTION_ERROR" and "died" in e.value.message
+    assert e.value.reason == "EXECUTION_ERROR" and "died" in e.value.message, e.value
     assert alice.invoke(aid, "f", crash=False) == 1  # a fresh worker: the module ran again
     assert alice.invoke(aid, "f", crash=False) == 2
 
@@ -368,6 +368,20 @@ def test_a_broken_update_is_rejected_and_the_old_code_keeps_working(world):
     assert "no function for method(s): g" in e.value.message
     assert alice.invoke(aid, "f") == "v1"
     assert alice.read(aid).version == 1
+
+
+def test_an_interface_only_update_is_checked_against_the_code(world):
+    """The code already runs warm; a new interface method it lacks is still refused."""
+    alice = world.agent(uid("alice"))
+    aid = tool(alice, "def f():\n    return 'v1'\n")
+    assert alice.invoke(aid, "f") == "v1"
+    with pytest.raises(EcologyError) as e:
+        alice.write(aid, "def f():\n    return 'v1'\n", interface=[{"name": "f"}, {"name": "g"}])
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT and "no function for method(s): g" in e.value.message
+    assert [m.name for m in alice.read(aid).interface] == ["f"]
+    alice.write(aid, "def f():\n    return 'v1'\n\ndef g():\n    return 'v2'\n",
+                interface=[{"name": "f"}, {"name": "g"}])
+    assert (alice.invoke(aid, "f"), alice.invoke(aid, "g")) == ("v1", "v2")
 
 
 # -- results and errors -----------------------------------------------------------------------
