@@ -229,11 +229,10 @@ class AgentLoop:
         self.agent_id = state.principal_id
         self.log.bind(agent=self.agent_id)
         seq = state.last_event_seq
-        # Streams first (from the seq observed), so nothing that happens next is missed.
+        # The configuration stream first (from the seq observed), so no change is missed.
         self._watches.append(_Watch(self, "self", self._on_self_event, seq, artifact_ids=[self.agent_id]))
-        self._watches.append(_Watch(self, "mine", self._on_event, seq, principal_ids=[self.agent_id]))
-        self._watches.append(_Watch(self, "market", self._on_event, seq, types=list(MARKET_TYPES)))
         self._load_config()
+        self._sync_watches(seq)
         self.memory = Memory(self.client, self.agent_id, int(self.config.get("notes")))
         try:
             self.memory.load()
@@ -245,6 +244,21 @@ class AgentLoop:
                       scrip=state.scrip, notes=len(self.memory.notes))
 
     # -- events ----------------------------------------------------------------------
+
+    def _sync_watches(self, seq: int) -> None:
+        """Streams of recent events for the brain's observation: only a brain that reads
+        them (the LLM brain, with loop.events > 0) gets them - every open stream costs the
+        server a scan per commit, so a scripted agent keeps just its configuration stream
+        (plus a temporary one while it sleeps until an event)."""
+        want = self.config.brain == "llm" and int(self.config.get("events")) > 0
+        have = [w for w in self._watches if w.name in ("mine", "market")]
+        if want and not have:
+            self._watches.append(_Watch(self, "mine", self._on_event, seq, principal_ids=[self.agent_id]))
+            self._watches.append(_Watch(self, "market", self._on_event, seq, types=list(MARKET_TYPES)))
+        elif have and not want:
+            for w in have:
+                w.close()
+                self._watches.remove(w)
 
     def _on_event(self, ev) -> None:
         with self._cond:
@@ -354,7 +368,17 @@ class AgentLoop:
 
     def _step(self) -> None:
         if self._config_dirty:
-            self._load_config()
+            try:
+                self._load_config()
+            except EcologyError as e:
+                if self.stopping or e.reason in FATAL:
+                    raise
+                with self._cond:
+                    self._config_dirty = True      # keep the old one; read it again after the backoff
+                self._failed({"action": "reload_config"}, e, wait_config=False)
+                return
+            seq = self.last_state.last_event_seq if self.last_state is not None else 0
+            self._sync_watches(seq)
         cfg = self.config
         max_actions = int(cfg.get("max_actions"))
         if max_actions and self.actions_done >= max_actions:
@@ -448,11 +472,11 @@ class AgentLoop:
             fields["woke"] = result["woke"]
         self.log.info("action", **fields)
 
-    def _failed(self, action: dict, err: EcologyError) -> None:
+    def _failed(self, action: dict, err: EcologyError, *, wait_config: bool = True) -> None:
         """After a failure: wait out a RetryInfo exactly, else back off (and report)."""
         if err.retry_after is not None and err.reason in WAITABLE:
             self.log.info("waiting", reason=err.reason, seconds=round(err.retry_after, 3))
-            self._wait(err.retry_after)
+            self._wait(err.retry_after, on_config=wait_config)
             return
         self.failures += 1
         cfg = self.config
@@ -463,7 +487,7 @@ class AgentLoop:
             delay = cap
         if self.failures % every == 0:
             self._report(action, err)
-        self._wait(delay)
+        self._wait(delay, on_config=wait_config)
 
     def _report(self, action: dict, err: EcologyError) -> None:
         record = {"type": "agent.repeated_failures", "at": iso(time.time()), "failures": self.failures,
@@ -521,6 +545,7 @@ class AgentLoop:
             self.memory.add_note(a["text"], obs.now_iso)
             return {"noted": True, "notes": len(self.memory.notes)}
         if kind == "sleep":
+            self.log.info("sleeping", seconds=a["seconds"], why=a.get("reason"))
             return {"woke": self._wait(a["seconds"]), "slept": a["seconds"]}
         if kind == "sleep_until_event":
             return self._sleep_until_event(a, obs)
@@ -554,6 +579,7 @@ class AgentLoop:
     def _sleep_until(self, a: dict, obs: Observation) -> dict:
         (name, value), = a["condition"].items()
         deadline = time.monotonic() + a["timeout"]
+        self.log.info("sleeping_until", condition=a["condition"], timeout=a["timeout"])
         if name == "compute_at_least":
             c = obs.compute
             need = 0.0 if value <= c["balance"] else (
@@ -582,17 +608,27 @@ class AgentLoop:
             finally:
                 watch.close()
             return {"woke": "condition" if why == "woken" else why}
-        # scrip_at_least: checked now, and again after every event concerning the agent.
-        scrip = obs.scrip
-        while True:
-            if scrip >= value:
-                return {"woke": "condition", "scrip": scrip}
+        # scrip_at_least: checked now, and again after every event concerning the agent
+        # (a stream of those, from the seq observed before deciding).
+        def bump(ev) -> None:
             with self._cond:
-                seen = self._mine_counter
-            why = self._wait(deadline - time.monotonic(), lambda: self._mine_counter != seen)
-            if why != "woken":
-                return {"woke": why, "scrip": scrip}
-            scrip = self.client.get_state().scrip
+                self._mine_counter += 1
+                self._cond.notify_all()
+
+        watch = _Watch(self, "sleep", bump, obs.last_event_seq, principal_ids=[self.agent_id])
+        try:
+            scrip = obs.scrip
+            while True:
+                if scrip >= value:
+                    return {"woke": "condition", "scrip": scrip}
+                with self._cond:
+                    seen = self._mine_counter
+                why = self._wait(deadline - time.monotonic(), lambda: self._mine_counter != seen)
+                if why != "woken":
+                    return {"woke": why, "scrip": scrip}
+                scrip = self.client.get_state().scrip
+        finally:
+            watch.close()
 
 
 def summary(art: dict) -> dict:

@@ -61,8 +61,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "rate_limits": {
         # Per principal (survives reconnects) and per connection, calls per second.
-        "principal_rate": 200.0,
-        "principal_burst": 400.0,
+        # An LLM-driven agent needs a few calls per second; 50/s leaves room for scripts.
+        "principal_rate": 50.0,
+        "principal_burst": 100.0,
         "connection_rate": 1000.0,
         "connection_burst": 2000.0,
         "max_in_flight_per_principal": 64,

@@ -414,10 +414,6 @@ def test_an_exception_reports_its_type_and_message_without_server_internals(worl
     assert "Custom: own error type" in e.value.message and "server/" not in e.value.message
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (reported, not fixed: needs a design choice): a result larger than "
-                   "server.max_message_bytes is committed - price and compute charged - and only then fails to "
-                   "send (RESOURCE_EXHAUSTED 'Sent message larger than max'). The kernel should refuse the result "
-                   "inside the invocation's transaction (e.g. INVALID_ARGS 'result too large') so nothing commits.")
 def test_a_result_too_large_to_send_charges_nothing(world):
     seller, buyer = world.agent(uid("seller")), world.agent(uid("buyer"))
     aid = tool(seller, "def f():\n    return 'x' * (5 * 2**20)\n", metadata={"price": 2})

@@ -647,13 +647,9 @@ def test_contract_that_tries_to_invoke_pay_or_write(world, mallory, kind):
     assert_still_serving(world)
 
 
-# -- known gaps (reported; need a design decision, not a local fix) ----------------------------
+# -- costs and stalls of hostile code ------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (reported): the code check at WriteArtifact runs the code's top "
-                   "level in the sandbox (up to sandbox.timeout_seconds of CPU) but charges none of that CPU - "
-                   "a failed write is not charged at all - so looping or heavy top-level code can be written "
-                   "again and again for free.")
 def test_cpu_used_by_the_code_check_at_write_is_charged(world):
     writer = world.agent("writer_" + uuid.uuid4().hex[:8], compute_rate=0.001, compute_capacity=1000)
     before = compute(writer)
@@ -663,10 +659,7 @@ def test_cpu_used_by_the_code_check_at_write_is_charged(world):
     assert before - compute(writer) > 10  # well over 0.1 s of CPU was burned for this writer
 
 
-@pytest.mark.xfail(strict=True, reason="DESIGN GAP (reported): sandboxed code - invocations, the code check at "
-                   "write, and user contracts (for reads too) - runs synchronously inside the single writer "
-                   "thread, so while hostile code spins until its timeout every other client's write or read "
-                   "waits behind it; the contract and write-check cases cost the attacker nothing.")
+# The code check at write runs ahead of the write, outside the writer thread.
 def test_hostile_code_does_not_stall_other_clients(world, mallory):
     import threading
 

@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]          # the checkout holding agent
 AGENT_MODULE = "agent_runtime.run"
 SOCKET_DIR_IN_SANDBOX = "/run/ecology"
 TOKEN_IN_SANDBOX = "/run/secrets/ecology_token"
+AGENT_IMAGE = "ecology-agent:latest"               # built by `python -m agent_runtime.launcher.image ensure`
 AGENT_UID = 10001                                   # the image's `agent` user
 AGENT_GID = 10001
 

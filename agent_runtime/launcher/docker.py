@@ -40,13 +40,15 @@ def available(image: str, build: bool = True) -> tuple[bool, str]:
     except Exception as e:                      # no daemon, no socket, no permission
         return False, f"no Docker engine answers ({type(e).__name__}: {str(e)[:120]})"
     try:
+        from agent_runtime.launcher import image as image_mod
         try:
-            c.images.get(image)
-            return True, f"image {image} present"
+            img = c.images.get(image)
+            current = (img.labels or {}).get("ecology.source_hash") == image_mod.source_hash()
+            if current or not build:
+                return True, f"image {image} present" + ("" if current else " (older than the agent code)")
         except docker_sdk.errors.ImageNotFound:
             if not build:
                 return False, f"image {image} not built (python -m agent_runtime.launcher.image ensure)"
-        from agent_runtime.launcher import image as image_mod
         try:
             t0 = time.monotonic()
             image_mod.ensure(tag=image)

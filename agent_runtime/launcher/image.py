@@ -36,9 +36,7 @@ from pathlib import Path
 
 PY_TAG = f"py{sys.version_info.major}.{sys.version_info.minor}"
 BASE_IMAGE = f"ecology-agent-base:{PY_TAG}"
-AGENT_IMAGE = "ecology-agent:latest"
-AGENT_UID = 10001
-AGENT_GID = 10001
+from agent_runtime.launcher.base import AGENT_GID, AGENT_IMAGE, AGENT_UID  # noqa: E402
 PREFIX_IN_IMAGE = "/opt/python"
 
 ROOT = Path(__file__).resolve().parents[2]          # the project checkout
@@ -151,7 +149,7 @@ class RootFS:
         total = 0
         with tarfile.open(fileobj=fileobj, mode="w|") as tar:
             all_dirs = dict(self.dirs)
-            for path in list(self.files) + list(self.symlinks):
+            for path in list(self.files) + list(self.symlinks) + list(self.dirs):
                 parent = os.path.dirname(path)
                 while parent not in ("", "/"):
                     all_dirs.setdefault(parent, 0o755)
@@ -448,11 +446,34 @@ def stage_context(dest: Path) -> None:
                            invalidation_mode=_unchecked())
 
 
+def source_hash() -> str:
+    """A digest of what the agent image copies in (and of Dockerfile.agent): the image is
+    rebuilt by `ensure` when the checkout's agent code no longer matches it."""
+    import hashlib
+
+    h = hashlib.sha256(DOCKERFILE.read_bytes())
+    for pkg in PACKAGES:
+        for f in sorted((ROOT / pkg).rglob("*")):
+            if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".pyc":
+                h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def image_label(name: str, label: str) -> str | None:
+    r = subprocess.run(["docker", "image", "inspect", "--format", "{{json .Config.Labels}}", name],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        return None
+    import json
+    return (json.loads(r.stdout or "null") or {}).get(label)
+
+
 def build_agent(tag: str = AGENT_IMAGE, base: str = BASE_IMAGE) -> float:
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="ecology-agent-ctx-") as tmp:
         stage_context(Path(tmp))
         r = subprocess.run(["docker", "build", "-q", "-f", "Dockerfile.agent", "--build-arg", f"BASE={base}",
+                            "--label", f"ecology.source_hash={source_hash()}",
                             "-t", tag, tmp], capture_output=True, text=True,
                            env={**os.environ, "DOCKER_BUILDKIT": "0"})
         if r.returncode != 0:
@@ -465,8 +486,8 @@ def build_agent(tag: str = AGENT_IMAGE, base: str = BASE_IMAGE) -> float:
 def ensure(tag: str = AGENT_IMAGE, base: str = BASE_IMAGE, rebuild: bool = False) -> None:
     if rebuild or not image_exists(base):
         build_base(base)
-    if rebuild or not image_exists(tag):
-        build_agent(tag, base)
+    if rebuild or image_label(tag, "ecology.source_hash") != source_hash():
+        build_agent(tag, base)      # missing, or the agent code changed since it was built
 
 
 def main(argv: list[str] | None = None) -> int:

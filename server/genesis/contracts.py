@@ -4,7 +4,7 @@ server/kernel/contracts.py; invoking them here answers the same question)."""
 from __future__ import annotations
 
 from server.errors import invalid
-from server.genesis.base import Call, Genesis
+from server.genesis.base import Genesis
 from server.kernel import contracts
 
 DESCRIPTIONS = {

@@ -116,11 +116,16 @@ class SandboxedContracts:
     target, action, requester, metadata, state) - so a change to the contract or to the
     target's state invalidates the entry."""
 
+    TIMEOUT_PENALTY_SECONDS = 60.0
+
     def __init__(self, sandbox, timeout: float, cache_size: int = 10_000) -> None:
         self.sandbox = sandbox
         self.timeout = timeout
         self.cache_size = cache_size
         self._cache: dict[tuple, Decision] = {}
+        # Contract versions that timed out recently deny at once (fail closed) for a
+        # while, so a looping contract cannot make every check burn a full timeout.
+        self._timed_out: dict[tuple[str, int], float] = {}
 
     def check(self, contract, artifact_id, action, requester_id, context) -> Decision:
         import time
@@ -136,6 +141,12 @@ class SandboxedContracts:
             hit = self._cache.get(key)
             if hit is not None:
                 return hit
+        version = (contract.id, contract.version)
+        until = self._timed_out.get(version)
+        if until is not None:
+            if time.monotonic() < until:
+                return Decision(False, f"contract {contract.id} timed out recently; denied")
+            del self._timed_out[version]
         impure = []
 
         def refuse(msg: dict) -> dict:
@@ -149,6 +160,10 @@ class SandboxedContracts:
                 {"artifact_id": contract.id, "caller": "kernel", "contract": True},
                 time.monotonic() + self.timeout, refuse)
         except CodeError as e:
+            if e.reason == "TIMEOUT":
+                if len(self._timed_out) > self.cache_size:
+                    self._timed_out.clear()
+                self._timed_out[version] = time.monotonic() + self.TIMEOUT_PENALTY_SECONDS
             return Decision(False, f"contract {contract.id} failed ({e.reason}: {e.message}); denied")
         if impure:
             return Decision(False, f"contract {contract.id} tried to {impure[0]}; contracts are pure; denied")

@@ -42,6 +42,8 @@ class Kernel:
         self.clock = clock
         self.sandbox = sandbox
         self._genesis_artifacts: dict[str, Artifact] = {}
+        # Code-check outcomes computed ahead of their write: key -> (failure or None, cpu).
+        self._prechecked: dict[tuple, tuple[str | None, float]] = {}
         self.runner: contracts.ContractRunner = (
             contracts.SandboxedContracts(sandbox, config["sandbox"]["contract_timeout_seconds"])
             if sandbox is not None else contracts.NoSandboxRunner())
@@ -105,6 +107,19 @@ class Kernel:
             raise invalid(field, f"at most {max_bytes} bytes as JSON")
         return value
 
+    def precheck_usable(self, reader, caller: str, request_id: str = "") -> None:
+        """Fail fast, on the read connection, a call whose payer is in compute debt, so
+        a flooding agent in debt costs no writer time. The writer re-checks anyway; a
+        retry of a remembered request id still gets its first outcome."""
+        b = resources.load_bucket(reader, caller, "compute")
+        if b is None:
+            return
+        wait = b.seconds_until_usable(self.clock())
+        if wait > 0 and not (request_id and reader.execute(
+                "SELECT 1 FROM idempotency WHERE principal_id=? AND request_id=?", (caller, request_id)).fetchone()):
+            raise KernelError(Reason.INSUFFICIENT_RESOURCES,
+                              f"{caller} is in compute debt; usable again in {wait:.3f}s", retry_after=wait)
+
     # -- idempotency -------------------------------------------------------------------
 
     def idempotent(self, conn, caller: str, request_id: str, method: str,
@@ -165,6 +180,9 @@ class Kernel:
         return target.to_dict()
 
     def op_write(self, conn, caller: str, req: dict) -> dict:
+        return self.charged_even_if_failed(conn, lambda: self._write(conn, caller, req))
+
+    def _write(self, conn, caller: str, req: dict) -> dict:
         """req: artifact_id, content, access_contract_id, can_execute, interface, metadata,
         state, expected_version, create_only, replace_interface/metadata/state."""
         now = self.clock()
@@ -207,7 +225,7 @@ class Kernel:
             self.charge(conn, caller, "write", now)
             resources.adjust_disk(conn, caller, size)
             if can_execute:
-                self.check_code(artifact_id, content, interface)
+                self.check_code(conn, caller, artifact_id, content, interface)
             art = Artifact(
                 id=artifact_id, content=content, created_by=caller, access_contract_id=contract_id,
                 has_standing=False, can_execute=can_execute, interface=interface, metadata=metadata,
@@ -259,7 +277,7 @@ class Kernel:
                              interface=new_interface, metadata=new_metadata, state=new_state,
                              size_bytes=size, billed_to=caller)
         if art.can_execute and (content != existing.content or new_interface != existing.interface):
-            self.check_code(artifact_id, content, new_interface)
+            self.check_code(conn, caller, artifact_id, content, new_interface)
         artifacts.save(conn, art)
         events.append(conn, "artifact.written", principal_id=caller, artifact_id=artifact_id,
                       now=now, data={"version": art.version, "created": False})
@@ -297,6 +315,11 @@ class Kernel:
         conn.execute("SAVEPOINT invoke")
         try:
             value = invocation.invoke(self, conn, frame, artifact_id, method, args, self.clock())
+            if frame.cpu_log:  # user code ran: its result must fit in a reply
+                limit = self.config.server["max_message_bytes"] - 4096
+                if len(dumps(value)) > limit:
+                    raise KernelError(Reason.INVALID_ARGS, f"result too large: more than {limit} bytes as JSON",
+                                      field="result")
         except KernelError as err:
             conn.execute("ROLLBACK TO invoke")
             conn.execute("RELEASE invoke")
@@ -307,18 +330,64 @@ class Kernel:
         conn.execute("RELEASE invoke")
         return value
 
-    def check_code(self, artifact_id: str, content: str, interface: list[dict]) -> None:
+    def check_code(self, conn, payer: str, artifact_id: str, content: str, interface: list[dict]) -> None:
         """Executable content must compile and define every interface method (checked
-        in the sandbox: the server never runs user code)."""
+        in the sandbox: the server never runs user code). The CPU the check used is
+        charged to `payer` - also when the check fails (see `charged_even_if_failed`)."""
         if not interface or self.sandbox is None:
             return
         from server.sandbox import CodeError
 
+        methods = [m["name"] for m in interface]
+        outcome = self._prechecked.pop(self.sandbox.key(artifact_id, content, methods), None)
+        if outcome is None:  # not checked ahead (or a different version won a race): check now
+            try:
+                outcome = (None, self.sandbox.check(artifact_id, content, methods,
+                                                    self.config["sandbox"]["timeout_seconds"]))
+            except CodeError as e:
+                outcome = (e.message, e.cpu_seconds)
+        failure, cpu = outcome
+        if failure is not None:
+            err = invalid("content", failure)
+            err.cpu_used = (payer, cpu)
+            raise err
+        invocation.charge_cpu(self, conn, payer, cpu, self.clock())
+
+    def precheck_code(self, artifact_id: str, content: str, interface: list[dict]) -> None:
+        """Run the code check ahead of the write, outside the writer thread (the RPC layer
+        calls this in a worker thread), so slow or hostile top-level code never holds up
+        other writes. The outcome is picked up by `check_code` inside the write."""
+        if not interface or self.sandbox is None:
+            return
+        from server.sandbox import CodeError
+
+        methods = [m["name"] for m in interface]
+        key = self.sandbox.key(artifact_id, content, methods)
         try:
-            self.sandbox.check(artifact_id, content, [m["name"] for m in interface],
-                               self.config["sandbox"]["timeout_seconds"])
+            outcome = (None, self.sandbox.check(artifact_id, content, methods,
+                                                self.config["sandbox"]["timeout_seconds"]))
         except CodeError as e:
-            raise invalid("content", e.message)
+            outcome = (e.message, e.cpu_seconds)
+        if len(self._prechecked) > 10_000:
+            self._prechecked.clear()
+        self._prechecked[key] = outcome
+
+    def charged_even_if_failed(self, conn, op: Callable[[], Any]) -> Any:
+        """Run `op` in a savepoint. If it fails after running user code (the error has
+        `cpu_used`), undo everything but that CPU charge and return Failed(err)."""
+        conn.execute("SAVEPOINT charged")
+        try:
+            result = op()
+        except KernelError as err:
+            conn.execute("ROLLBACK TO charged")
+            conn.execute("RELEASE charged")
+            used = getattr(err, "cpu_used", None)
+            if used is None:
+                raise
+            invocation.charge_cpu(self, conn, *used, self.clock())
+            return Failed(err)
+        conn.execute("RELEASE charged")
+        return result
 
     # -- operators -------------------------------------------------------------------
 
@@ -354,7 +423,7 @@ class Kernel:
             metadata={"kind": "agent", **metadata}, state={"controller": agent_id}, version=1,
             created_at=now, updated_at=now, size_bytes=size, billed_to=agent_id,
         )
-        self.check_code(agent_id, config_text, interface)
+        self.check_code(conn, SYSTEM_ACCOUNT, agent_id, config_text, interface)
         artifacts.insert(conn, art)
         ledger.open_account(conn, agent_id)
         resources.create_principal(

@@ -11,7 +11,6 @@ and `llm_budget` in integer micro-dollars (quota = what remains; used = spent).
 
 from __future__ import annotations
 
-import sqlite3
 
 from server.errors import KernelError, Reason
 from server.kernel.buckets import TokenBucket

@@ -136,8 +136,8 @@ ADMIN = Caller(None, True)
 @dataclass(frozen=True)
 class GuardLimits:
     # Per-principal token bucket (units: calls). Overridable per agent.
-    principal_rate: float = 200.0
-    principal_burst: float = 400.0
+    principal_rate: float = 50.0
+    principal_burst: float = 100.0
     # Per-connection token bucket (TCP connections; anonymous unix callers share one).
     connection_rate: float = 1000.0
     connection_burst: float = 2000.0

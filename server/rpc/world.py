@@ -9,12 +9,11 @@ from __future__ import annotations
 import asyncio
 import functools
 
-import grpc
 
 from ecology.v1 import world_pb2, world_pb2_grpc
 from server.errors import KernelError, Reason, invalid
 from server.genesis.llm import ID as LLM_ID
-from server.kernel import events
+from server.kernel import artifacts, events
 from server.rpc import convert
 from server.rpc.guard import CALLER
 from server.rpc.status import abort
@@ -68,6 +67,7 @@ class WorldService(world_pb2_grpc.WorldServicer):
     @translate_errors
     async def ReadArtifact(self, request, context):
         caller = caller_id()
+        self.kernel.precheck_usable(self.rt.reader, caller)
         d = await self.rt.executor.run(lambda conn: self.kernel.op_read(conn, caller, request.artifact_id))
         return world_pb2.ReadArtifactResponse(artifact=convert.artifact(d))
 
@@ -91,15 +91,33 @@ class WorldService(world_pb2_grpc.WorldServicer):
         }
         if request.expected_version < 0:
             raise invalid("expected_version", "must not be negative")
+        self.kernel.precheck_usable(self.rt.reader, caller, request.request_id)
+        await self._precheck_code(req)
         d = await self.rt.executor.run(lambda conn: self.kernel.idempotent(
             conn, caller, request.request_id, "WriteArtifact", lambda: self.kernel.op_write(conn, caller, req)))
         return world_pb2.WriteArtifactResponse(artifact=convert.artifact(d["artifact"]), created=d["created"])
+
+    async def _precheck_code(self, req: dict) -> None:
+        """Check executable code in a worker thread before the write reaches the writer
+        thread (which then only picks up the outcome). Best effort: the write re-checks
+        whatever this did not cover."""
+        existing = artifacts.get(self.rt.reader, req["artifact_id"])
+        executable = req["can_execute"] or (existing is not None and existing.can_execute)
+        if not executable:
+            return
+        interface = req["interface"]
+        if interface is None:
+            interface = existing.interface if existing is not None else []
+        else:
+            interface = artifacts.validate_interface(interface, self.limits)
+        await asyncio.to_thread(self.kernel.precheck_code, req["artifact_id"], req["content"], interface)
 
     @translate_errors
     async def DeleteArtifact(self, request, context):
         caller = caller_id()
         if request.expected_version < 0:
             raise invalid("expected_version", "must not be negative")
+        self.kernel.precheck_usable(self.rt.reader, caller, request.request_id)
         d = await self.rt.executor.run(lambda conn: self.kernel.idempotent(
             conn, caller, request.request_id, "DeleteArtifact",
             lambda: self.kernel.op_delete(conn, caller, request.artifact_id, request.expected_version)))
@@ -117,6 +135,7 @@ class WorldService(world_pb2_grpc.WorldServicer):
             # Waits on the network: reserve, call, reconcile outside the writer thread.
             result = await self.rt.llm.complete(caller, args, request.request_id)
         else:
+            self.kernel.precheck_usable(self.rt.reader, caller, request.request_id)
             result = await self.rt.executor.run(lambda conn: self.kernel.idempotent(
                 conn, caller, request.request_id, f"InvokeArtifact:{request.artifact_id}.{request.method}",
                 lambda: self.kernel.op_invoke(conn, caller, request.artifact_id, request.method, args)))

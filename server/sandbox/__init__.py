@@ -77,22 +77,26 @@ class Sandbox:
         finally:
             self.pool.release(worker, healthy)
 
-    def check(self, artifact_id: str, source: str, methods: list[str], timeout: float) -> None:
-        """Load the code once (compile + run its top level) and check every method exists."""
+    def check(self, artifact_id: str, source: str, methods: list[str], timeout: float) -> float:
+        """Load the code once (compile + run its top level) and check every method exists.
+        Returns the CPU seconds it used; CodeError carries them on failure."""
         worker, fresh = self.pool.acquire(self.key(artifact_id, source, methods))
         healthy = False
+        cpu_before = worker.cpu_seconds()
         try:
             if not fresh:
                 healthy = True
-                return
+                return 0.0
             reply = worker.exchange({"type": "load", "source": source, "methods": methods},
                                     time.monotonic() + timeout, lambda m: {"type": "error", "reason": "EXECUTION_ERROR",
                                                                            "message": "no invoke or pay while loading"})
             if reply.get("type") != "loaded":
-                raise CodeError(str(reply.get("reason", "EXECUTION_ERROR")), str(reply.get("message", "")))
+                raise CodeError(str(reply.get("reason", "EXECUTION_ERROR")), str(reply.get("message", "")),
+                                max(0.0, worker.cpu_seconds() - cpu_before))
             healthy = True
+            return max(0.0, worker.cpu_seconds() - cpu_before)
         except WorkerError as e:
-            raise CodeError(e.reason, e.message) from None
+            raise CodeError(e.reason, e.message, max(0.0, worker.cpu_seconds() - cpu_before)) from None
         finally:
             self.pool.release(worker, healthy)
 
