@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 DATA   ?= ./data
 
-.PHONY: run test install protos bench clean
+.PHONY: run serve test install protos bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,8 +14,12 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# The main job: the world server on embedded defaults (127.0.0.1:50051, ./data).
+# The main job: a world server and 4 offline agents, each isolated (./data; Ctrl-C stops).
 run: install
+	$(VENV)/bin/ecology run --data-dir $(DATA)
+
+# The world server alone, as a daemon on 127.0.0.1:50051.
+serve: install
 	$(VENV)/bin/ecology serve --data-dir $(DATA)
 
 test: install

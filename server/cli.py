@@ -1,5 +1,6 @@
 """The `ecology` command.
 
+  ecology run [--agents N] [--duration S] [--backend auto|docker|bwrap|process] [--data-dir DIR]
   ecology serve --data-dir DIR [--listen ADDR ...] [--config FILE]
   ecology agent create NAME [--config-text JSON] [--endowment N]
   ecology agent list
@@ -55,6 +56,18 @@ def _serve(args) -> int:
         return 0
 
     return asyncio.run(main())
+
+
+def _run(args) -> int:
+    from server.config import ConfigError, load
+    from server.main_job import main
+
+    try:
+        config = load(args.config)
+    except ConfigError as e:
+        print(f"ecology: invalid configuration: {e}", file=sys.stderr)
+        return 2
+    return main(args, config)
 
 
 def _server_address(args) -> str:
@@ -152,6 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="TOML configuration file")
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(fn=_serve)
+
+    run = sub.add_parser("run", help="the main job: a world server and a population of agents")
+    run.add_argument("--agents", type=int, default=4, help="number of agents (default 4)")
+    run.add_argument("--duration", type=float, default=None, help="seconds to run (default: until Ctrl-C)")
+    run.add_argument("--backend", default="auto", choices=["auto", "docker", "bwrap", "process"])
+    run.add_argument("--brain", default="scripted", choices=["scripted", "llm"],
+                     help="scripted (no LLM) or llm (through genesis_llm; offline model by default)")
+    run.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    run.add_argument("--listen", action="append", help="also listen on host:port (repeatable)")
+    run.add_argument("--config", help="TOML configuration file")
+    run.set_defaults(fn=_run)
 
     def operator(sp):
         sp.add_argument("--server", help="server address (host:port or unix:PATH)")

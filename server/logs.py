@@ -13,7 +13,8 @@ import orjson
 import structlog
 
 
-def configure(level: str = "info") -> None:
+def configure(level: str = "info", file=None) -> None:
+    """`file`: a binary stream for the JSON lines (default: stderr)."""
     logging.basicConfig(stream=sys.stderr, format="%(message)s", level=level.upper())
     structlog.configure(
         processors=[
@@ -23,6 +24,6 @@ def configure(level: str = "info") -> None:
             structlog.processors.JSONRenderer(serializer=orjson.dumps, option=orjson.OPT_NON_STR_KEYS),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.BytesLoggerFactory(file=sys.stderr.buffer),
+        logger_factory=structlog.BytesLoggerFactory(file=file or sys.stderr.buffer),
         cache_logger_on_first_use=True,
     )
