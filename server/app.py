@@ -30,7 +30,8 @@ from server.llm.gateway import LlmGateway
 from server.rpc.admin import AdminService
 from server.rpc.auth import Credentials
 from server.rpc.guard import GuardLimits, RpcGuard
-from server.rpc.world import EventHub, WorldService
+from server.rpc.event_hub import EventHub
+from server.rpc.world import WorldService
 from server.sandbox import Sandbox, SandboxSettings
 from server.storage import db
 from server.storage.executor import Executor
@@ -105,7 +106,7 @@ class WorldServer:
         self.reader = db.connect(path)
         self.credentials = Credentials(admin_token)
         self.credentials.load(self.reader)
-        self.hub = EventHub()
+        self.hub = EventHub(self.reader)
         self.executor.on_commit(self.hub.notify)
         self.executor.start()
 

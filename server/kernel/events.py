@@ -38,6 +38,26 @@ def type_matches(patterns, type_: str) -> bool:
     return False
 
 
+def matches(ev: dict, types=(), artifact_set: frozenset | set = frozenset(),
+            principal_set: frozenset | set = frozenset()) -> bool:
+    """Does an event pass a subscriber's filters (every given filter must hold)?"""
+    if not type_matches(types, ev["type"]):
+        return False
+    if artifact_set and ev["artifact_id"] not in artifact_set:
+        return False
+    if principal_set and not (ev["principal_id"] in principal_set or principal_set.intersection(ev["related_ids"])):
+        return False
+    return True
+
+
+def since(conn: sqlite3.Connection, after: int, limit: int = 5000) -> list[dict]:
+    """Every event with seq > after, oldest first (at most `limit`)."""
+    rows = conn.execute(
+        "SELECT seq, at, type, principal_id, artifact_id, related, data FROM events "
+        "WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)).fetchall()
+    return [_row(r) for r in rows]
+
+
 def read(conn: sqlite3.Connection, *, after: int = 0, limit: int = 100,
          types=(), artifact_ids=(), principal_ids=()) -> list[dict]:
     """Events with seq > after matching every given filter, oldest first."""
@@ -62,14 +82,10 @@ def scan(conn: sqlite3.Connection, *, after: int = 0, limit: int = 100,
         scanned += len(rows)
         for r in rows:
             cursor = r["seq"]
-            if not type_matches(types, r["type"]):
-                continue
-            if artifact_set and r["artifact_id"] not in artifact_set:
+            if not type_matches(types, r["type"]):  # cheap pre-filter before JSON decoding
                 continue
             ev = _row(r)
-            if principal_set and not (
-                ev["principal_id"] in principal_set or principal_set.intersection(ev["related_ids"])
-            ):
+            if not matches(ev, (), artifact_set, principal_set):
                 continue
             out.append(ev)
             if len(out) >= limit:

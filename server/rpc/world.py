@@ -13,8 +13,9 @@ import functools
 from ecology.v1 import world_pb2, world_pb2_grpc
 from server.errors import KernelError, Reason, invalid
 from server.genesis.llm import ID as LLM_ID
-from server.kernel import artifacts, events
+from server.kernel import artifacts
 from server.rpc import convert
+from server.rpc.event_hub import EventHub
 from server.rpc.guard import CALLER
 from server.rpc.status import abort
 
@@ -37,21 +38,6 @@ def translate_errors(fn):
             await abort(context, err)
 
     return wrapper
-
-
-class EventHub:
-    """Wakes Subscribe streams after a commit. Waiters take `current()` *before* reading,
-    so a commit between their read and their wait is never missed."""
-
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
-
-    def current(self) -> asyncio.Event:
-        return self._event
-
-    def notify(self) -> None:
-        self._event.set()
-        self._event = asyncio.Event()
 
 
 class WorldService(world_pb2_grpc.WorldServicer):
@@ -166,14 +152,14 @@ class WorldService(world_pb2_grpc.WorldServicer):
             await abort(context, err)
         after = request.after_seq
         hub: EventHub = self.rt.hub
+        types = tuple(request.types)
+        artifact_set, principal_set = frozenset(request.artifact_ids), frozenset(request.principal_ids)
         while True:
             wake = hub.current()
-            found, after = events.scan(
-                self.rt.reader, after=after, limit=200, types=tuple(request.types),
-                artifact_ids=tuple(request.artifact_ids), principal_ids=tuple(request.principal_ids))
-            for ev in found:
-                yield convert.event(ev)
-            if not found and after >= events.last_seq(self.rt.reader):
+            found, after = hub.after(after, types, artifact_set, principal_set)
+            for message in found:
+                yield message
+            if not found and after >= hub.last_seq:
                 if self.rt.stopping:
                     return
                 try:
