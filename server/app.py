@@ -77,6 +77,7 @@ class WorldServer:
         self.clock = clock
         self.addresses: list[str] = []
         self.stopping = False
+        self.agent_backend = ""  # set by `ecology run` once its launcher picked a backend
         self.started = time.monotonic()
         self._tasks: list[asyncio.Task] = []
 

@@ -82,6 +82,7 @@ class MainJob:
 
         launcher = await asyncio.to_thread(
             Launcher, self.backend, f"unix:{self.socket}", state_dir=self.data_dir / "launcher")
+        server.agent_backend = launcher.backend_name
         self.say(f"agents: {len(tokens)} on backend '{launcher.backend_name}' ({launcher.backend.describe()})")
         t0 = time.monotonic()
         try:

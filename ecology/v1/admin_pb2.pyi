@@ -84,7 +84,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("now", "agents", "artifacts", "tombstones", "minted", "burned", "total_balances", "last_event_seq", "ledger_entries", "uptime_seconds", "schema_version", "listen", "sandbox_isolation")
+    __slots__ = ("now", "agents", "artifacts", "tombstones", "minted", "burned", "total_balances", "last_event_seq", "ledger_entries", "uptime_seconds", "schema_version", "listen", "sandbox_isolation", "agent_backend")
     NOW_FIELD_NUMBER: _ClassVar[int]
     AGENTS_FIELD_NUMBER: _ClassVar[int]
     ARTIFACTS_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +98,7 @@ class GetStatsResponse(_message.Message):
     SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
     LISTEN_FIELD_NUMBER: _ClassVar[int]
     SANDBOX_ISOLATION_FIELD_NUMBER: _ClassVar[int]
+    AGENT_BACKEND_FIELD_NUMBER: _ClassVar[int]
     now: _timestamp_pb2.Timestamp
     agents: int
     artifacts: int
@@ -111,4 +112,5 @@ class GetStatsResponse(_message.Message):
     schema_version: int
     listen: _containers.RepeatedScalarFieldContainer[str]
     sandbox_isolation: str
-    def __init__(self, now: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agents: _Optional[int] = ..., artifacts: _Optional[int] = ..., tombstones: _Optional[int] = ..., minted: _Optional[int] = ..., burned: _Optional[int] = ..., total_balances: _Optional[int] = ..., last_event_seq: _Optional[int] = ..., ledger_entries: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., schema_version: _Optional[int] = ..., listen: _Optional[_Iterable[str]] = ..., sandbox_isolation: _Optional[str] = ...) -> None: ...
+    agent_backend: str
+    def __init__(self, now: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agents: _Optional[int] = ..., artifacts: _Optional[int] = ..., tombstones: _Optional[int] = ..., minted: _Optional[int] = ..., burned: _Optional[int] = ..., total_balances: _Optional[int] = ..., last_event_seq: _Optional[int] = ..., ledger_entries: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., schema_version: _Optional[int] = ..., listen: _Optional[_Iterable[str]] = ..., sandbox_isolation: _Optional[str] = ..., agent_backend: _Optional[str] = ...) -> None: ...

@@ -46,4 +46,5 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             total_balances=s["total_balances"], last_event_seq=s["last_event_seq"],
             ledger_entries=s["ledger_entries"], uptime_seconds=time.monotonic() - self.rt.started,
             schema_version=SCHEMA_VERSION, listen=self.rt.addresses,
-            sandbox_isolation=self.rt.sandbox.isolation if self.rt.sandbox else "none")
+            sandbox_isolation=self.rt.sandbox.isolation if self.rt.sandbox else "none",
+            agent_backend=self.rt.agent_backend)
