@@ -12,9 +12,10 @@ import time
 import uuid
 from pathlib import Path
 
+import grpc
 import pytest
 
-from agent_runtime import AdminClient, WorldClient
+from agent_runtime import AdminClient, EcologyError, WorldClient
 from server.storage import db
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,3 +139,19 @@ def check_ledger(server: ServerProcess) -> dict:
         return ledger.check_invariants(conn)
     finally:
         conn.close()
+
+
+def uid(prefix: str) -> str:
+    """A fresh id, so tests sharing one server never collide."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def fails(fn, code: grpc.StatusCode, reason: str, field: str | None = None) -> EcologyError:
+    """Call fn, expect an EcologyError with this gRPC code and reason (and field)."""
+    with pytest.raises(EcologyError) as info:
+        fn()
+    err = info.value
+    assert (err.code, err.reason) == (code, reason), f"{err.code} {err.reason}: {err.message}"
+    if field is not None:
+        assert err.field == field, err
+    return err

@@ -3,15 +3,13 @@ the main failures, checked by gRPC status code and ErrorInfo reason."""
 
 from __future__ import annotations
 
-import uuid
-
 import grpc
 import pytest
 
 from agent_runtime import EcologyError
 from agent_runtime.client import _struct, _wrap, to_python
 from ecology.v1 import world_pb2
-from tests.conftest import ServerProcess, check_ledger
+from tests.conftest import ServerProcess, check_ledger, fails, uid
 
 C = grpc.StatusCode
 
@@ -26,20 +24,6 @@ def world(tmp_path_factory):
     s = ServerProcess(tmp_path_factory.mktemp("genesis") / "world").start()
     yield s
     s.kill()
-
-
-def uid(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def fails(fn, code: grpc.StatusCode, reason: str, field: str | None = None) -> EcologyError:
-    with pytest.raises(EcologyError) as info:
-        fn()
-    err = info.value
-    assert (err.code, err.reason) == (code, reason), f"{err.code} {err.reason}: {err.message}"
-    if field is not None:
-        assert err.field == field, err
-    return err
 
 
 def agents(world, *names, **overrides):

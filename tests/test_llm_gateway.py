@@ -13,6 +13,7 @@ import grpc
 import pytest
 
 from agent_runtime import EcologyError
+from tests.conftest import fails
 
 C = grpc.StatusCode
 KEY_ENV = "ECO_TEST_LLM_KEY"
@@ -100,16 +101,6 @@ def openai_config(url: str, **llm) -> str:
     for name, (p, c) in PRICES.items():
         lines += [f"[llm.models.{name}]", f"prompt_micro_usd_per_1k = {p}", f"completion_micro_usd_per_1k = {c}"]
     return "\n".join(lines) + "\n"
-
-
-def fails(fn, code: grpc.StatusCode, reason: str, field: str | None = None) -> EcologyError:
-    with pytest.raises(EcologyError) as info:
-        fn()
-    err = info.value
-    assert (err.code, err.reason) == (code, reason), f"{err.code} {err.reason}: {err.message}"
-    if field is not None:
-        assert err.field == field, err
-    return err
 
 
 def user(text: str) -> list[dict]:

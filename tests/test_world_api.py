@@ -6,13 +6,11 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-import uuid
 
 import grpc
 import pytest
 
-from agent_runtime import EcologyError
-from tests.conftest import ServerProcess, check_ledger
+from tests.conftest import ServerProcess, check_ledger, fails, uid
 
 C = grpc.StatusCode
 
@@ -23,20 +21,6 @@ def world(tmp_path_factory):
     s = ServerProcess(tmp_path_factory.mktemp("world_api") / "world").start()
     yield s
     s.kill()
-
-
-def uid(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def fails(fn, code: grpc.StatusCode, reason: str, field: str | None = None) -> EcologyError:
-    with pytest.raises(EcologyError) as info:
-        fn()
-    err = info.value
-    assert (err.code, err.reason) == (code, reason), f"{err.code} {err.reason}: {err.message}"
-    if field is not None:
-        assert err.field == field, err
-    return err
 
 
 def flow(state, name="compute"):
