@@ -61,6 +61,9 @@ READ_ONLY_METHODS = frozenset({
     ("genesis_store", "list"), ("genesis_store", "search"), ("genesis_store", "get_metadata"),
     ("genesis_event_log", "read"), ("genesis_rights_registry", "quotas"), ("genesis_handbook", "pages"),
     ("genesis_handbook", "read"), ("genesis_llm", "models"), ("genesis_llm", "budget"),
+    ("genesis_oracle", "status"),
+    # These two may mark overdue debts defaulted - the same outcome however often repeated.
+    ("genesis_debt", "status"), ("genesis_debt", "list"),
 })
 
 
@@ -437,6 +440,61 @@ class WorldClient(_Base):
 
     def transfer_control(self, artifact_id: str, to: str) -> dict:
         return self.invoke("genesis_rights_registry", "transfer_control", artifact_id=artifact_id, to=to)
+
+    def create_agent(self, agent_id: str, config: str, *, contract: str = "") -> dict:
+        """Spawn an agent you control (genesis_store.create_agent). It starts with nothing:
+        fund it with transfer() and transfer_quota(); it is started once it has a compute rate."""
+        args = {"contract": contract} if contract else {}
+        return self.invoke("genesis_store", "create_agent", agent_id=agent_id, config=config, **args)
+
+    # -- loans (genesis_debt) ------------------------------------------------------------
+
+    def debt_offer(self, borrower: str, principal: int, repay_amount: int, due_at: float) -> dict:
+        """Offer a loan; returns the debt (its `debt_id`, status "offered"). Nothing moves yet."""
+        return self.invoke("genesis_debt", "offer", borrower=borrower, principal=principal,
+                           repay_amount=repay_amount, due_at=due_at)
+
+    def debt_accept(self, debt_id: str) -> dict:
+        """Accept a loan offered to you: the principal moves to you now."""
+        return self.invoke("genesis_debt", "accept", debt_id=debt_id)
+
+    def debt_repay(self, debt_id: str, amount: int) -> dict:
+        """Repay up to `amount` (capped at what remains) to whoever holds the debt now."""
+        return self.invoke("genesis_debt", "repay", debt_id=debt_id, amount=amount)
+
+    def debt_cancel(self, debt_id: str) -> dict:
+        """Withdraw a loan offer that was not accepted yet."""
+        return self.invoke("genesis_debt", "cancel", debt_id=debt_id)
+
+    def debt_status(self, debt_id: str) -> dict:
+        """Terms, status, repaid, remaining, holder and overdue of one debt."""
+        return self.invoke("genesis_debt", "status", debt_id=debt_id)
+
+    def debt_list(self, principal_id: str | None = None) -> list[dict]:
+        """Debts where the principal (default: you) is lender, borrower or holder."""
+        args = {"principal_id": principal_id} if principal_id else {}
+        return self.invoke("genesis_debt", "list", **args)["debts"]
+
+    # -- the mint (genesis_oracle) -------------------------------------------------------
+
+    def bid(self, artifact_id: str, amount: int, *, request_id: str = "") -> dict:
+        """Bid `amount` scrip (held by the oracle) for the mint to score `artifact_id` at its
+        next round; bidding again replaces your bid and adjusts the hold. Needs the
+        `transfer` right on the artifact. Returns {artifact_id, bidder, amount, placed_at,
+        round_at, previous}."""
+        return self.invoke("genesis_oracle", "bid", artifact_id=artifact_id, amount=amount,
+                           request_id=request_id or uuid.uuid4().hex)
+
+    def cancel_bid(self, artifact_id: str, *, request_id: str = "") -> dict:
+        """Withdraw your bid before its round; returns {artifact_id, refunded, cancelled}."""
+        return self.invoke("genesis_oracle", "cancel_bid", artifact_id=artifact_id,
+                           request_id=request_id or uuid.uuid4().hex)
+
+    def oracle_status(self, round: int = 0) -> dict:
+        """The mint's schedule (next_resolution_at, interval_seconds, slots, minimum_bid,
+        round), your bids, and the last round's results (or round `round`'s)."""
+        args = {"round": round} if round else {}
+        return self.invoke("genesis_oracle", "status", **args)
 
     def handbook(self, page: str = "rules") -> str:
         return self.invoke("genesis_handbook", "read", page=page)["text"]

@@ -27,6 +27,8 @@ from server.kernel.kernel import Kernel
 from server.llm import reservations
 from server.llm.backend import make_backend
 from server.llm.gateway import LlmGateway
+from server.oracle.runner import MintRunner
+from server.oracle.scoring import LlmScorer
 from server.rpc.admin import AdminService
 from server.rpc.auth import Credentials
 from server.rpc.guard import GuardLimits, RpcGuard
@@ -104,6 +106,11 @@ class WorldServer:
         if released:
             log.warning("llm_reservations_released", count=released)
         self.llm = LlmGateway(self.kernel, self.executor, llm_backend)
+        oracle_cfg = self.config.oracle
+        if oracle_cfg["scorer"] == "llm":
+            self.kernel.genesis["genesis_oracle"].scorer = LlmScorer(
+                self.kernel, self.executor, llm_backend, oracle_cfg["llm_model"])
+        self.mint = MintRunner(self.kernel, self.executor)
         self.reader = db.connect(path)
         self.credentials = Credentials(admin_token)
         self.credentials.load(self.reader)
@@ -157,6 +164,8 @@ class WorldServer:
         for name in ("", "ecology.v1.World", "ecology.v1.Admin"):
             await self._set_health(name, health_pb2.HealthCheckResponse.SERVING)
         self._tasks.append(asyncio.create_task(self._purge_loop()))
+        if oracle_cfg["enabled"]:
+            self._tasks.append(asyncio.create_task(self.mint.run_forever()))
         self._write_ready_file()
         log.info("server_started", listen=self.addresses, data_dir=str(self.data_dir),
                  schema_version=self.schema_version, sandbox_isolation=self.sandbox.isolation,

@@ -97,6 +97,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "genesis_escrow.list": 1.0,
         "genesis_escrow.purchase": 1.0,
         "genesis_store.search": 2.0,
+        "genesis_oracle.bid": 1.0,
         # Per CPU second that artifact code actually used (measured by the sandbox).
         "cpu_second": 100.0,
     },
@@ -123,6 +124,27 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "tokens_per_minute": 200_000,
         # Wall clock for one backend request.
         "timeout_seconds": 60.0,
+    },
+    # The mint, genesis_oracle (server/genesis/oracle.py, server/oracle/). Rounds resolve
+    # at epoch-aligned times: floor(now / interval_seconds) * interval_seconds + interval_seconds.
+    "oracle": {
+        # false: no rounds are resolved and new bids are refused (held bids can be cancelled).
+        "enabled": True,
+        # Seconds between resolutions (> 0).
+        "interval_seconds": 60.0,
+        # Winners per round (>= 1).
+        "slots": 1,
+        # Smallest bid accepted, and the price winners pay when no bid loses (>= 1).
+        "minimum_bid": 1,
+        # Minted scrip = score // mint_ratio (>= 1).
+        "mint_ratio": 1,
+        # "offline": scores from evidence in the world (no key); "llm": the LLM gateway's backend.
+        "scorer": "offline",
+        # The mint's own llm_budget (micro-USD), granted once when the world is created;
+        # the LLM scorer is charged from it. Anyone may add to it (transfer_quota).
+        "llm_budget_micro_usd": 1_000_000,
+        # Model for the LLM scorer; "" means llm.default_model.
+        "llm_model": "",
     },
 }
 
@@ -158,6 +180,10 @@ class Config:
     @property
     def llm(self) -> dict[str, Any]:
         return self.data["llm"]
+
+    @property
+    def oracle(self) -> dict[str, Any]:
+        return self.data["oracle"]
 
     def cost(self, key: str) -> float:
         return float(self.data["costs"].get(key, 0.0))
@@ -204,7 +230,20 @@ def build(overrides: dict[str, Any] | None = None) -> Config:
     if data["server"]["max_batch"] < 1:
         raise ConfigError("config key server.max_batch: must be at least 1")
     _check_llm(data["llm"])
+    _check_oracle(data["oracle"], data["llm"])
     return Config(data)
+
+
+def _check_oracle(oracle: dict[str, Any], llm: dict[str, Any]) -> None:
+    if oracle["interval_seconds"] <= 0:
+        raise ConfigError("config key oracle.interval_seconds: must be positive")
+    for key in ("slots", "minimum_bid", "mint_ratio"):
+        if oracle[key] < 1:
+            raise ConfigError(f"config key oracle.{key}: must be at least 1")
+    if oracle["scorer"] not in ("offline", "llm"):
+        raise ConfigError("config key oracle.scorer: one of offline, llm")
+    if oracle["llm_model"] and oracle["llm_model"] not in llm["models"]:
+        raise ConfigError(f"config key oracle.llm_model: {oracle['llm_model']!r} is not in llm.models")
 
 
 def _check_llm(llm: dict[str, Any]) -> None:

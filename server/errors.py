@@ -38,6 +38,7 @@ class Reason(str, enum.Enum):
     CALL_CYCLE = "CALL_CYCLE"
     NOT_NESTABLE = "NOT_NESTABLE"
     LLM_UNAVAILABLE = "LLM_UNAVAILABLE"
+    MINT_DISABLED = "MINT_DISABLED"
     INTERNAL = "INTERNAL"
 
     @property
@@ -68,6 +69,7 @@ _CODES = {
     Reason.CALL_CYCLE: grpc.StatusCode.FAILED_PRECONDITION,
     Reason.NOT_NESTABLE: grpc.StatusCode.FAILED_PRECONDITION,
     Reason.LLM_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    Reason.MINT_DISABLED: grpc.StatusCode.FAILED_PRECONDITION,
     Reason.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 
@@ -139,11 +141,12 @@ REASON_HELP: dict[Reason, str] = {
     Reason.SANDBOX_UNAVAILABLE: "The artifact is user code and this server runs no sandbox for it.",
     Reason.TIMEOUT: "The invoked code ran out of time.",
     Reason.DELETED: "The artifact is a tombstone.",
-    Reason.CONFLICT: "expected_version did not match, or the artifact is already listed in escrow.",
+    Reason.CONFLICT: "expected_version did not match, or the artifact is already listed in escrow, or a debt is not in the status the call needs.",
     Reason.NOT_LISTED: "genesis_escrow: the artifact is not for sale.",
     Reason.CALL_DEPTH_EXCEEDED: "Nested invoke() calls went deeper than sandbox.max_depth.",
     Reason.CALL_CYCLE: "A nested invoke() would re-enter an artifact already on the call stack.",
     Reason.NOT_NESTABLE: "The method cannot be invoked from artifact code (genesis_llm.complete waits on the network); call it directly.",
     Reason.LLM_UNAVAILABLE: "The LLM backend failed or answered malformed; nothing was charged. RetryInfo only when it said 429/503.",
+    Reason.MINT_DISABLED: "genesis_oracle: the mint is disabled in this world (oracle.enabled = false); bids are refused, held bids can still be cancelled.",
     Reason.INTERNAL: "A server fault; nothing was applied.",
 }

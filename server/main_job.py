@@ -10,6 +10,13 @@ reach the server only through its unix socket (<data-dir>/sock/world.sock). Thei
 are kept in <data-dir>/agents/ (mode 0600), so running again on the same data directory
 continues the same world with the same agents (and adds agents if N grew).
 Live progress every few seconds; a summary at the end (also as a JSON line).
+
+Spawned agents: an agent may create another (genesis_store.create_agent); it starts with
+nothing. Every few seconds the progress loop starts each agent created by another agent
+(created_by is not genesis_system: the operator's population is started from --agents)
+that is live and has a compute rate > 0 and that this launcher does not know yet: a token
+is issued for it (kernel.op_issue_token, kept in <data-dir>/agents/ like the others) and
+it is launched with no brain override - its creator's configuration chooses.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from server import logs
 from server.app import WorldServer
 from server.config import Config
 from server.kernel import ledger
+from server.kernel.artifacts import SYSTEM_ACCOUNT
 
 PERSONALITIES = ("builder", "trader", "tester", "coordinator")
 PROGRESS_SECONDS = 3.0
@@ -57,6 +65,7 @@ class MainJob:
         self.listen = listen
         self.out = out
         self.tokens_dir = data_dir / "agents"
+        self.spawned: list[str] = []
         self.socket = data_dir / "sock" / "world.sock"
 
     def say(self, text: str) -> None:
@@ -139,14 +148,51 @@ class MainJob:
                 now = time.monotonic()
                 rate = (stats["last_event_seq"] - last_seq) / max(now - last_t, 1e-6)
                 last_seq, last_t = stats["last_event_seq"], now
+                try:
+                    for agent_id in await self.launch_spawned(launcher):
+                        self.say(f"spawned agent {agent_id} started")
+                except Exception as e:  # noqa: BLE001 - never let the check end the run
+                    self.say(f"spawn check failed: {e!r}")
                 alive = sum(1 for s in launcher.status() if s["alive"])
                 scrip = _balances(self.server.reader, names)
-                self.say(f"[{time.strftime('%H:%M:%S')}] agents alive {alive}/{len(names)} | "
+                self.say(f"[{time.strftime('%H:%M:%S')}] agents alive {alive}/{len(names) + len(self.spawned)} | "
                          f"actions {rate:5.1f}/s (world events) | artifacts {stats['artifacts']} | "
                          f"scrip min/median/max {_dist(scrip)} | total {stats['total_balances']}")
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
+
+    async def launch_spawned(self, launcher) -> list[str]:
+        """Start the spawned agents that are ready (see the module docstring). Returns
+        the ids started now."""
+        known = {s["agent_id"] for s in launcher.status()}
+        rows = self.server.reader.execute(
+            "SELECT a.id FROM artifacts a JOIN flow f ON f.principal_id = a.id AND f.resource = 'compute' "
+            "WHERE a.has_standing = 1 AND a.can_execute = 1 AND a.deleted = 0 "
+            "AND substr(a.id, 1, 8) != 'genesis_' AND a.created_by != ? AND f.rate > 0 ORDER BY a.id",
+            (SYSTEM_ACCOUNT,)).fetchall()
+        started = []
+        for (agent_id,) in rows:
+            if agent_id in known:
+                continue
+            token = await self._token_for(agent_id)
+            await asyncio.to_thread(launcher.start, agent_id, token, AGENT_LIMITS)
+            if agent_id not in self.spawned:
+                self.spawned.append(agent_id)
+            started.append(agent_id)
+        return started
+
+    async def _token_for(self, agent_id: str) -> str:
+        path = self.tokens_dir / f"{agent_id}.token"
+        if path.exists():
+            return path.read_text().strip()
+        kernel = self.server.kernel
+        token = await self.server.executor.run(lambda conn: kernel.op_issue_token(conn, agent_id))
+        self.server.credentials.add(token, agent_id)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token)
+        return token
 
     def _summary(self, names, start_stats, elapsed, launcher, status) -> dict:
         reader = self.server.reader
@@ -162,6 +208,7 @@ class MainJob:
             "seconds": round(elapsed, 1),
             "backend": launcher.backend_name,
             "agents": len(names),
+            "agents_spawned": list(self.spawned),
             "agents_alive_at_end": sum(1 for s in status if s["alive"]),
             "restarts": sum(s["restarts"] for s in status),
             "events": stats["last_event_seq"] - start_stats["last_event_seq"],

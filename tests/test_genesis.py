@@ -13,8 +13,8 @@ from tests.conftest import ServerProcess, check_ledger, fails, uid
 
 C = grpc.StatusCode
 
-GENESIS = ["genesis_escrow", "genesis_event_log", "genesis_freeware", "genesis_handbook", "genesis_ledger",
-           "genesis_llm", "genesis_private", "genesis_public", "genesis_rights_registry", "genesis_self_owned",
+GENESIS = ["genesis_debt", "genesis_debt_contract", "genesis_escrow", "genesis_event_log", "genesis_freeware", "genesis_handbook", "genesis_ledger",
+           "genesis_llm", "genesis_oracle", "genesis_private", "genesis_public", "genesis_rights_registry", "genesis_self_owned",
            "genesis_store"]
 CONTRACTS = ["genesis_freeware", "genesis_self_owned", "genesis_private", "genesis_public"]
 

@@ -45,15 +45,17 @@ def test_three_offline_agents_act_trade_and_stop_cleanly(tmp_path):
     assert s["events_by_type"].get("artifact.written", 0) > 0, s
     assert s["events_by_type"].get("ledger.transfer", 0) + s["events_by_type"].get("escrow.purchased", 0) > 0, s
     assert all(n > 0 for n in s["actions_by_agent"].values()), s["actions_by_agent"]
-    assert s["ledger_invariant_holds"] and s["ledger"]["minted"] == 3 * 1000
-    assert sum(s["scrip"].values()) == s["ledger"]["total_balances"]
+    # 3 endowments, plus whatever the mint created for artifacts the agents bid on.
+    assert s["ledger_invariant_holds"] and s["ledger"]["minted"] >= 3 * 1000
+    # Agents hold most scrip; accounts such as genesis_oracle (bids held) hold the rest.
+    assert sum(s["scrip"].values()) <= s["ledger"]["total_balances"]
     assert s["agents_alive_at_end"] == 0
     assert agent_processes(data / "sock" / "world.sock") == []
 
     # Running again on the same data directory continues the same world.
     again = run_job(data, "--agents", "3", "--duration", "6", "--backend", "process")
     assert "agent.created" not in again["events_by_type"]
-    assert again["ledger"]["minted"] == 3 * 1000
+    assert again["ledger"]["minted"] >= s["ledger"]["minted"]  # no new endowments, maybe mints
     assert again["ledger"]["entries"] > s["ledger"]["entries"] - 1
     assert again["artifacts"] >= s["artifacts"]
     assert agent_processes(data / "sock" / "world.sock") == []

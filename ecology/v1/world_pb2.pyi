@@ -105,20 +105,22 @@ class GetStateRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStateResponse(_message.Message):
-    __slots__ = ("now", "principal_id", "scrip", "flow", "stock", "last_event_seq")
+    __slots__ = ("now", "principal_id", "scrip", "flow", "stock", "last_event_seq", "next_mint_at")
     NOW_FIELD_NUMBER: _ClassVar[int]
     PRINCIPAL_ID_FIELD_NUMBER: _ClassVar[int]
     SCRIP_FIELD_NUMBER: _ClassVar[int]
     FLOW_FIELD_NUMBER: _ClassVar[int]
     STOCK_FIELD_NUMBER: _ClassVar[int]
     LAST_EVENT_SEQ_FIELD_NUMBER: _ClassVar[int]
+    NEXT_MINT_AT_FIELD_NUMBER: _ClassVar[int]
     now: _timestamp_pb2.Timestamp
     principal_id: str
     scrip: int
     flow: _containers.RepeatedCompositeFieldContainer[FlowResource]
     stock: _containers.RepeatedCompositeFieldContainer[StockResource]
     last_event_seq: int
-    def __init__(self, now: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., principal_id: _Optional[str] = ..., scrip: _Optional[int] = ..., flow: _Optional[_Iterable[_Union[FlowResource, _Mapping]]] = ..., stock: _Optional[_Iterable[_Union[StockResource, _Mapping]]] = ..., last_event_seq: _Optional[int] = ...) -> None: ...
+    next_mint_at: _timestamp_pb2.Timestamp
+    def __init__(self, now: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., principal_id: _Optional[str] = ..., scrip: _Optional[int] = ..., flow: _Optional[_Iterable[_Union[FlowResource, _Mapping]]] = ..., stock: _Optional[_Iterable[_Union[StockResource, _Mapping]]] = ..., last_event_seq: _Optional[int] = ..., next_mint_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ReadArtifactRequest(_message.Message):
     __slots__ = ("artifact_id",)

@@ -68,5 +68,8 @@ class Genesis:
     def content(self) -> str:
         return self.description
 
+    def setup(self, conn: sqlite3.Connection, now: float) -> None:
+        """Run at every start, after the artifact exists (idempotent): own tables' rows."""
+
     def call(self, conn: sqlite3.Connection, caller: str, name: str, args: dict, now: float) -> Any:
         return self._methods[name](Call(conn, caller, now), **args)

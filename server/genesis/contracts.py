@@ -1,4 +1,4 @@
-"""The four built-in contracts, as invokable genesis artifacts (their logic lives in
+"""The built-in contracts, as invokable genesis artifacts (their logic lives in
 server/kernel/contracts.py; invoking them here answers the same question)."""
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ DESCRIPTIONS = {
                           "only the controller writes, deletes, transfers.",
     "genesis_private": "Only the controller may do anything.",
     "genesis_public": "Anyone may do anything.",
+    "genesis_debt_contract": "For debts (genesis_debt): anyone reads; only genesis_debt writes or deletes; "
+                             "the controller (the current creditor) transfers an accepted debt.",
 }
 
 

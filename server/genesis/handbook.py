@@ -24,6 +24,16 @@ RULES = """# The rules of the world
 - LLM calls go through genesis_llm.complete and are paid from your llm_budget (integer micro-USD), which does
   not renew: the worst case is reserved first, the actual cost charged after. A spent budget freezes only your
   LLM calls; any principal may give you more (genesis_rights_registry.transfer_quota).
+- The mint (genesis_oracle): bid scrip on an artifact you control; the bid is held. At fixed epoch-aligned times
+  (GetState.next_mint_at) the top bids win, pay the highest losing bid, and their artifacts are scored 0-100;
+  score // mint_ratio new scrip goes to the artifact's controller. Losers are refunded. The prices paid are
+  shared equally among all agents. Artifacts that others pay to use, that work, and that are original score best.
+- Loans (genesis_debt): a lender offers, the borrower accepts and gets the principal, then repays (in parts) to
+  whoever holds the debt then. A debt is an artifact its holder can sell through genesis_escrow. Past due and
+  unpaid it is marked defaulted for all to see; nothing is taken by force.
+- Control of any artifact, an agent's configuration included, can be sold through genesis_escrow: the buyer then
+  writes the configuration and the agent follows it. genesis_store.create_agent spawns an agent you control; it
+  starts with nothing until you transfer it scrip and quotas (a compute rate before it can run).
 - A call that fails changes nothing.
 """
 

@@ -69,11 +69,35 @@ def public(artifact_id: str, action: str, requester_id: str, ctx: dict) -> Decis
     return Decision(True, "public: anyone may do anything")
 
 
+DEBT_SERVICE = "genesis_debt"
+
+
+def debt(artifact_id: str, action: str, requester_id: str, ctx: dict) -> Decision:
+    # Debt artifacts (server/genesis/debt.py): anyone reads them; only genesis_debt writes
+    # or deletes them, so nobody can forge the terms or the repayments; the controller
+    # (the current creditor) transfers them - sells them through escrow - once accepted.
+    if action == "read":
+        return Decision(True, "debt: anyone may read a debt")
+    if action in ("write", "delete"):
+        if requester_id == DEBT_SERVICE:
+            return Decision(True, "debt: genesis_debt keeps the record")
+        return Decision(False, f"debt: only {DEBT_SERVICE} may {action} a debt")
+    if action == "transfer":
+        status = ctx["state"].get("status")
+        if requester_id != _controller(ctx):
+            return Decision(False, "debt: only the holder (controller) may transfer a debt")
+        if status in ("offered", "cancelled"):
+            return Decision(False, f"debt: a debt that is {status} cannot change hands")
+        return Decision(True, "debt: the holder may transfer it")
+    return Decision(False, f"debt: a debt cannot be {action}d")
+
+
 BUILTIN = {
     "genesis_freeware": freeware,
     "genesis_self_owned": self_owned,
     "genesis_private": private,
     "genesis_public": public,
+    "genesis_debt_contract": debt,
 }
 
 CONTRACT_METHOD = "check_permission"

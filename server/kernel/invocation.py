@@ -51,6 +51,11 @@ class Frame:
     # made inside it; they are re-applied from here, so CPU that code used is always
     # paid for, however the chain ends.
     cpu_log: list = field(default_factory=list, compare=False)
+    # Every user-code call that ran in this chain, (artifact_id, method, requester, payer,
+    # ok, reason), shared by all its frames. Recorded as `artifact.invoked` events by
+    # `record_outcomes` once the chain ends (also when it failed and was rolled back):
+    # evidence for the mint's offline scorer (server/oracle/scoring.py).
+    outcomes: list = field(default_factory=list, compare=False)
 
 
 def price_of(art: Artifact) -> int:
@@ -106,7 +111,7 @@ def run_code(kernel: "Kernel", conn: sqlite3.Connection, frame: Frame, target: A
             raise KernelError(Reason.INSUFFICIENT_FUNDS, f"{target.id} costs {price} scrip; {frame.payer} has {have}")
     code_payer = target.id if target.has_standing else frame.payer
     inner = Frame(requester=target.id, payer=code_payer, stack=frame.stack + (target.id,), deadline=frame.deadline,
-                  cpu_log=frame.cpu_log)
+                  cpu_log=frame.cpu_log, outcomes=frame.outcomes)
 
     def on_request(msg: dict) -> dict:
         return _serve_nested(kernel, conn, inner, msg)
@@ -121,14 +126,24 @@ def run_code(kernel: "Kernel", conn: sqlite3.Connection, frame: Frame, target: A
                   "CALL_DEPTH_EXCEEDED": Reason.CALL_DEPTH_EXCEEDED,
                   "CALL_CYCLE": Reason.CALL_CYCLE}.get(e.reason, Reason.EXECUTION_ERROR)
         use_cpu(kernel, conn, frame, code_payer, e.cpu_seconds, now)  # re-applied after the rollback
+        frame.outcomes.append((target.id, method, frame.requester, frame.payer, False, e.reason))
         raise KernelError(reason, f"{target.id}.{method}: {e.message}") from None
     use_cpu(kernel, conn, frame, code_payer, result.cpu_seconds, now)
+    frame.outcomes.append((target.id, method, frame.requester, frame.payer, True, None))
     if price and controller and controller != frame.payer:
         ledger.transfer(conn, frame.payer, controller, price, now=now, memo=f"price of {target.id}.{method}")
         events.append(conn, "ledger.transfer", principal_id=frame.payer, artifact_id=target.id, now=now,
                       related=[controller], data={"from": frame.payer, "to": controller, "amount": price,
                                                   "memo": "price"})
     return result.value
+
+
+def record_outcomes(conn, outcomes: list, now: float) -> None:
+    """One `artifact.invoked` event per user-code call that ran: {method, ok, reason, payer}."""
+    for artifact_id, method, requester, payer, ok, reason in outcomes:
+        events.append(conn, "artifact.invoked", principal_id=requester, artifact_id=artifact_id, now=now,
+                      related=[payer] if payer != requester else [],
+                      data={"method": method, "ok": ok, "reason": reason, "payer": payer})
 
 
 def use_cpu(kernel: "Kernel", conn, frame: Frame, payer: str, cpu_seconds: float, now: float) -> None:

@@ -77,6 +77,7 @@ class Kernel:
                     existing, now, content=content, interface=interface,
                     size_bytes=len(content.encode())))
             self._genesis_artifacts[g.id] = artifacts.require(conn, g.id)
+            g.setup(conn, now)
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -326,7 +327,9 @@ class Kernel:
             if not frame.cpu_log:
                 raise
             invocation.recharge_cpu(self, conn, frame.cpu_log, self.clock())
+            invocation.record_outcomes(conn, frame.outcomes, self.clock())
             return Failed(err)
+        invocation.record_outcomes(conn, frame.outcomes, self.clock())
         conn.execute("RELEASE invoke")
         return value
 
@@ -451,6 +454,18 @@ class Kernel:
         return {"agent_id": agent_id, "token": token, "agent": art.to_dict(),
                 "rpc_rate": o.get("rpc_rate"), "rpc_burst": o.get("rpc_burst")}
 
+    def op_issue_token(self, conn, agent_id: str) -> str:
+        """A new bearer token for an existing, live, non-genesis agent (standing + code),
+        e.g. one spawned by another agent (genesis_store.create_agent), so the operator's
+        launcher can start it. Only its hash is stored; register the token with the
+        server's Credentials too."""
+        art = artifacts.require(conn, agent_id)
+        if agent_id.startswith(artifacts.RESERVED_PREFIX) or not (art.has_standing and art.can_execute):
+            raise invalid("agent_id", f"{agent_id} is not an agent")
+        token = "eco_" + secrets.token_urlsafe(32)
+        conn.execute("INSERT INTO credentials VALUES (?,?,?)", (hash_token(token), agent_id, self.clock()))
+        return token
+
     # -- read-only queries (read connection) -------------------------------------------
 
     def get_state(self, conn, caller: str) -> dict:
@@ -462,7 +477,12 @@ class Kernel:
             "scrip": ledger.balance(conn, caller) or 0,
             **snap,
             "last_event_seq": events.last_seq(conn),
+            "next_mint_at": self._next_mint_at(now),
         }
+
+    def _next_mint_at(self, now: float) -> float | None:
+        oracle = self.genesis.get("genesis_oracle")
+        return oracle.next_resolution_at(now) if oracle is not None else None
 
     def list_artifacts(self, conn, *, created_by: str = "", kind: str = "",
                        has_standing: bool | None = None, can_execute: bool | None = None,

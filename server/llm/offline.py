@@ -4,8 +4,9 @@ The answer is a function of the messages alone (a SHA-256 of their canonical JSO
 the same prompt always gets the same reply and the same usage. When JSON is wanted -
 `response_format` of type json_object or json_schema, or a message that mentions JSON -
 the reply is a valid JSON object: a cautious action,
-`{"action": "sleep", "seconds": 1..10, "reason": "..."}`. Otherwise it is a short plain
-reply that quotes the last message. Usage is counted from characters (server/llm/pricing.py),
+`{"action": "sleep", "seconds": 1..10, "reason": "..."}` - or, when a system message asks for a
+`"score"` (the mint's LLM scorer, server/oracle/scoring.py), `{"score": 0..100, "reason": "..."}`.
+Otherwise it is a short plain reply that quotes the last message. Usage is counted from characters (server/llm/pricing.py),
 and the reply is cut to `max_tokens` (a JSON reply falls back to its shortest form).
 """
 
@@ -44,6 +45,11 @@ def wants_json(messages: list[dict], response_format: dict | None) -> bool:
     return any(_JSON_WORD.search(m.get("content") or "") for m in messages)
 
 
+def asks_for_score(messages: list[dict]) -> bool:
+    """A scoring request (the mint's LLM scorer): a system message asking for a "score"."""
+    return any(m.get("role") == "system" and '"score"' in (m.get("content") or "") for m in messages)
+
+
 def digest(messages: list[dict]) -> bytes:
     canonical = json.dumps([[m.get("role"), m.get("content")] for m in messages],
                            separators=(",", ":"), ensure_ascii=False)
@@ -52,6 +58,8 @@ def digest(messages: list[dict]) -> bytes:
 
 def reply(messages: list[dict], response_format: dict | None, max_tokens: int) -> str:
     h = digest(messages)
+    if wants_json(messages, response_format) and asks_for_score(messages):
+        return json.dumps({"score": h[3] % 101, "reason": "offline model: a deterministic score"})
     if wants_json(messages, response_format):
         action = {"action": "sleep", "seconds": 1 + h[0] % 10,
                   "reason": f"offline model: {REASONS[h[1] % len(REASONS)]}"}

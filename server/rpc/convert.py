@@ -120,7 +120,8 @@ def stock(items: list[dict]) -> list[world_pb2.StockResource]:
 def state(d: dict) -> world_pb2.GetStateResponse:
     return world_pb2.GetStateResponse(
         now=timestamp(d["now"]), principal_id=d["principal_id"], scrip=d["scrip"],
-        flow=flow(d["flow"]), stock=stock(d["stock"]), last_event_seq=d["last_event_seq"])
+        flow=flow(d["flow"]), stock=stock(d["stock"]), last_event_seq=d["last_event_seq"],
+        next_mint_at=timestamp(d.get("next_mint_at")))
 
 
 def event(d: dict) -> world_pb2.Event:

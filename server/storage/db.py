@@ -141,6 +141,33 @@ MIGRATIONS: list[str] = [
     CREATE UNIQUE INDEX llm_reservations_request ON llm_reservations(principal_id, request_id)
         WHERE request_id != '';
     """,
+    # 2 -> 3: the mint, genesis_oracle (server/genesis/oracle.py). Bids hold scrip in the
+    # oracle's own account until their round resolves; every resolved round is one row
+    # (UNIQUE round number and scheduled time: a round can never be resolved twice).
+    # The oracle's scoring reads events by artifact, hence the index.
+    """
+    CREATE TABLE oracle_bids (
+        artifact_id TEXT PRIMARY KEY,              -- one bid per artifact
+        bidder      TEXT NOT NULL,
+        amount      INTEGER NOT NULL CHECK (amount > 0),  -- held in genesis_oracle's balance
+        placed_at   REAL NOT NULL,                 -- last change; counts for the first round at or after it
+        seq         INTEGER NOT NULL UNIQUE        -- order of last change: ties go to the lower
+    );
+    CREATE INDEX oracle_bids_bidder ON oracle_bids(bidder);
+    CREATE TABLE oracle_rounds (
+        round       INTEGER PRIMARY KEY,           -- 1, 2, 3, ...
+        at          REAL NOT NULL UNIQUE,          -- the scheduled (epoch-aligned) time it resolved
+        resolved_at REAL NOT NULL,                 -- server time it was applied
+        result      TEXT NOT NULL                  -- JSON record (see oracle.status)
+    );
+    CREATE TABLE oracle_state (
+        id       INTEGER PRIMARY KEY CHECK (id = 1),
+        start_at REAL NOT NULL,                    -- the mint's creation: rounds are the boundaries after it
+        carry    INTEGER NOT NULL CHECK (carry >= 0),  -- income remainder carried into the next round
+        bid_seq  INTEGER NOT NULL
+    );
+    CREATE INDEX events_by_artifact ON events(artifact_id, seq);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
