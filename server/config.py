@@ -81,8 +81,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "open_files": 32,
         # A worker is replaced after this many calls.
         "max_uses": 200,
-        "spare_workers": 2,
-        "max_idle_workers": 16,
+        "spare_workers": 4,
+        "max_idle_workers": 64,
         # Nesting depth of invoke() from artifact code.
         "max_depth": 5,
     },

@@ -53,8 +53,8 @@ class SandboxSettings:
     tmpfs_bytes: int = 8 * 1024 * 1024
     open_files: int = 32
     max_uses: int = 200
-    spare_workers: int = 2
-    max_idle_workers: int = 16
+    spare_workers: int = 4
+    max_idle_workers: int = 64
     max_depth: int = 5
 
 
