@@ -249,7 +249,8 @@ def _tool_specs(b: ScriptedBrain):
 
 def builder(b: ScriptedBrain) -> Strategy:
     yield {"action": "note", "text": "I am a builder: I write small useful tools, price them per call, "
-                                     "test them, and sell some of them in escrow."}
+                                     "test them, sell some of them in escrow, and bid on the mint "
+                                     "for the others."}
     made: list[str] = []
     listed = 0
     for name, desc, props, src, price in _tool_specs(b):
@@ -272,6 +273,12 @@ def builder(b: ScriptedBrain) -> Strategy:
             r = yield {"action": "escrow_list", "artifact_id": aid, "price": b.rng.randint(10, 40),
                        "reason": "sell control of a tool"}
             listed += 1 if ok(r) else 0
+        else:
+            # Still in control of it: bid for the mint's attention, which mints scrip for
+            # tools other agents use and pay for.
+            yield {"action": "invoke", "artifact_id": "genesis_oracle", "method": "bid",
+                   "args": {"artifact_id": aid, "amount": b.rng.randint(2, 6)},
+                   "reason": "bid for the mint's attention on a tool I control"}
         if len(made) % 4 == 0:
             yield {"action": "note", "text": f"Built {len(made)} tools so far (latest {aid}); {listed} listed in escrow."}
         if len(made) % 3 == 0:
