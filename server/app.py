@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import secrets
+import threading
 import time
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 
 from ecology.v1 import admin_pb2, admin_pb2_grpc, world_pb2, world_pb2_grpc
 from server.config import Config, ConfigError
+from server.kernel import invocation
 from server.kernel.kernel import Kernel
 from server.llm import reservations
 from server.llm.backend import make_backend
@@ -79,6 +81,7 @@ class WorldServer:
         self.clock = clock
         self.addresses: list[str] = []
         self.stopping = False
+        self._thread_readers = threading.local()
         self.agent_backend = ""  # set by `ecology run` once its launcher picked a backend
         self.started = time.monotonic()
         self._tasks: list[asyncio.Task] = []
@@ -170,6 +173,14 @@ class WorldServer:
         log.info("server_started", listen=self.addresses, data_dir=str(self.data_dir),
                  schema_version=self.schema_version, sandbox_isolation=self.sandbox.isolation,
                  sandbox_note=ISOLATION_NOTES[self.sandbox.isolation], llm_backend=self.llm.backend.name)
+
+    def speculate(self, caller: str, artifact_id: str, method: str, args: dict):
+        """invocation.speculate on a read connection of this worker thread's own."""
+        local = self._thread_readers
+        conn = getattr(local, "conn", None)
+        if conn is None:
+            conn = local.conn = db.connect(self.data_dir / db.DB_FILE, readonly=True)
+        return invocation.speculate(self.kernel, conn, caller, artifact_id, method, args)
 
     def _rpc_override(self, principal_id: str) -> tuple[float, float] | None:
         override = self.credentials.rpc_limits(principal_id)

@@ -681,3 +681,34 @@ def test_hostile_code_does_not_stall_other_clients(world, mallory):
     finally:
         attacker.join()
     assert waited < 0.3, f"a bystander's transfer waited {waited:.2f} s behind hostile code"
+
+
+def test_a_looping_invocation_does_not_stall_other_clients(world, mallory):
+    """User code runs ahead of its transaction, outside the writer thread: while a looping
+    tool spins until its timeout, other clients' writes go on."""
+    import threading
+
+    aid = "spin_" + uuid.uuid4().hex[:8]
+    mallory.write(aid, "def f():\n    while True:\n        pass\n", can_execute=True, interface=[{"name": "f"}])
+    before = compute(mallory)
+    errors = []
+
+    def attack():
+        try:
+            mallory.invoke(aid, "f")
+        except EcologyError as e:
+            errors.append(e)
+
+    attacker = threading.Thread(target=attack)
+    attacker.start()
+    try:
+        time.sleep(0.5)  # the tool is spinning now
+        t0 = time.monotonic()
+        world.bystander.transfer("peer", 1)
+        waited = time.monotonic() - t0
+    finally:
+        attacker.join()
+    assert waited < 0.3, f"a bystander's transfer waited {waited:.2f} s behind the looping tool"
+    assert [e.reason for e in errors] == ["TIMEOUT"]
+    assert before - compute(mallory) > 50  # the spin's CPU time is still charged to its payer
+    assert_still_serving(world)

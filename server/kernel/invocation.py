@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from server.errors import KernelError, Reason
-from server.kernel import artifacts, events, ledger, resources
+from server.kernel import artifacts, contracts, events, ledger, resources
 from server.kernel.artifacts import Artifact
 
 if TYPE_CHECKING:
@@ -56,6 +56,69 @@ class Frame:
     # `record_outcomes` once the chain ends (also when it failed and was rolled back):
     # evidence for the mint's offline scorer (server/oracle/scoring.py).
     outcomes: list = field(default_factory=list, compare=False)
+    # The top-level call's code, already run outside the writer thread (`speculate`).
+    speculation: "Speculation | None" = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class Speculation:
+    """The top-level call's code run ahead of the transaction, off the writer thread, so
+    slow or hostile code never holds up other writes. Valid only if the code made no
+    nested invoke()/pay() (those need the transaction) and the artifact did not change
+    in between; the transaction then applies this outcome instead of running the code.
+    Its CPU is charged either way."""
+
+    artifact_id: str
+    version: int
+    method: str
+    args: dict
+    payer: str
+    cpu_seconds: float
+    usable: bool                 # False: the code asked for invoke()/pay(); run it again inside
+    value: Any = None
+    error: tuple[str, str] | None = None  # (reason, message) when the code failed
+
+
+def speculate(kernel: "Kernel", reader: sqlite3.Connection, caller: str, artifact_id: str, method: str,
+              args: dict) -> Speculation | None:
+    """Run a top-level call's user code ahead of its transaction, when every check the
+    transaction will make passes on the committed state (so a caller cannot make the
+    server run code it may not call or cannot pay for). None: nothing was run."""
+    from server.sandbox import CodeError
+
+    if kernel.sandbox is None or artifact_id in kernel.genesis:
+        return None
+    target = artifacts.get(reader, artifact_id)
+    if target is None or target.deleted or not target.can_execute or target.access_contract_id not in contracts.BUILTIN:
+        return None
+    now = kernel.clock()
+    try:
+        artifacts.validate_args(target, method, args)
+        if not contracts.evaluate(reader, kernel.runner, target, "invoke", caller, now).allowed:
+            return None
+        kernel.precheck_usable(reader, caller)
+    except KernelError:
+        return None
+    price = price_of(target)
+    if price and target.controller not in (None, caller) and (ledger.balance(reader, caller) or 0) < price:
+        return None
+    nested: list[str] = []
+
+    def refuse(msg: dict) -> dict:
+        nested.append(str(msg.get("type")))
+        return {"type": "error", "reason": "EXECUTION_ERROR", "message": "retried inside the transaction"}
+
+    code_payer = target.id if target.has_standing else caller
+    context = {"artifact_id": target.id, "caller": caller, "payer": caller, "now": now, "depth": 1}
+    deadline = time.monotonic() + kernel.config["sandbox"]["timeout_seconds"]
+    common = {"artifact_id": target.id, "version": target.version, "method": method, "args": args,
+              "payer": code_payer}
+    try:
+        result = kernel.sandbox.call(target.id, target.content, [m["name"] for m in target.interface],
+                                     method, args, context, deadline, refuse)
+    except CodeError as e:
+        return Speculation(**common, cpu_seconds=e.cpu_seconds, usable=not nested, error=(e.reason, e.message))
+    return Speculation(**common, cpu_seconds=result.cpu_seconds, usable=not nested, value=result.value)
 
 
 def price_of(art: Artifact) -> int:
@@ -93,7 +156,7 @@ def admit(kernel: "Kernel", conn: sqlite3.Connection, frame: Frame, artifact_id:
 
 def run_code(kernel: "Kernel", conn: sqlite3.Connection, frame: Frame, target: Artifact, method: str,
              args: dict, now: float) -> Any:
-    from server.sandbox import CodeError
+    from server.sandbox import CallResult, CodeError
 
     if kernel.sandbox is None:
         raise KernelError(Reason.SANDBOX_UNAVAILABLE,
@@ -118,9 +181,22 @@ def run_code(kernel: "Kernel", conn: sqlite3.Connection, frame: Frame, target: A
 
     context = {"artifact_id": target.id, "caller": frame.requester, "payer": frame.payer,
                "now": now, "depth": len(inner.stack)}
+    spec = frame.speculation if not frame.stack else None
+    if spec is not None and (spec.artifact_id, spec.version, spec.method, spec.payer) == (
+            target.id, target.version, method, code_payer) and spec.args == args:
+        if not spec.usable:  # it needed the transaction: pay for the first run, run again
+            use_cpu(kernel, conn, frame, code_payer, spec.cpu_seconds, now)
+            spec = None
+    else:
+        spec = None
     try:
-        result = kernel.sandbox.call(target.id, target.content, [m["name"] for m in target.interface],
-                                     method, args, context, frame.deadline, on_request)
+        if spec is None:
+            result = kernel.sandbox.call(target.id, target.content, [m["name"] for m in target.interface],
+                                         method, args, context, frame.deadline, on_request)
+        elif spec.error is not None:
+            raise CodeError(spec.error[0], spec.error[1], spec.cpu_seconds)
+        else:
+            result = CallResult(spec.value, spec.cpu_seconds)
     except CodeError as e:
         reason = {"TIMEOUT": Reason.TIMEOUT, "INVALID_ARGS": Reason.INVALID_ARGS,
                   "CALL_DEPTH_EXCEEDED": Reason.CALL_DEPTH_EXCEEDED,

@@ -308,11 +308,14 @@ class Kernel:
                       data={"version": tomb.version})
         return {"artifact": tomb.to_dict()}
 
-    def op_invoke(self, conn, caller: str, artifact_id: str, method: str, args: dict) -> Any:
+    def op_invoke(self, conn, caller: str, artifact_id: str, method: str, args: dict,
+                  speculation: "invocation.Speculation | None" = None) -> Any:
         """Invoke a method (server/kernel/invocation.py). If user code failed after using
-        CPU, everything is undone but the CPU charges, and the error is returned."""
+        CPU, everything is undone but the CPU charges, and the error is returned.
+        `speculation`: the top-level code's outcome, computed ahead off the writer thread."""
         frame = invocation.Frame(requester=caller, payer=caller, stack=(),
-                                 deadline=time.monotonic() + self.config["sandbox"]["timeout_seconds"])
+                                 deadline=time.monotonic() + self.config["sandbox"]["timeout_seconds"],
+                                 speculation=speculation)
         conn.execute("SAVEPOINT invoke")
         try:
             value = invocation.invoke(self, conn, frame, artifact_id, method, args, self.clock())

@@ -83,6 +83,16 @@ class WorldService(world_pb2_grpc.WorldServicer):
             conn, caller, request.request_id, "WriteArtifact", lambda: self.kernel.op_write(conn, caller, req)))
         return world_pb2.WriteArtifactResponse(artifact=convert.artifact(d["artifact"]), created=d["created"])
 
+    async def _speculate(self, caller: str, artifact_id: str, method: str, args: dict, request_id: str):
+        """Run user code ahead of the transaction in a worker thread (its own read
+        connection), so the writer thread never waits on it (invocation.speculate)."""
+        if artifact_id.startswith("genesis_") or self.kernel.sandbox is None:
+            return None
+        if request_id and self.rt.reader.execute(
+                "SELECT 1 FROM idempotency WHERE principal_id=? AND request_id=?", (caller, request_id)).fetchone():
+            return None  # a retry: the first outcome will be returned, nothing runs
+        return await asyncio.to_thread(self.rt.speculate, caller, artifact_id, method, args)
+
     async def _precheck_code(self, req: dict) -> None:
         """Check executable code in a worker thread before the write reaches the writer
         thread (which then only picks up the outcome). Best effort: the write re-checks
@@ -122,9 +132,10 @@ class WorldService(world_pb2_grpc.WorldServicer):
             result = await self.rt.llm.complete(caller, args, request.request_id)
         else:
             self.kernel.precheck_usable(self.rt.reader, caller, request.request_id)
+            spec = await self._speculate(caller, request.artifact_id, request.method, args, request.request_id)
             result = await self.rt.executor.run(lambda conn: self.kernel.idempotent(
                 conn, caller, request.request_id, f"InvokeArtifact:{request.artifact_id}.{request.method}",
-                lambda: self.kernel.op_invoke(conn, caller, request.artifact_id, request.method, args)))
+                lambda: self.kernel.op_invoke(conn, caller, request.artifact_id, request.method, args, spec)))
         return world_pb2.InvokeArtifactResponse(result=convert.value(result))
 
     @translate_errors
