@@ -155,3 +155,15 @@ def fails(fn, code: grpc.StatusCode, reason: str, field: str | None = None) -> E
     if field is not None:
         assert err.field == field, err
     return err
+
+
+def wait_until(fn, timeout: float, what: str, every: float = 0.05):
+    """Poll fn until it returns something truthy (returned), or fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(every)

@@ -25,7 +25,7 @@ from agent_runtime.client import RetryPolicy, WorldClient, call_with_retry
 from agent_runtime.config import parse as parse_config
 from agent_runtime.loop import Observation
 from tests import conftest
-from tests.conftest import ROOT, ServerProcess, check_ledger
+from tests.conftest import ROOT, ServerProcess, check_ledger, wait_until
 from tests.test_llm_gateway import fake_llm, openai_config  # noqa: F401 - fake_llm is a fixture
 
 PY = sys.executable
@@ -147,16 +147,6 @@ def all_events(client: WorldClient, types=()) -> list[dict]:
         out += page
         after = page[-1]["seq"]
 
-
-def wait_until(fn, timeout: float, what: str, every: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(every)
 
 
 def memory(client: WorldClient, agent_id: str) -> dict | None:

@@ -13,7 +13,7 @@ import pytest
 from agent_runtime import EcologyError
 from agent_runtime.launcher import Launcher
 from agent_runtime.launcher.image import AGENT_IMAGE
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_until
 
 
 def _engine() -> tuple[bool, str]:
@@ -29,16 +29,6 @@ def _engine() -> tuple[bool, str]:
 DOCKER_OK, DOCKER_WHY = _engine()
 pytestmark = pytest.mark.skipif(not DOCKER_OK, reason=f"no usable Docker engine: {DOCKER_WHY}")
 
-
-def wait_until(fn, timeout: float, what: str, every: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(every)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 from agent_runtime import EcologyError
 from agent_runtime.launcher import AgentLimits, Launcher
 from agent_runtime.launcher.bwrap import available as bwrap_available
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_until
 
 BWRAP_OK, BWRAP_WHY = bwrap_available()
 needs_bwrap = pytest.mark.skipif(not BWRAP_OK, reason=f"bubblewrap unavailable: {BWRAP_WHY}")
@@ -29,16 +29,6 @@ SLEEPER = ("import signal, sys, time\n"
            "print('up', flush=True)\n"
            "while True: time.sleep(0.1)\n")
 
-
-def wait_until(fn, timeout: float, what: str, every: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(every)
 
 
 @pytest.fixture

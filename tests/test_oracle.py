@@ -10,10 +10,8 @@ an end-to-end economy use real servers.
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import grpc
@@ -32,7 +30,7 @@ from server.oracle.runner import MintRunner
 from server.oracle.scoring import LlmScorer, Score, ScoreError, gather, offline_score, parse_score
 from server.storage import db
 from server.storage.executor import Executor
-from tests.conftest import check_ledger
+from tests.conftest import check_ledger, wait_until
 
 ORACLE = "genesis_oracle"
 T0 = 1_700_000_000.0  # a multiple of every interval used here
@@ -591,15 +589,6 @@ interval_seconds = 2.0
 slots = 1
 """
 
-
-def wait_until(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def rounds(server) -> list[tuple[int, float]]:

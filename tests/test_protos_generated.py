@@ -7,7 +7,6 @@ import importlib.util
 import pathlib
 
 import grpc_tools
-import pytest
 from google.protobuf import descriptor_pb2
 from grpc_tools import protoc
 
