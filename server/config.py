@@ -85,6 +85,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "max_idle_workers": 64,
         # Nesting depth of invoke() from artifact code.
         "max_depth": 5,
+        # Scrip one InvokeArtifact may take from its caller (prices + pay()) unless the
+        # request sets max_spend.
+        "default_max_spend": 100,
     },
     # Compute charged per verb, and per genesis method ("artifact.method"), in units of
     # the `compute` flow resource. A genesis call pays `invoke` plus its own entry.

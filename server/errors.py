@@ -36,6 +36,7 @@ class Reason(str, enum.Enum):
     NOT_LISTED = "NOT_LISTED"
     CALL_DEPTH_EXCEEDED = "CALL_DEPTH_EXCEEDED"
     CALL_CYCLE = "CALL_CYCLE"
+    SPEND_LIMIT_EXCEEDED = "SPEND_LIMIT_EXCEEDED"
     NOT_NESTABLE = "NOT_NESTABLE"
     LLM_UNAVAILABLE = "LLM_UNAVAILABLE"
     MINT_DISABLED = "MINT_DISABLED"
@@ -67,6 +68,7 @@ _CODES = {
     Reason.NOT_LISTED: grpc.StatusCode.FAILED_PRECONDITION,
     Reason.CALL_DEPTH_EXCEEDED: grpc.StatusCode.FAILED_PRECONDITION,
     Reason.CALL_CYCLE: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.SPEND_LIMIT_EXCEEDED: grpc.StatusCode.FAILED_PRECONDITION,
     Reason.NOT_NESTABLE: grpc.StatusCode.FAILED_PRECONDITION,
     Reason.LLM_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     Reason.MINT_DISABLED: grpc.StatusCode.FAILED_PRECONDITION,
@@ -145,6 +147,7 @@ REASON_HELP: dict[Reason, str] = {
     Reason.NOT_LISTED: "genesis_escrow: the artifact is not for sale.",
     Reason.CALL_DEPTH_EXCEEDED: "Nested invoke() calls went deeper than sandbox.max_depth.",
     Reason.CALL_CYCLE: "A nested invoke() would re-enter an artifact already on the call stack.",
+    Reason.SPEND_LIMIT_EXCEEDED: "The call would take more of the caller's scrip (prices, pay()) than its max_spend.",
     Reason.NOT_NESTABLE: "The method cannot be invoked from artifact code (genesis_llm.complete waits on the network); call it directly.",
     Reason.LLM_UNAVAILABLE: "The LLM backend failed or answered malformed; nothing was charged. RetryInfo only when it said 429/503.",
     Reason.MINT_DISABLED: "genesis_oracle: the mint is disabled in this world (oracle.enabled = false); bids are refused, held bids can still be cancelled.",

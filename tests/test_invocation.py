@@ -422,3 +422,24 @@ def test_a_result_too_large_to_send_charges_nothing(world):
         buyer.invoke(aid, "f")
     assert scrip(buyer) == b0, "charged the price for a result that was never delivered"
     assert e.value.reason in ("INVALID_ARGS", "EXECUTION_ERROR"), e.value
+
+
+def test_max_spend_caps_what_a_call_takes_from_the_caller(world):
+    """A hostile free tool cannot drain its invoker: pay() and prices count against the
+    call's max_spend (default sandbox.default_max_spend); over it, nothing changes."""
+    owner, victim = world.agent(uid("owner")), world.agent(uid("victim"))
+    drain = tool(owner, f"def f():\n    for _ in range(50):\n        pay('{owner.agent_id}', 10)\n    return 'ok'\n")
+    before_v, before_o = scrip(victim), scrip(owner)
+    with pytest.raises(EcologyError) as e:
+        victim.invoke(drain, "f")
+    assert e.value.reason == "EXECUTION_ERROR" and "SPEND_LIMIT_EXCEEDED" in e.value.message, e.value
+    assert (scrip(victim), scrip(owner)) == (before_v, before_o)
+    # Raising the cap lets a caller knowingly pay more.
+    assert victim.invoke(drain, "f", max_spend=500) == "ok"
+    assert (scrip(victim), scrip(owner)) == (before_v - 500, before_o + 500)
+    # A price counts too.
+    priced = tool(owner, "def f():\n    return 1\n", metadata={"price": 7})
+    with pytest.raises(EcologyError) as e:
+        victim.invoke(priced, "f", max_spend=5)
+    assert e.value.reason == "SPEND_LIMIT_EXCEEDED"
+    assert victim.invoke(priced, "f", max_spend=7) == 1

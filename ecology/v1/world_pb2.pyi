@@ -189,16 +189,18 @@ class DeleteArtifactResponse(_message.Message):
     def __init__(self, artifact: _Optional[_Union[Artifact, _Mapping]] = ...) -> None: ...
 
 class InvokeArtifactRequest(_message.Message):
-    __slots__ = ("artifact_id", "method", "args", "request_id")
+    __slots__ = ("artifact_id", "method", "args", "max_spend", "request_id")
     ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
+    MAX_SPEND_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     artifact_id: str
     method: str
     args: _struct_pb2.Struct
+    max_spend: int
     request_id: str
-    def __init__(self, artifact_id: _Optional[str] = ..., method: _Optional[str] = ..., args: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, artifact_id: _Optional[str] = ..., method: _Optional[str] = ..., args: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., max_spend: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class InvokeArtifactResponse(_message.Message):
     __slots__ = ("result",)

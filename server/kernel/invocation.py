@@ -58,6 +58,21 @@ class Frame:
     outcomes: list = field(default_factory=list, compare=False)
     # The top-level call's code, already run outside the writer thread (`speculate`).
     speculation: "Speculation | None" = field(default=None, compare=False)
+    # The top-level caller and what is left of its max_spend ([n], shared by the chain):
+    # prices and pay()s taken from the caller count against it.
+    spender: str = ""
+    spend_left: list = field(default_factory=lambda: [0], compare=False)
+
+
+def take_spend(frame: Frame, payer: str, amount: int) -> None:
+    """Count `amount` of the top-level caller's scrip against the call's max_spend."""
+    if payer != frame.spender or not isinstance(amount, int) or amount <= 0:
+        return
+    if amount > frame.spend_left[0]:
+        raise KernelError(Reason.SPEND_LIMIT_EXCEEDED,
+                          f"taking {amount} more scrip from {payer} exceeds this call's max_spend "
+                          f"({frame.spend_left[0]} left)", field="max_spend")
+    frame.spend_left[0] -= amount
 
 
 @dataclass(frozen=True)
@@ -174,7 +189,8 @@ def run_code(kernel: "Kernel", conn: sqlite3.Connection, frame: Frame, target: A
             raise KernelError(Reason.INSUFFICIENT_FUNDS, f"{target.id} costs {price} scrip; {frame.payer} has {have}")
     code_payer = target.id if target.has_standing else frame.payer
     inner = Frame(requester=target.id, payer=code_payer, stack=frame.stack + (target.id,), deadline=frame.deadline,
-                  cpu_log=frame.cpu_log, outcomes=frame.outcomes)
+                  cpu_log=frame.cpu_log, outcomes=frame.outcomes, spender=frame.spender,
+                  spend_left=frame.spend_left)
 
     def on_request(msg: dict) -> dict:
         return _serve_nested(kernel, conn, inner, msg)
@@ -208,6 +224,7 @@ def run_code(kernel: "Kernel", conn: sqlite3.Connection, frame: Frame, target: A
     frame.outcomes.append((target.id, method, frame.requester, frame.payer, True, None))
     if price and controller and controller != frame.payer:
         ledger.transfer(conn, frame.payer, controller, price, now=now, memo=f"price of {target.id}.{method}")
+        take_spend(frame, frame.payer, price)  # after the transfer's own checks; a failure rolls it back
         events.append(conn, "ledger.transfer", principal_id=frame.payer, artifact_id=target.id, now=now,
                       related=[controller], data={"from": frame.payer, "to": controller, "amount": price,
                                                   "memo": "price"})
@@ -257,6 +274,7 @@ def _serve_nested(kernel: "Kernel", conn: sqlite3.Connection, frame: Frame, msg:
             to, amount = msg.get("to"), msg.get("amount")
             artifacts.check_id(to, "to")
             ledger.transfer(conn, frame.payer, to, amount, now=now, memo=f"pay from {frame.stack[-1]}")
+            take_spend(frame, frame.payer, amount)  # after the transfer's own checks; a failure rolls it back
             events.append(conn, "ledger.transfer", principal_id=frame.payer, artifact_id=frame.stack[-1], now=now,
                           related=[to], data={"from": frame.payer, "to": to, "amount": amount, "memo": "pay"})
             value = {"paid": amount, "to": to, "from": frame.payer}

@@ -309,13 +309,14 @@ class Kernel:
         return {"artifact": tomb.to_dict()}
 
     def op_invoke(self, conn, caller: str, artifact_id: str, method: str, args: dict,
-                  speculation: "invocation.Speculation | None" = None) -> Any:
+                  speculation: "invocation.Speculation | None" = None, max_spend: int = 0) -> Any:
         """Invoke a method (server/kernel/invocation.py). If user code failed after using
         CPU, everything is undone but the CPU charges, and the error is returned.
         `speculation`: the top-level code's outcome, computed ahead off the writer thread."""
         frame = invocation.Frame(requester=caller, payer=caller, stack=(),
                                  deadline=time.monotonic() + self.config["sandbox"]["timeout_seconds"],
-                                 speculation=speculation)
+                                 speculation=speculation, spender=caller,
+                                 spend_left=[max_spend or self.config["sandbox"]["default_max_spend"]])
         conn.execute("SAVEPOINT invoke")
         try:
             value = invocation.invoke(self, conn, frame, artifact_id, method, args, self.clock())

@@ -125,6 +125,8 @@ class WorldService(world_pb2_grpc.WorldServicer):
         if not request.method:
             raise invalid("method", "a method name is required")
         args = convert.plain_struct(request.args, "args", self.limits)
+        if request.max_spend < 0:
+            raise invalid("max_spend", "must not be negative")
         if request.args.ByteSize() > self.limits["max_args_bytes"]:
             raise invalid("args", f"at most {self.limits['max_args_bytes']} bytes")
         if request.artifact_id == LLM_ID and request.method == "complete":
@@ -135,7 +137,8 @@ class WorldService(world_pb2_grpc.WorldServicer):
             spec = await self._speculate(caller, request.artifact_id, request.method, args, request.request_id)
             result = await self.rt.executor.run(lambda conn: self.kernel.idempotent(
                 conn, caller, request.request_id, f"InvokeArtifact:{request.artifact_id}.{request.method}",
-                lambda: self.kernel.op_invoke(conn, caller, request.artifact_id, request.method, args, spec)))
+                lambda: self.kernel.op_invoke(conn, caller, request.artifact_id, request.method, args, spec,
+                                              request.max_spend)))
         return world_pb2.InvokeArtifactResponse(result=convert.value(result))
 
     @translate_errors

@@ -56,6 +56,7 @@ class SandboxSettings:
     spare_workers: int = 4
     max_idle_workers: int = 64
     max_depth: int = 5
+    default_max_spend: int = 100  # kernel policy; kept here so [sandbox] maps 1:1
 
 
 class WorkerError(Exception):
