@@ -34,12 +34,13 @@ from pathlib import Path
 from server import logs
 from server.app import WorldServer
 from server.config import Config
-from server.kernel import ledger
+from server.kernel import artifacts, ledger
 from server.kernel.artifacts import SYSTEM_ACCOUNT
 
 PERSONALITIES = ("builder", "trader", "tester", "coordinator")
 PROGRESS_SECONDS = 3.0
 AGENT_LIMITS = {"memory_mb": 256, "cpus": 0.5, "pids": 64}
+MAX_AGENT_MEMORY, MAX_AGENT_CPUS, MAX_AGENT_PIDS = 1024 * 1024 * 1024, 1.0, 256
 
 
 def _names(n: int) -> list[str]:
@@ -96,7 +97,7 @@ class MainJob:
         t0 = time.monotonic()
         try:
             for name in names:
-                await asyncio.to_thread(launcher.start, name, tokens[name], AGENT_LIMITS,
+                await asyncio.to_thread(launcher.start, name, tokens[name], self.limits_of(name),
                                         env={"ECOLOGY_BRAIN": self.brain})
             self.say(f"started {len(names)} agents in {time.monotonic() - t0:.1f}s; Ctrl-C stops")
             await self._progress(launcher, names)
@@ -108,6 +109,26 @@ class MainJob:
             await server.stop()
             log_file.close()
         return summary
+
+    def limits_of(self, agent_id: str) -> dict:
+        """Memory/CPU/pids limits from the agent's own configuration (its artifact's
+        `limits`), else the defaults - so whoever controls the agent sets them."""
+        art = artifacts.get(self.server.reader, agent_id)
+        try:
+            limits = json.loads(art.content).get("limits") if art is not None else None
+        except (ValueError, AttributeError):
+            limits = None
+        if not isinstance(limits, dict):
+            return dict(AGENT_LIMITS)
+        from agent_runtime.launcher.base import AgentLimits
+
+        try:
+            parsed = AgentLimits.from_config(limits)
+        except (TypeError, ValueError):
+            return dict(AGENT_LIMITS)
+        if parsed.memory_bytes > MAX_AGENT_MEMORY or parsed.cpus > MAX_AGENT_CPUS or parsed.pids > MAX_AGENT_PIDS:
+            return dict(AGENT_LIMITS)  # an agent cannot grant itself more than the operator allows
+        return limits
 
     async def _ensure_agents(self, names: list[str]) -> dict[str, str]:
         """Create the agents that do not exist yet; read the tokens of those that do."""
@@ -176,7 +197,7 @@ class MainJob:
             if agent_id in known:
                 continue
             token = await self._token_for(agent_id)
-            await asyncio.to_thread(launcher.start, agent_id, token, AGENT_LIMITS)
+            await asyncio.to_thread(launcher.start, agent_id, token, self.limits_of(agent_id))
             if agent_id not in self.spawned:
                 self.spawned.append(agent_id)
             started.append(agent_id)
