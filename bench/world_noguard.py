@@ -1,5 +1,5 @@
-"""Bench only: the world server WITHOUT the RpcGuard interceptor, for measuring what the
-interceptor costs (bench_server.py, part 3). Never use this as a server: it has no rate
+"""Bench only: the world server WITHOUT the RpcGuard, for measuring what the guard costs
+(bench_server.py, part 3). Never use this as a server: it has no rate
 limits and its Admin service is open to anyone.
 
     python bench/world_noguard.py --data-dir D --listen ADDR [--config F] [--log-level L]
@@ -7,8 +7,9 @@ limits and its Admin service is open to anyone.
 It is `ecology serve` (server.cli._serve) with two bench-only patches, applied in this
 process only, no change to server/:
 
-1. `grpc.aio.server(...)` is called with `interceptors=[]` instead of `[RpcGuard]`, so
-   the same `server.app.WorldServer` runs with no interceptor at all.
+1. `RpcGuard.guarded(server)` returns the bare server, so the same
+   `server.app.WorldServer` registers its handlers unwrapped (and, should a guard ever be
+   passed as an interceptor again, `grpc.aio.server` is called with `interceptors=[]`).
 2. The servicers still need to know the caller (they read the `CALLER` context variable
    that the guard sets). `WorldService.GetState` and `.InvokeArtifact` are wrapped in the
    minimum any server must do: take the bearer token from the metadata, look the
@@ -35,7 +36,9 @@ import grpc
 
 def _patch() -> None:
     from server.rpc import world
-    from server.rpc.guard import CALLER, Caller
+    from server.rpc.guard import CALLER, Caller, RpcGuard
+
+    RpcGuard.guarded = lambda self, server: server
 
     original_server = grpc.aio.server
 

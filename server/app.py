@@ -20,7 +20,7 @@ from pathlib import Path
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from ecology.v1 import admin_pb2, admin_pb2_grpc, world_pb2, world_pb2_grpc
 from server.config import Config, ConfigError
@@ -134,8 +134,8 @@ class WorldServer:
             per_principal_rate=self._rpc_override,
         )
         max_msg = self.config.server["max_message_bytes"]
+        # The guard wraps every handler at registration (`guarded`), not as an interceptor.
         self.grpc_server = grpc.aio.server(
-            interceptors=[self.guard],
             options=[
                 ("grpc.max_receive_message_length", max_msg),
                 ("grpc.max_send_message_length", max_msg),
@@ -145,17 +145,20 @@ class WorldServer:
                 ("grpc.max_concurrent_streams", 256),
             ],
         )
-        world_pb2_grpc.add_WorldServicer_to_server(WorldService(self), self.grpc_server)
-        admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self), self.grpc_server)
+        guarded = self.guard.guarded(self.grpc_server)
+        world_pb2_grpc.add_WorldServicer_to_server(WorldService(self), guarded)
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self), guarded)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, guarded)
         services = (
             world_pb2.DESCRIPTOR.services_by_name["World"].full_name,
             admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
             health.SERVICE_NAME,
             reflection.SERVICE_NAME,
         )
-        reflection.enable_server_reflection(services, self.grpc_server)
+        # What reflection.enable_server_reflection does for an aio server (it cannot tell
+        # that `guarded` stands for one).
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(services), guarded)
         for address in self.listen:
             self.addresses.append(self._bind(address))
         await self.grpc_server.start()

@@ -113,7 +113,7 @@ from server.errors import KernelError, Reason
 from server.kernel.buckets import TokenBucket
 from server.rpc import status as rpc_status
 
-__all__ = ["CALLER", "Caller", "GuardLimits", "RpcGuard"]
+__all__ = ["CALLER", "Caller", "GuardLimits", "GuardedServer", "RpcGuard"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,13 +340,22 @@ class RpcGuard(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        method = handler_call_details.method
+        return self.wrap_handler(handler_call_details.method, handler)
+
+    def wrap_handler(self, method: str, handler):
+        """The guarded version of one method handler (cached)."""
         cached = self._handlers.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
         wrapped = self._wrap(method, handler)
         self._handlers[method] = (handler, wrapped)
         return wrapped
+
+    def guarded(self, server: grpc.aio.Server) -> "GuardedServer":
+        """`server` seen through the guard: services added to the returned object get every
+        method handler wrapped once, at registration. Same checks as the interceptor,
+        without gRPC's per-call interceptor machinery (measured ~6% of a trivial call)."""
+        return GuardedServer(server, self)
 
     # ------------------------------------------------------------------- admission
 
@@ -715,3 +724,34 @@ class RpcGuard(grpc.aio.ServerInterceptor):
             request_deserializer=request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+class _GuardedGenericHandler(grpc.GenericRpcHandler):
+    def __init__(self, inner, guard: RpcGuard) -> None:
+        self._inner = inner
+        self._guard = guard
+
+    def service(self, handler_call_details):
+        handler = self._inner.service(handler_call_details)
+        if handler is None:
+            return None
+        return self._guard.wrap_handler(handler_call_details.method, handler)
+
+
+class GuardedServer:
+    """A grpc.aio server proxy for the generated `add_*_to_server` functions: every
+    handler they register goes through the guard. Everything else is the server's."""
+
+    def __init__(self, server: grpc.aio.Server, guard: RpcGuard) -> None:
+        self._server = server
+        self._guard = guard
+
+    def add_generic_rpc_handlers(self, handlers) -> None:
+        self._server.add_generic_rpc_handlers(tuple(_GuardedGenericHandler(h, self._guard) for h in handlers))
+
+    def add_registered_method_handlers(self, service: str, method_handlers: dict) -> None:
+        self._server.add_registered_method_handlers(service, {
+            name: self._guard.wrap_handler(f"/{service}/{name}", h) for name, h in method_handlers.items()})
+
+    def __getattr__(self, name: str):
+        return getattr(self._server, name)
