@@ -142,7 +142,7 @@ class WorldServer:
                 ("grpc.so_reuseport", 0),
                 # Bounds how many calls one connection can have open (and so how many
                 # rejections the guard may have to hold for a flooder).
-                ("grpc.max_concurrent_streams", 256),
+                ("grpc.max_concurrent_streams", 64),
             ],
         )
         guarded = self.guard.guarded(self.grpc_server)
