@@ -100,7 +100,9 @@ class WorldServer:
         self.writer_conn = db.connect(path)
         self.schema_version = db.migrate(self.writer_conn)
         sb = self.config["sandbox"]
-        self.sandbox = Sandbox(SandboxSettings(**sb))
+        # [sandbox] also holds kernel policy (max_depth, default_max_spend): pass on only
+        # what the workers need.
+        self.sandbox = Sandbox(SandboxSettings(**{k: sb[k] for k in SandboxSettings.__dataclass_fields__}))
         self.kernel = Kernel(self.config, clock=self.clock, sandbox=self.sandbox)
         self.executor = Executor(self.writer_conn, max_batch=self.config.server["max_batch"])
         self.executor.run_blocking(self.kernel.bootstrap)

@@ -55,8 +55,6 @@ class SandboxSettings:
     max_uses: int = 200
     spare_workers: int = 4
     max_idle_workers: int = 64
-    max_depth: int = 5
-    default_max_spend: int = 100  # kernel policy; kept here so [sandbox] maps 1:1
 
 
 class WorkerError(Exception):
