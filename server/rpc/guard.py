@@ -582,78 +582,12 @@ class RpcGuard(grpc.aio.ServerInterceptor):
         decode = None if handler.request_streaming else handler.request_deserializer
         request_deserializer = handler.request_deserializer if handler.request_streaming else None
 
-        if not handler.response_streaming:
-            is_coro = inspect.iscoroutinefunction(orig)
-
-            async def unary_response(request, context):
-                t0 = perf()
-                caller = None
-                code = "OK"
-                try:
-                    try:
-                        caller, p = admit(kind, context, streaming)
-                    except _Reject as rej:
-                        code = rej.err.code.name
-                        caller = getattr(rej.limiter, "caller", None)  # principal, if known
-                        try:
-                            await refuse(context, rej)
-                        except asyncio.CancelledError:
-                            code = "CANCELLED"
-                            raise
-                    ctx = _Ctx(context)
-                    token = CALLER.set(caller)
-                    try:
-                        if decode is not None:
-                            request = _decode(decode, request)
-                        if is_coro:
-                            return await orig(request, ctx)
-                        result = orig(request, ctx)
-                        if inspect.isawaitable(result):
-                            result = await result
-                        return result
-                    except KernelError as err:
-                        code = err.code.name
-                        await abort(context, err)
-                    except grpc.aio.AbortError:
-                        code = ctx.code_name or "UNKNOWN"
-                        raise
-                    except asyncio.CancelledError:
-                        code = "CANCELLED"
-                        raise
-                    except Exception:
-                        code = ctx.code_name or "UNKNOWN"
-                        raise
-                    finally:
-                        try:
-                            CALLER.reset(token)
-                        except ValueError:
-                            pass
-                        if p is not None:
-                            if streaming:
-                                p.streams -= 1
-                            else:
-                                p.in_flight -= 1
-                        if code == "OK" and ctx.code_name is not None:
-                            code = ctx.code_name
-                finally:
-                    log_call(caller, method, code, t0, request)
-
-            if handler.request_streaming:
-                return grpc.stream_unary_rpc_method_handler(
-                    unary_response,
-                    request_deserializer=request_deserializer,
-                    response_serializer=handler.response_serializer,
-                )
-            return grpc.unary_unary_rpc_method_handler(
-                unary_response,
-                request_deserializer=request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-
         is_agen = inspect.isasyncgenfunction(orig)
         is_coro = inspect.iscoroutinefunction(orig)
 
-        async def stream_response(request, context):
+        async def guarded(request, context, body):
+            """Admission, CALLER, error mapping, slot release and the access-log line
+            around `body` (the servicer's behaviour), for every kind of method."""
             t0 = perf()
             caller = None
             code = "OK"
@@ -673,22 +607,7 @@ class RpcGuard(grpc.aio.ServerInterceptor):
                 try:
                     if decode is not None:
                         request = _decode(decode, request)
-                    if is_agen:
-                        agen = orig(request, ctx)
-                        try:
-                            async for message in agen:
-                                await context.write(message)
-                        finally:
-                            await agen.aclose()
-                    elif is_coro:
-                        await orig(request, ctx)
-                    else:
-                        result = orig(request, ctx)
-                        if inspect.isawaitable(result):
-                            await result
-                        elif result is not None:
-                            for message in result:
-                                await context.write(message)
+                    return await body(request, ctx, context)
                 except KernelError as err:
                     code = err.code.name
                     await abort(context, err)
@@ -707,11 +626,59 @@ class RpcGuard(grpc.aio.ServerInterceptor):
                     except ValueError:
                         pass
                     if p is not None:
-                        p.streams -= 1
+                        if streaming:
+                            p.streams -= 1
+                        else:
+                            p.in_flight -= 1
                     if code == "OK" and ctx.code_name is not None:
                         code = ctx.code_name
             finally:
                 log_call(caller, method, code, t0, request)
+
+        async def run_unary(request, ctx, context):
+            if is_coro:
+                return await orig(request, ctx)
+            result = orig(request, ctx)
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+
+        async def run_streaming(request, ctx, context):
+            if is_agen:
+                agen = orig(request, ctx)
+                try:
+                    async for message in agen:
+                        await context.write(message)
+                finally:
+                    await agen.aclose()
+            elif is_coro:
+                await orig(request, ctx)
+            else:
+                result = orig(request, ctx)
+                if inspect.isawaitable(result):
+                    await result
+                elif result is not None:
+                    for message in result:
+                        await context.write(message)
+
+        if not handler.response_streaming:
+            async def unary_response(request, context):
+                return await guarded(request, context, run_unary)
+
+            if handler.request_streaming:
+                return grpc.stream_unary_rpc_method_handler(
+                    unary_response,
+                    request_deserializer=request_deserializer,
+                    response_serializer=handler.response_serializer,
+                )
+            return grpc.unary_unary_rpc_method_handler(
+                unary_response,
+                request_deserializer=request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+
+        async def stream_response(request, context):
+            await guarded(request, context, run_streaming)
 
         if handler.request_streaming:
             return grpc.stream_stream_rpc_method_handler(
