@@ -167,3 +167,18 @@ def wait_until(fn, timeout: float, what: str, every: float = 0.05):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(every)
+
+
+def plan_config(agent_id: str) -> str:
+    """An agent configuration for the plan brain: write <id>.tick, sleep, repeat."""
+    return json.dumps({"brain": "plan", "repeat": True, "loop": {"min_interval": 0.1},
+                       "plan": [{"action": "write", "artifact_id": f"{agent_id}.tick", "content": "tick"},
+                                {"action": "sleep", "seconds": 0.2}]})
+
+
+def tick_version(client, aid: str) -> int:
+    """The version of an agent's tick artifact (0 before its first write)."""
+    try:
+        return client.read(aid).version
+    except EcologyError:
+        return 0

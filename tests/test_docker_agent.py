@@ -10,10 +10,9 @@ import time
 
 import pytest
 
-from agent_runtime import EcologyError
 from agent_runtime.launcher import Launcher
 from agent_runtime.launcher.image import AGENT_IMAGE
-from tests.conftest import ROOT, wait_until
+from tests.conftest import ROOT, plan_config, tick_version, wait_until
 
 
 def _engine() -> tuple[bool, str]:
@@ -155,21 +154,6 @@ def test_stop_sends_sigterm_into_the_container(sock_dir, launchers):
 
 # -- the real agent, the real server ---------------------------------------------------------
 
-def plan_config(agent_id: str) -> str:
-    return json.dumps({"brain": "plan", "repeat": True, "loop": {"min_interval": 0.1},
-                       "plan": [{"action": "write", "artifact_id": f"{agent_id}.tick", "content": "tick"},
-                                {"action": "sleep", "seconds": 0.2}]})
-
-
-def tick_version(client, aid: str) -> int:
-    try:
-        return client.read(aid).version
-    except EcologyError:
-        return 0
-
-
-@pytest.mark.xfail(not (ROOT / "agent_runtime" / "run.py").exists(), strict=False,
-                   reason="the agent entry point (agent_runtime/run.py) is not there yet")
 def test_agents_in_containers_reconnect_after_the_server_restarts(make_server, launchers):
     server = make_server()
     agents = {name: server.agent(name, config=plan_config(name)) for name in ("phoenix", "ember")}

@@ -14,10 +14,9 @@ import time
 
 import pytest
 
-from agent_runtime import EcologyError
 from agent_runtime.launcher import AgentLimits, Launcher
 from agent_runtime.launcher.bwrap import available as bwrap_available
-from tests.conftest import ROOT, wait_until
+from tests.conftest import ROOT, plan_config, tick_version, wait_until
 
 BWRAP_OK, BWRAP_WHY = bwrap_available()
 needs_bwrap = pytest.mark.skipif(not BWRAP_OK, reason=f"bubblewrap unavailable: {BWRAP_WHY}")
@@ -230,23 +229,8 @@ def test_bwrap_memory_limit_kills_and_the_supervisor_restarts(sock_dir, launcher
 
 # -- the real agent entry point -------------------------------------------------------------
 
-def plan_config(agent_id: str) -> str:
-    return json.dumps({"brain": "plan", "repeat": True, "loop": {"min_interval": 0.1},
-                       "plan": [{"action": "write", "artifact_id": f"{agent_id}.tick", "content": "tick"},
-                                {"action": "sleep", "seconds": 0.2}]})
-
-
-def tick_version(client, aid: str) -> int:
-    try:
-        return client.read(aid).version
-    except EcologyError:
-        return 0
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_real_agent_runs_under_the_launcher(backend, make_server, launchers):
-    if not (ROOT / "agent_runtime" / "run.py").exists():
-        pytest.skip("agent_runtime/run.py (the agent entry point) is not there yet")
     server = make_server()
     me = server.agent("runner", config=plan_config("runner"))
     launcher = launchers(backend, server.socket)
