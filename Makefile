@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 DATA   ?= ./data
 
-.PHONY: run serve test install protos bench clean
+.PHONY: run serve test install setup-run setup-test protos bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,15 +14,24 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# What a fresh machine needs beyond Python (scripts/setup.sh: bubblewrap, Docker engine and the
+# local agent image; for tests also Node.js and npm packages). Installs where it can (root +
+# apt-get), else prints the exact command and goes on.
+setup-run: install
+	PY=$(PY) scripts/setup.sh run
+
+setup-test: install
+	PY=$(PY) scripts/setup.sh test
+
 # The main job: a world server and 4 offline agents, each isolated (./data; Ctrl-C stops).
-run: install
+run: setup-run
 	$(VENV)/bin/ecology run --data-dir $(DATA)
 
 # The world server alone, as a daemon on 127.0.0.1:50051.
 serve: install
 	$(VENV)/bin/ecology serve --data-dir $(DATA)
 
-test: install
+test: setup-test
 	$(PY) -m pytest -q
 
 protos: install
