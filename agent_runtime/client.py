@@ -181,12 +181,65 @@ def _wrap(fn):
     return wrapper
 
 
+@dataclass(frozen=True)
+class TlsOptions:
+    """How to reach a server over TLS: the CA that signed its certificate and, for mutual
+    TLS, this client's certificate and key (`ecology agent create NAME --client-cert`
+    prints all three). `server_name` overrides the name checked against the server's
+    certificate (default: the host of the address)."""
+
+    ca_file: str
+    cert_file: str = ""
+    key_file: str = ""
+    server_name: str = ""
+
+    @classmethod
+    def from_env(cls, env=None) -> "TlsOptions | None":
+        """$ECOLOGY_CA_FILE (required for TLS), $ECOLOGY_CERT_FILE, $ECOLOGY_KEY_FILE,
+        $ECOLOGY_TLS_SERVER_NAME; None when no CA file is set (plaintext)."""
+        import os
+
+        env = os.environ if env is None else env
+        if not env.get("ECOLOGY_CA_FILE"):
+            return None
+        return cls(env["ECOLOGY_CA_FILE"], env.get("ECOLOGY_CERT_FILE", ""), env.get("ECOLOGY_KEY_FILE", ""),
+                   env.get("ECOLOGY_TLS_SERVER_NAME", ""))
+
+    def channel(self, target: str, options=()) -> grpc.Channel:
+        def read(path: str, what: str) -> bytes:
+            try:
+                with open(path, "rb") as f:
+                    return f.read()
+            except OSError as e:
+                raise EcologyError(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGS",
+                                   f"cannot read the TLS {what} {path}: {e.strerror}") from None
+
+        if bool(self.cert_file) != bool(self.key_file):
+            raise EcologyError(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGS",
+                               "a client certificate needs both its certificate and its key file")
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=read(self.ca_file, "CA file"),
+            private_key=read(self.key_file, "key file") if self.key_file else None,
+            certificate_chain=read(self.cert_file, "certificate file") if self.cert_file else None)
+        opts = list(options)
+        if self.server_name:
+            opts.append(("grpc.ssl_target_name_override", self.server_name))
+        return grpc.secure_channel(target, creds, options=opts)
+
+
 class _Base:
     def __init__(self, target: str, token: str, *, channel: grpc.Channel | None = None,
-                 retry: RetryPolicy | None = None) -> None:
+                 retry: RetryPolicy | None = None, tls: TlsOptions | None = None) -> None:
+        """`tls`: reach a TCP address over TLS (TlsOptions; `TlsOptions.from_env()` reads
+        $ECOLOGY_CA_FILE and friends). Unix sockets are always plaintext."""
         self.target = target
         self.retry = retry
-        self._channel = channel or grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        if channel is None:
+            if tls is not None and not target.startswith("unix:"):
+                channel = tls.channel(target, CHANNEL_OPTIONS)
+            else:
+                channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._channel = channel
         self._md = (("authorization", f"Bearer {token}"),)
         self._closed = threading.Event()
 

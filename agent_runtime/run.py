@@ -4,6 +4,8 @@
 
 Environment:
     ECOLOGY_SERVER      the world server: "host:port" or "unix:PATH" (required)
+    ECOLOGY_CA_FILE     TLS: the CA of the server's certificate (TCP addresses only)
+    ECOLOGY_CERT_FILE, ECOLOGY_KEY_FILE   mutual TLS: this agent's client certificate and key
     ECOLOGY_TOKEN       the agent's bearer token, or
     ECOLOGY_TOKEN_FILE  a file holding it (e.g. a mounted secret); ECOLOGY_TOKEN wins
     ECOLOGY_BRAIN       optional: force the brain ("scripted", "llm" or "plan") whatever
@@ -71,10 +73,15 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     brain = args.brain or os.environ.get("ECOLOGY_BRAIN", "")
 
-    from agent_runtime.client import RetryPolicy, WorldClient
+    from agent_runtime.client import RetryPolicy, TlsOptions, WorldClient
+    from agent_runtime.errors import EcologyError
     from agent_runtime.loop import AgentLoop
 
-    client = WorldClient(server, token, retry=RetryPolicy())
+    try:  # TLS from $ECOLOGY_CA_FILE, $ECOLOGY_CERT_FILE, $ECOLOGY_KEY_FILE
+        client = WorldClient(server, token, retry=RetryPolicy(), tls=TlsOptions.from_env())
+    except EcologyError as e:
+        log.error("usage", message=str(e))
+        return EXIT_USAGE
     loop = AgentLoop(client, brain_override=brain, log=log)
     outcome: dict = {}
 

@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import secrets
+import sys
 import threading
 import time
 from pathlib import Path
@@ -39,6 +40,7 @@ from server.rpc.world import WorldService
 from server.sandbox import Sandbox, SandboxSettings
 from server.storage import db
 from server.storage.executor import Executor
+from server.tls import TlsFiles, is_loopback
 
 log = structlog.get_logger("server")
 
@@ -123,8 +125,11 @@ class WorldServer:
         self.executor.on_commit(self.hub.notify)
         self.executor.start()
 
+        self.tls = self._tls_files()
+        self.insecure_addresses: list[str] = []
         rl = self.config.rate_limits
         self.guard = RpcGuard(
+            bind_client_certs=self.tls is not None and self.tls.client_ca is not None,
             authenticate=self.credentials.principal_for,
             is_admin_token=self.credentials.is_admin,
             limits=GuardLimits(
@@ -163,6 +168,11 @@ class WorldServer:
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(services), guarded)
         for address in self.listen:
             self.addresses.append(self._bind(address))
+        for address in self.insecure_addresses:
+            warning = (f"WARNING: {address} is a plaintext TCP listener on a non-loopback address (--insecure): "
+                       "bearer tokens cross the network in clear; use --tls-cert/--tls-key")
+            log.warning("insecure_listener", listen=address, message=warning)
+            print(warning, file=sys.stderr, flush=True)
         await self.grpc_server.start()
         for address in self.addresses:
             if address.startswith("unix:"):
@@ -195,6 +205,19 @@ class WorldServer:
         rl = self.config.rate_limits
         return (rate or rl["principal_rate"], burst or rl["principal_burst"])
 
+    def _tls_files(self) -> TlsFiles | None:
+        srv = self.config.server
+        if not srv["tls_cert"] and not srv["tls_key"]:
+            if srv["tls_client_ca"]:
+                raise ConfigError("config key server.tls_client_ca needs server.tls_cert and server.tls_key")
+            return None
+        if not (srv["tls_cert"] and srv["tls_key"]):
+            raise ConfigError("TLS needs both server.tls_cert and server.tls_key (--tls-cert, --tls-key)")
+        for key in ("tls_cert", "tls_key", "tls_client_ca"):
+            if srv[key] and not os.access(srv[key], os.R_OK):
+                raise ConfigError(f"config key server.{key}: cannot read {srv[key]}")
+        return TlsFiles(srv["tls_cert"], srv["tls_key"], srv["tls_client_ca"] or None)
+
     def _bind(self, address: str) -> str:
         if address.startswith("unix:"):
             sock = Path(address[len("unix:"):])
@@ -205,6 +228,17 @@ class WorldServer:
         host, sep, port = address.rpartition(":")
         if not sep or not port.isdigit():
             raise ConfigError(f"listen address {address!r}: expected host:port or unix:PATH")
+        if self.tls is not None:
+            bound = self.grpc_server.add_secure_port(address, self.tls.server_credentials())
+            if bound == 0:
+                raise RuntimeError(f"could not listen on {address}")
+            return f"{host}:{bound}"
+        if not is_loopback(host):
+            if not self.config.server["insecure"]:
+                raise ConfigError(
+                    f"listen address {address}: a TCP listener on a non-loopback address needs TLS "
+                    "(--tls-cert/--tls-key; `ecology tls init` makes them) or --insecure")
+            self.insecure_addresses.append(address)
         bound = self.grpc_server.add_insecure_port(address)
         if bound == 0:
             raise RuntimeError(f"could not listen on {address}")

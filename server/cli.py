@@ -37,6 +37,11 @@ def _serve(args) -> int:
     except ConfigError as e:
         print(f"ecology: invalid configuration: {e}", file=sys.stderr)
         return 2
+    for key in ("tls_cert", "tls_key", "tls_client_ca"):
+        if getattr(args, key, None):
+            config.server[key] = str(Path(getattr(args, key)).resolve())
+    if getattr(args, "insecure", False):
+        config.server["insecure"] = True
 
     async def main() -> int:
         server = WorldServer(config, args.data_dir, args.listen or None)
@@ -107,7 +112,25 @@ def _agent_create(args) -> int:
     except EcologyError as e:
         print(f"ecology: {e}", file=sys.stderr)
         return 1
-    print(json.dumps({"agent_id": created.agent_id, "token": created.token}))
+    out = {"agent_id": created.agent_id, "token": created.token}
+    if args.client_cert:
+        from server import tls
+
+        try:
+            out.update(tls.issue_agent_cert(Path(args.data_dir), created.agent_id))
+        except FileNotFoundError as e:
+            print(f"ecology: agent {created.agent_id} created, but no client certificate: {e}", file=sys.stderr)
+            print(json.dumps(out))
+            return 1
+    print(json.dumps(out))
+    return 0
+
+
+def _tls_init(args) -> int:
+    from server import tls
+
+    files = tls.init(Path(args.data_dir), args.host)
+    print(json.dumps(files, indent=2))
     return 0
 
 
@@ -164,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", action="append", help="host:port or unix:PATH (repeatable)")
     serve.add_argument("--config", help="TOML configuration file")
     serve.add_argument("--log-level", default="info")
+    serve.add_argument("--tls-cert", help="PEM certificate: TLS on every TCP listener")
+    serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    serve.add_argument("--tls-client-ca", help="require client certificates from this CA (mutual TLS)")
+    serve.add_argument("--insecure", action="store_true",
+                       help="allow plaintext TCP on non-loopback addresses (tokens cross the network in clear)")
     serve.set_defaults(fn=_serve)
 
     run = sub.add_parser("run", help="the main job: a world server and a population of agents")
@@ -189,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--endowment", type=int, default=0, help="0: the configured default")
     operator(create)
     create.set_defaults(fn=_agent_create)
+    create.add_argument("--client-cert", action="store_true",
+                        help="also issue a client certificate for mutual TLS (needs `ecology tls init`)")
     lst = agent.add_parser("list", help="list agents")
     operator(lst)
     lst.set_defaults(fn=_agent_list)
@@ -205,6 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     defaults = sub.add_parser("defaults", help="print every configuration key with its default (TOML)")
     defaults.set_defaults(fn=_defaults)
+
+    tls_cmd = sub.add_parser("tls", help="TLS certificates").add_subparsers(dest="tls_cmd", required=True)
+    tls_init = tls_cmd.add_parser("init", help="make a private CA, a server certificate for the given names "
+                                               "and the operator's client certificate under <data-dir>/tls/")
+    tls_init.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    tls_init.add_argument("--host", action="append", required=True,
+                          help="a DNS name or IP address clients use to reach the server (repeatable)")
+    tls_init.set_defaults(fn=_tls_init)
     return p
 
 

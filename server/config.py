@@ -36,6 +36,16 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "max_batch": 512,
         # Seconds to drain in-flight calls on SIGTERM.
         "shutdown_grace_seconds": 5.0,
+        # TLS on every TCP listener (unix sockets stay plaintext): PEM certificate and
+        # key files ("" = no TLS). `ecology tls init` makes them (server/tls.py).
+        "tls_cert": "",
+        "tls_key": "",
+        # With a client CA, every TCP client must present a certificate from it, naming
+        # its principal (URI SAN spiffe://ecology/agent/<id>); see server/tls.py.
+        "tls_client_ca": "",
+        # Allow plaintext TCP listeners on non-loopback addresses (tokens then cross the
+        # network in clear; the server warns at every start).
+        "insecure": False,
     },
     "limits": {
         "max_content_bytes": 1024 * 1024,

@@ -304,12 +304,17 @@ class RpcGuard(grpc.aio.ServerInterceptor):
         per_principal_rate: Callable[[str], tuple[float, float] | None] = lambda p: None,
         clock: Callable[[], float] = time.monotonic,
         logger: Any = None,
+        bind_client_certs: bool = False,
     ) -> None:
         """`authenticate(token)` -> principal id or None; `is_admin_token(token)`;
         `per_principal_rate(principal_id)` -> (rate, burst) overriding the defaults for
         that agent, or None; `clock` drives the buckets (monotonic seconds); `logger`
-        replaces structlog's "rpc" logger (anything with `.info(event, **fields)`)."""
+        replaces structlog's "rpc" logger (anything with `.info(event, **fields)`).
+        `bind_client_certs` (mutual TLS): a call over TCP must come with a client
+        certificate naming the token's principal (server/tls.py)."""
         self._authenticate = authenticate
+        self._bind_certs = bind_client_certs
+        self._cert_principals: dict[bytes, Any] = {}
         self._is_admin_token = is_admin_token
         self.limits = limits
         self._per_principal_rate = per_principal_rate
@@ -431,6 +436,8 @@ class RpcGuard(grpc.aio.ServerInterceptor):
 
         if kind == _ADMIN:
             if token is not None and self._is_admin_token(token):
+                if self._bind_certs and conn is not None:
+                    self._check_cert(context, "admin", conn)
                 return ADMIN, None
             if token is not None and self._authenticate(token) is not None:
                 err = KernelError(Reason.ADMIN_ONLY, "this method needs the admin credential")
@@ -451,6 +458,9 @@ class RpcGuard(grpc.aio.ServerInterceptor):
             else:
                 msg = "unknown bearer token"
             raise _Reject(_unauthenticated(msg), conn or self._anonymous_unix, None)
+
+        if self._bind_certs and conn is not None:
+            self._check_cert(context, pid, conn)
 
         # 3. principal limits
         p = self._principal(pid, now)
@@ -488,6 +498,25 @@ class RpcGuard(grpc.aio.ServerInterceptor):
             # The slot stays taken while the rejection is (possibly) held; released later.
             raise _Reject(KernelError(Reason.RATE_LIMITED, "rate limit exceeded", retry_after=wait), p, p)
         return p.caller, p
+
+    def _check_cert(self, context, principal: str, conn: "_Limiter") -> None:
+        """Mutual TLS: the verified client certificate must name `principal`."""
+        from server.tls import peer_principal
+
+        auth = context.auth_context()
+        pem = (auth.get("x509_pem_cert") or [b""])[0]
+        named = self._cert_principals.get(pem)
+        if named is None:
+            named = peer_principal(auth)
+            if len(self._cert_principals) > 10_000:
+                self._cert_principals.clear()
+            self._cert_principals[pem] = named
+        if named != principal:
+            what = "no client certificate" if named is None else (
+                "a client certificate that names no principal" if named is False
+                else f"a client certificate for {named!r}")
+            raise _Reject(_unauthenticated("this token must be used with its own client certificate; "
+                                           f"the connection presented {what}"), conn, None)
 
     def _take_anonymous(self, now: float) -> None:
         lim = self._anonymous_limiter(now)
