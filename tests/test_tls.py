@@ -20,6 +20,7 @@ import pytest
 
 from agent_runtime import EcologyError, TlsOptions, WorldClient
 from tests.conftest import ROOT, ServerProcess, fails, wait_until
+from tests.test_js_agent import js_agent, run_agent  # noqa: F401  (js_agent: the npm ci fixture)
 
 
 def ecology(*args, env=None, check=True) -> subprocess.CompletedProcess:
@@ -225,3 +226,19 @@ def test_agent_in_another_network_namespace_connects_by_tls_only(tmp_path, two_h
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_javascript_agent_over_mutual_tls(tls_server, js_agent):
+
+    alice = create_with_cert(tls_server, "alice")
+    create_with_cert(tls_server, "bob")
+    code, summary, out, err = run_agent(js_agent, tls_server.tcp, alice["token"], ECOLOGY_TRANSFER_TO="bob",
+                                        ECOLOGY_TRANSFER_AMOUNT="3", ECOLOGY_CA_FILE=alice["ca_file"],
+                                        ECOLOGY_CERT_FILE=alice["cert_file"], ECOLOGY_KEY_FILE=alice["key_file"])
+    assert code == 0, f"stdout:\n{out}\nstderr:\n{err}"
+    assert summary["ok"] is True
+    with WorldClient(tls_server.socket, alice["token"]) as world:
+        assert world.get_state().scrip == 997
+    # without the CA file the JavaScript agent speaks plaintext to the TLS port: refused
+    code, summary, _, _ = run_agent(js_agent, tls_server.tcp, alice["token"], ECOLOGY_TIMEOUT="5")
+    assert code == 1 and summary["ok"] is False

@@ -13,6 +13,9 @@
 //   ECOLOGY_INVOKE           "artifact_id.method" to invoke              (default genesis_store.search)
 //   ECOLOGY_INVOKE_ARGS      its arguments as a JSON object              (default {"query": "ledger"})
 //   ECOLOGY_TIMEOUT          per-call deadline in seconds                (default 30)
+//   ECOLOGY_CA_FILE          TLS: the CA of the server's certificate     (plaintext when unset)
+//   ECOLOGY_CERT_FILE        mutual TLS: this agent's client certificate (with ECOLOGY_KEY_FILE)
+//   ECOLOGY_KEY_FILE         mutual TLS: its private key
 //
 // Output: progress lines, then one final JSON line summarizing the run; exit 0 on success,
 // 1 on failure (the final line then carries ok=false with the gRPC code, reason and retry delay).
@@ -155,9 +158,16 @@ class CallError extends Error {
 
 const sleep = (s) => new Promise((resolve) => setTimeout(resolve, s * 1000));
 
+// TLS for TCP addresses when ECOLOGY_CA_FILE is set (unix sockets are always plaintext).
+function channelCredentials(target, env) {
+  if (!env.ECOLOGY_CA_FILE || target.startsWith('unix:')) return grpc.credentials.createInsecure();
+  const read = (name) => (env[name] ? fs.readFileSync(env[name]) : null);
+  return grpc.credentials.createSsl(read('ECOLOGY_CA_FILE'), read('ECOLOGY_KEY_FILE'), read('ECOLOGY_CERT_FILE'));
+}
+
 class Agent {
   constructor(target, token, timeoutSeconds) {
-    this.client = new World(target, grpc.credentials.createInsecure());
+    this.client = new World(target, channelCredentials(target, process.env));
     this.token = token;
     this.timeout = timeoutSeconds;
     this.retries = 0;
