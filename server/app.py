@@ -123,6 +123,16 @@ class WorldServer:
         self.credentials.load(self.reader)
         self.hub = EventHub(self.reader)
         self.executor.on_commit(self.hub.notify)
+        self.metrics_listen = self.config.server["metrics_listen"]
+        if self.metrics_listen:
+            from server.metrics import Metrics
+
+            self.metrics = Metrics()
+            self.metrics.watch(db_path=path, sandbox=self.sandbox)
+            self.executor.on_batch = self.metrics.observe_batch
+            self.hub.listeners.append(self.metrics.observe_events)
+        else:
+            self.metrics = None
         self.executor.start()
 
         self.tls = self._tls_files()
@@ -152,6 +162,9 @@ class WorldServer:
                 ("grpc.max_concurrent_streams", 64),
             ],
         )
+        if self.metrics is not None:
+            self.guard.metrics = self.metrics
+            self.metrics.watch(guard=self.guard)
         guarded = self.guard.guarded(self.grpc_server)
         world_pb2_grpc.add_WorldServicer_to_server(WorldService(self), guarded)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self), guarded)
@@ -184,8 +197,11 @@ class WorldServer:
         self._tasks.append(asyncio.create_task(self._purge_loop()))
         if oracle_cfg["enabled"]:
             self._tasks.append(asyncio.create_task(self.mint.run_forever()))
+        self.metrics_address = ""
+        if self.metrics_listen:
+            self.metrics_address = self.metrics.serve(self.metrics_listen)
         self._write_ready_file()
-        log.info("server_started", listen=self.addresses, data_dir=str(self.data_dir),
+        log.info("server_started", listen=self.addresses, metrics=self.metrics_address or None, data_dir=str(self.data_dir),
                  schema_version=self.schema_version, sandbox_isolation=self.sandbox.isolation,
                  sandbox_note=ISOLATION_NOTES[self.sandbox.isolation], llm_backend=self.llm.backend.name)
 
@@ -246,6 +262,8 @@ class WorldServer:
 
     def _write_ready_file(self) -> None:
         info = {"pid": os.getpid(), "listen": self.addresses}
+        if self.metrics_address:
+            info["metrics"] = f"http://{self.metrics_address}/metrics"
         tmp = self.data_dir / (READY_FILE + ".tmp")
         tmp.write_text(json.dumps(info))
         tmp.replace(self.data_dir / READY_FILE)
@@ -278,6 +296,8 @@ class WorldServer:
         await self.llm.aclose()  # queues the release of calls cut short, before the writer stops
         self.executor.stop()
         self.sandbox.close()
+        if self.metrics is not None:
+            self.metrics.close()
         self.reader.close()
         self.writer_conn.close()
         (self.data_dir / READY_FILE).unlink(missing_ok=True)

@@ -42,6 +42,8 @@ def _serve(args) -> int:
             config.server[key] = str(Path(getattr(args, key)).resolve())
     if getattr(args, "insecure", False):
         config.server["insecure"] = True
+    if getattr(args, "metrics", None):
+        config.server["metrics_listen"] = args.metrics
 
     async def main() -> int:
         server = WorldServer(config, args.data_dir, args.listen or None)
@@ -190,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", help="PEM certificate: TLS on every TCP listener")
     serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
     serve.add_argument("--tls-client-ca", help="require client certificates from this CA (mutual TLS)")
+    serve.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics")
     serve.add_argument("--insecure", action="store_true",
                        help="allow plaintext TCP on non-loopback addresses (tokens cross the network in clear)")
     serve.set_defaults(fn=_serve)

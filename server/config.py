@@ -46,6 +46,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         # Allow plaintext TCP listeners on non-loopback addresses (tokens then cross the
         # network in clear; the server warns at every start).
         "insecure": False,
+        # Serve Prometheus metrics at http://HOST:PORT/metrics ("" = off); see server/metrics.py.
+        "metrics_listen": "",
     },
     "limits": {
         "max_content_bytes": 1024 * 1024,

@@ -30,6 +30,8 @@ class EventHub:
         self.last_seq = events.last_seq(reader)
         self._seqs: list[int] = []
         self._items: list[tuple[dict, object]] = []  # (event dict, proto Event)
+        # Called with each list of newly committed events (e.g. server.metrics).
+        self.listeners: list = []
 
     def current(self) -> asyncio.Event:
         return self._event
@@ -43,6 +45,8 @@ class EventHub:
                 self._items.append((ev, convert.event(ev)))
             if new:
                 self.last_seq = new[-1]["seq"]
+                for listener in self.listeners:
+                    listener(new)
             if len(new) < 5000:
                 break
         if len(self._seqs) > 2 * WINDOW:

@@ -313,6 +313,7 @@ class RpcGuard(grpc.aio.ServerInterceptor):
         `bind_client_certs` (mutual TLS): a call over TCP must come with a client
         certificate naming the token's principal (server/tls.py)."""
         self._authenticate = authenticate
+        self.metrics = None  # server.metrics.Metrics, when the server serves /metrics
         self._bind_certs = bind_client_certs
         self._cert_principals: dict[bytes, Any] = {}
         self._is_admin_token = is_admin_token
@@ -327,6 +328,12 @@ class RpcGuard(grpc.aio.ServerInterceptor):
         self._last_sweep = clock()
 
     # ----------------------------------------------------------------- public helpers
+
+    def active_principals(self, seconds: float) -> int:
+        """Principals with a call or stream open, or that called in the last `seconds`."""
+        now = self._clock()
+        return sum(1 for p in list(self._principals.values())
+                   if p.in_flight or p.streams or now - p.bucket.updated_at < seconds)
 
     def refresh_principal_rate(self, principal_id: str) -> None:
         """Re-read `per_principal_rate` for this principal on its next call (the balance
@@ -603,6 +610,7 @@ class RpcGuard(grpc.aio.ServerInterceptor):
         admit = self._admit
         refuse = self._refuse
         log_call = self._log_call
+        metrics = self.metrics
         abort = rpc_status.abort
         perf = time.perf_counter
         # Unary requests are parsed here, after admission, not by gRPC: bytes that are not
@@ -625,6 +633,8 @@ class RpcGuard(grpc.aio.ServerInterceptor):
                     caller, p = admit(kind, context, streaming)
                 except _Reject as rej:
                     code = rej.err.code.name
+                    if metrics is not None:
+                        metrics.observe_rejection(rej.err.reason.value)
                     caller = getattr(rej.limiter, "caller", None)  # principal, if known
                     try:
                         await refuse(context, rej)
@@ -663,6 +673,8 @@ class RpcGuard(grpc.aio.ServerInterceptor):
                         code = ctx.code_name
             finally:
                 log_call(caller, method, code, t0, request)
+                if metrics is not None:
+                    metrics.observe_rpc(method, code, perf() - t0, streaming)
 
         async def run_unary(request, ctx, context):
             if is_coro:

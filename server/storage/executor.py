@@ -22,6 +22,7 @@ import asyncio
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +55,8 @@ class Executor:
         self._commit_listeners: list[Callable[[], None]] = []
         self.batches = 0
         self.ops = 0
+        # Called on the writer thread after each batch: (ops in it, seconds BEGIN..COMMIT).
+        self.on_batch: Callable[[int, float], None] | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -107,6 +110,7 @@ class Executor:
     def _run_batch(self, batch: list) -> None:
         conn = self._conn
         outcomes: list[tuple[bool, Any]] = []
+        started = time.perf_counter()
         try:
             conn.execute("BEGIN IMMEDIATE")
             for op, _future, _loop in batch:
@@ -138,6 +142,8 @@ class Executor:
             outcomes = [(False, failure)] * len(batch)
         self.batches += 1
         self.ops += len(batch)
+        if self.on_batch is not None:
+            self.on_batch(len(batch), time.perf_counter() - started)
         by_loop: dict[asyncio.AbstractEventLoop, list] = {}
         for (op, future, loop), outcome in zip(batch, outcomes):
             by_loop.setdefault(loop, []).append((future, outcome))
