@@ -606,3 +606,21 @@ class AdminClient(_Base):
 
     def get_stats(self) -> admin_pb2.GetStatsResponse:
         return self._unary(self._stub.GetStats, admin_pb2.GetStatsRequest())
+
+    def pause(self) -> admin_pb2.WorldControlResponse:
+        """Pause the world: agents' writes, deletes and invokes fail WORLD_PAUSED; reads work."""
+        return self._unary(self._stub.Pause, admin_pb2.PauseRequest())
+
+    def resume(self) -> admin_pb2.WorldControlResponse:
+        return self._unary(self._stub.Resume, admin_pb2.ResumeRequest())
+
+    def step(self, calls: int) -> admin_pb2.WorldControlResponse:
+        """Let the next `calls` mutating calls through a paused world."""
+        return self._unary(self._stub.Step, admin_pb2.StepRequest(calls=calls))
+
+    def grant(self, agent_id: str, *, scrip: int = 0, llm_budget_micro_usd: int = 0,
+              memo: str = "") -> admin_pb2.GrantResponse:
+        """Give an agent scrip (a recorded mint) and/or LLM budget (a recorded quota grant)."""
+        return self._unary(self._stub.Grant, admin_pb2.GrantRequest(
+            agent_id=agent_id, scrip=scrip, llm_budget_micro_usd=llm_budget_micro_usd, memo=memo),
+            idempotent=False)

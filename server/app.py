@@ -35,6 +35,7 @@ from server.oracle.scoring import LlmScorer
 from server.rpc.admin import AdminService
 from server.rpc.auth import Credentials
 from server.rpc.guard import GuardLimits, RpcGuard
+from server.rpc.pause import WorldGate
 from server.rpc.event_hub import EventHub
 from server.rpc.world import WorldService
 from server.sandbox import Sandbox, SandboxSettings
@@ -165,6 +166,9 @@ class WorldServer:
         if self.metrics is not None:
             self.guard.metrics = self.metrics
             self.metrics.watch(guard=self.guard)
+        self.gate = WorldGate()
+        self.guard.gate = self.gate.admit
+        self.mint.is_paused = lambda: self.gate.paused
         guarded = self.guard.guarded(self.grpc_server)
         world_pb2_grpc.add_WorldServicer_to_server(WorldService(self), guarded)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self), guarded)

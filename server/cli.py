@@ -173,6 +173,30 @@ def _status(args) -> int:
     return 0
 
 
+def _control(args) -> int:
+    """ecology pause | resume | step N | agent grant NAME: one JSON line, or one error line."""
+    from agent_runtime.errors import EcologyError
+
+    try:
+        with _admin(args) as admin:
+            if args.control == "pause":
+                r = admin.pause()
+            elif args.control == "resume":
+                r = admin.resume()
+            elif args.control == "step":
+                r = admin.step(args.calls)
+            else:
+                r = admin.grant(args.name, scrip=args.scrip, llm_budget_micro_usd=args.llm_budget, memo=args.memo)
+                print(json.dumps({"agent_id": args.name, "scrip": r.scrip,
+                                  "llm_budget_micro_usd": r.llm_budget_micro_usd}))
+                return 0
+    except EcologyError as e:
+        print(f"ecology: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps({"paused": r.paused, "steps_left": r.steps_left}))
+    return 0
+
+
 def _defaults(args) -> int:
     from server.config import defaults_toml
 
@@ -231,6 +255,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--token-file", help="file holding the agent's token")
     run.add_argument("--brain", choices=("scripted", "llm", "plan"), help="override the configured brain")
     run.set_defaults(fn=_agent_run)
+
+    grant = agent.add_parser("grant", help="give an agent scrip (a recorded mint) and/or LLM budget")
+    grant.add_argument("name")
+    grant.add_argument("--scrip", type=int, default=0)
+    grant.add_argument("--llm-budget", type=int, default=0, help="micro-dollars")
+    grant.add_argument("--memo", default="")
+    operator(grant)
+    grant.set_defaults(fn=_control, control="grant")
+    for name, text in (("pause", "pause the world: agents' writes, deletes and invokes wait; reads work"),
+                       ("resume", "resume a paused world"),
+                       ("step", "let the next N mutating calls through a paused world")):
+        sp = sub.add_parser(name, help=text)
+        if name == "step":
+            sp.add_argument("calls", type=int, metavar="N")
+        operator(sp)
+        sp.set_defaults(fn=_control, control=name)
 
     status = sub.add_parser("status", help="server statistics and the ledger invariant")
     operator(status)

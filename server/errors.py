@@ -40,6 +40,7 @@ class Reason(str, enum.Enum):
     NOT_NESTABLE = "NOT_NESTABLE"
     LLM_UNAVAILABLE = "LLM_UNAVAILABLE"
     MINT_DISABLED = "MINT_DISABLED"
+    WORLD_PAUSED = "WORLD_PAUSED"
     INTERNAL = "INTERNAL"
 
     @property
@@ -72,6 +73,7 @@ _CODES = {
     Reason.NOT_NESTABLE: grpc.StatusCode.FAILED_PRECONDITION,
     Reason.LLM_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     Reason.MINT_DISABLED: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.WORLD_PAUSED: grpc.StatusCode.UNAVAILABLE,
     Reason.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 
@@ -151,5 +153,6 @@ REASON_HELP: dict[Reason, str] = {
     Reason.NOT_NESTABLE: "The method cannot be invoked from artifact code (genesis_llm.complete waits on the network); call it directly.",
     Reason.LLM_UNAVAILABLE: "The LLM backend failed or answered malformed; nothing was charged. RetryInfo only when it said 429/503.",
     Reason.MINT_DISABLED: "genesis_oracle: the mint is disabled in this world (oracle.enabled = false); bids are refused, held bids can still be cancelled.",
+    Reason.WORLD_PAUSED: "The operator paused the world (ecology pause): writes, deletes and invokes wait; reads work. RetryInfo says when to try again.",
     Reason.INTERNAL: "A server fault; nothing was applied.",
 }

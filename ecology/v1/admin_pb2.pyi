@@ -84,7 +84,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("now", "agents", "artifacts", "tombstones", "minted", "burned", "total_balances", "last_event_seq", "ledger_entries", "uptime_seconds", "schema_version", "listen", "sandbox_isolation", "agent_backend")
+    __slots__ = ("now", "agents", "artifacts", "tombstones", "minted", "burned", "total_balances", "last_event_seq", "ledger_entries", "uptime_seconds", "schema_version", "listen", "sandbox_isolation", "agent_backend", "paused", "steps_left")
     NOW_FIELD_NUMBER: _ClassVar[int]
     AGENTS_FIELD_NUMBER: _ClassVar[int]
     ARTIFACTS_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +99,8 @@ class GetStatsResponse(_message.Message):
     LISTEN_FIELD_NUMBER: _ClassVar[int]
     SANDBOX_ISOLATION_FIELD_NUMBER: _ClassVar[int]
     AGENT_BACKEND_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    STEPS_LEFT_FIELD_NUMBER: _ClassVar[int]
     now: _timestamp_pb2.Timestamp
     agents: int
     artifacts: int
@@ -113,4 +115,48 @@ class GetStatsResponse(_message.Message):
     listen: _containers.RepeatedScalarFieldContainer[str]
     sandbox_isolation: str
     agent_backend: str
-    def __init__(self, now: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agents: _Optional[int] = ..., artifacts: _Optional[int] = ..., tombstones: _Optional[int] = ..., minted: _Optional[int] = ..., burned: _Optional[int] = ..., total_balances: _Optional[int] = ..., last_event_seq: _Optional[int] = ..., ledger_entries: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., schema_version: _Optional[int] = ..., listen: _Optional[_Iterable[str]] = ..., sandbox_isolation: _Optional[str] = ..., agent_backend: _Optional[str] = ...) -> None: ...
+    paused: bool
+    steps_left: int
+    def __init__(self, now: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agents: _Optional[int] = ..., artifacts: _Optional[int] = ..., tombstones: _Optional[int] = ..., minted: _Optional[int] = ..., burned: _Optional[int] = ..., total_balances: _Optional[int] = ..., last_event_seq: _Optional[int] = ..., ledger_entries: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., schema_version: _Optional[int] = ..., listen: _Optional[_Iterable[str]] = ..., sandbox_isolation: _Optional[str] = ..., agent_backend: _Optional[str] = ..., paused: _Optional[bool] = ..., steps_left: _Optional[int] = ...) -> None: ...
+
+class PauseRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ResumeRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StepRequest(_message.Message):
+    __slots__ = ("calls",)
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    calls: int
+    def __init__(self, calls: _Optional[int] = ...) -> None: ...
+
+class WorldControlResponse(_message.Message):
+    __slots__ = ("paused", "steps_left")
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    STEPS_LEFT_FIELD_NUMBER: _ClassVar[int]
+    paused: bool
+    steps_left: int
+    def __init__(self, paused: _Optional[bool] = ..., steps_left: _Optional[int] = ...) -> None: ...
+
+class GrantRequest(_message.Message):
+    __slots__ = ("agent_id", "scrip", "llm_budget_micro_usd", "memo")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SCRIP_FIELD_NUMBER: _ClassVar[int]
+    LLM_BUDGET_MICRO_USD_FIELD_NUMBER: _ClassVar[int]
+    MEMO_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    scrip: int
+    llm_budget_micro_usd: int
+    memo: str
+    def __init__(self, agent_id: _Optional[str] = ..., scrip: _Optional[int] = ..., llm_budget_micro_usd: _Optional[int] = ..., memo: _Optional[str] = ...) -> None: ...
+
+class GrantResponse(_message.Message):
+    __slots__ = ("scrip", "llm_budget_micro_usd")
+    SCRIP_FIELD_NUMBER: _ClassVar[int]
+    LLM_BUDGET_MICRO_USD_FIELD_NUMBER: _ClassVar[int]
+    scrip: int
+    llm_budget_micro_usd: int
+    def __init__(self, scrip: _Optional[int] = ..., llm_budget_micro_usd: _Optional[int] = ...) -> None: ...

@@ -50,6 +50,26 @@ class AdminStub:
                 request_serializer=ecology_dot_v1_dot_admin__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=ecology_dot_v1_dot_admin__pb2.GetStatsResponse.FromString,
                 _registered_method=True)
+        self.Pause = channel.unary_unary(
+                '/ecology.v1.Admin/Pause',
+                request_serializer=ecology_dot_v1_dot_admin__pb2.PauseRequest.SerializeToString,
+                response_deserializer=ecology_dot_v1_dot_admin__pb2.WorldControlResponse.FromString,
+                _registered_method=True)
+        self.Resume = channel.unary_unary(
+                '/ecology.v1.Admin/Resume',
+                request_serializer=ecology_dot_v1_dot_admin__pb2.ResumeRequest.SerializeToString,
+                response_deserializer=ecology_dot_v1_dot_admin__pb2.WorldControlResponse.FromString,
+                _registered_method=True)
+        self.Step = channel.unary_unary(
+                '/ecology.v1.Admin/Step',
+                request_serializer=ecology_dot_v1_dot_admin__pb2.StepRequest.SerializeToString,
+                response_deserializer=ecology_dot_v1_dot_admin__pb2.WorldControlResponse.FromString,
+                _registered_method=True)
+        self.Grant = channel.unary_unary(
+                '/ecology.v1.Admin/Grant',
+                request_serializer=ecology_dot_v1_dot_admin__pb2.GrantRequest.SerializeToString,
+                response_deserializer=ecology_dot_v1_dot_admin__pb2.GrantResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -78,6 +98,34 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Pause(self, request, context):
+        """Pause the world (see PauseRequest).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Resume(self, request, context):
+        """Resume a paused world.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Step(self, request, context):
+        """Let the next N mutating calls through a paused world.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Grant(self, request, context):
+        """Grant an agent scrip (recorded mint) and/or LLM budget (recorded quota grant).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +143,26 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=ecology_dot_v1_dot_admin__pb2.GetStatsRequest.FromString,
                     response_serializer=ecology_dot_v1_dot_admin__pb2.GetStatsResponse.SerializeToString,
+            ),
+            'Pause': grpc.unary_unary_rpc_method_handler(
+                    servicer.Pause,
+                    request_deserializer=ecology_dot_v1_dot_admin__pb2.PauseRequest.FromString,
+                    response_serializer=ecology_dot_v1_dot_admin__pb2.WorldControlResponse.SerializeToString,
+            ),
+            'Resume': grpc.unary_unary_rpc_method_handler(
+                    servicer.Resume,
+                    request_deserializer=ecology_dot_v1_dot_admin__pb2.ResumeRequest.FromString,
+                    response_serializer=ecology_dot_v1_dot_admin__pb2.WorldControlResponse.SerializeToString,
+            ),
+            'Step': grpc.unary_unary_rpc_method_handler(
+                    servicer.Step,
+                    request_deserializer=ecology_dot_v1_dot_admin__pb2.StepRequest.FromString,
+                    response_serializer=ecology_dot_v1_dot_admin__pb2.WorldControlResponse.SerializeToString,
+            ),
+            'Grant': grpc.unary_unary_rpc_method_handler(
+                    servicer.Grant,
+                    request_deserializer=ecology_dot_v1_dot_admin__pb2.GrantRequest.FromString,
+                    response_serializer=ecology_dot_v1_dot_admin__pb2.GrantResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -179,6 +247,114 @@ class Admin:
             '/ecology.v1.Admin/GetStats',
             ecology_dot_v1_dot_admin__pb2.GetStatsRequest.SerializeToString,
             ecology_dot_v1_dot_admin__pb2.GetStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Pause(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ecology.v1.Admin/Pause',
+            ecology_dot_v1_dot_admin__pb2.PauseRequest.SerializeToString,
+            ecology_dot_v1_dot_admin__pb2.WorldControlResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Resume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ecology.v1.Admin/Resume',
+            ecology_dot_v1_dot_admin__pb2.ResumeRequest.SerializeToString,
+            ecology_dot_v1_dot_admin__pb2.WorldControlResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Step(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ecology.v1.Admin/Step',
+            ecology_dot_v1_dot_admin__pb2.StepRequest.SerializeToString,
+            ecology_dot_v1_dot_admin__pb2.WorldControlResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Grant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ecology.v1.Admin/Grant',
+            ecology_dot_v1_dot_admin__pb2.GrantRequest.SerializeToString,
+            ecology_dot_v1_dot_admin__pb2.GrantResponse.FromString,
             options,
             channel_credentials,
             insecure,

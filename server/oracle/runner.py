@@ -34,6 +34,7 @@ class MintRunner:
         self.kernel = kernel
         self.executor = executor
         self.oracle = kernel.genesis["genesis_oracle"]
+        self.is_paused = lambda: False  # the server's run control (server/rpc/pause.py)
 
     async def resolve_due(self) -> list[dict]:
         """Resolve every due round; returns their records."""
@@ -70,7 +71,8 @@ class MintRunner:
         interval = self.oracle.interval
         while True:
             try:
-                await self.resolve_due()
+                if not self.is_paused():  # a paused world resolves no round (Admin.Pause)
+                    await self.resolve_due()
             except asyncio.CancelledError:
                 raise
             except Exception:

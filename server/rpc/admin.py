@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from ecology.v1 import admin_pb2, admin_pb2_grpc
+from server.kernel import grants
 from server.rpc import convert
 from server.rpc.world import translate_errors
 from server.storage.db import SCHEMA_VERSION
@@ -47,4 +48,31 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             ledger_entries=s["ledger_entries"], uptime_seconds=time.monotonic() - self.rt.started,
             schema_version=SCHEMA_VERSION, listen=self.rt.addresses,
             sandbox_isolation=self.rt.sandbox.isolation if self.rt.sandbox else "none",
-            agent_backend=self.rt.agent_backend)
+            agent_backend=self.rt.agent_backend, paused=self.rt.gate.paused, steps_left=self.rt.gate.steps_left)
+
+    # -- run control and grants (server/rpc/pause.py, server/kernel/grants.py) -------------
+
+    async def _control(self, type_: str, change) -> admin_pb2.WorldControlResponse:
+        gate = self.rt.gate
+        change()
+        data = {"paused": gate.paused, "steps_left": gate.steps_left}
+        await self.rt.executor.run(lambda conn: grants.record_control(conn, type_, self.kernel.clock(), data))
+        return admin_pb2.WorldControlResponse(paused=gate.paused, steps_left=gate.steps_left)
+
+    @translate_errors
+    async def Pause(self, request, context):
+        return await self._control("world.paused", self.rt.gate.pause)
+
+    @translate_errors
+    async def Resume(self, request, context):
+        return await self._control("world.resumed", self.rt.gate.resume)
+
+    @translate_errors
+    async def Step(self, request, context):
+        return await self._control("world.stepped", lambda: self.rt.gate.step(request.calls))
+
+    @translate_errors
+    async def Grant(self, request, context):
+        d = await self.rt.executor.run(lambda conn: grants.grant(
+            conn, request.agent_id, request.scrip, request.llm_budget_micro_usd, request.memo, self.kernel.clock()))
+        return admin_pb2.GrantResponse(**d)

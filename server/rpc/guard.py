@@ -314,6 +314,8 @@ class RpcGuard(grpc.aio.ServerInterceptor):
         certificate naming the token's principal (server/tls.py)."""
         self._authenticate = authenticate
         self.metrics = None  # server.metrics.Metrics, when the server serves /metrics
+        # gate(method, request) for admitted agent calls: raises KernelError to refuse (server/rpc/pause.py)
+        self.gate = None
         self._bind_certs = bind_client_certs
         self._cert_principals: dict[bytes, Any] = {}
         self._is_admin_token = is_admin_token
@@ -611,6 +613,7 @@ class RpcGuard(grpc.aio.ServerInterceptor):
         refuse = self._refuse
         log_call = self._log_call
         metrics = self.metrics
+        gate = self.gate if kind == _AGENT else None
         abort = rpc_status.abort
         perf = time.perf_counter
         # Unary requests are parsed here, after admission, not by gRPC: bytes that are not
@@ -646,6 +649,8 @@ class RpcGuard(grpc.aio.ServerInterceptor):
                 try:
                     if decode is not None:
                         request = _decode(decode, request)
+                    if gate is not None:
+                        gate(method, request)
                     return await body(request, ctx, context)
                 except KernelError as err:
                     code = err.code.name
