@@ -555,6 +555,13 @@ class WorldClient(_Base):
     def handbook(self, page: str = "rules") -> str:
         return self.invoke("genesis_handbook", "read", page=page)["text"]
 
+    def record_decision(self, *, step: int, observed: dict, action: dict, outcome: dict,
+                        llm_request_ids: list[str] = ()) -> world_pb2.RecordDecisionResponse:
+        """Report one of this agent's decisions for its trace (Admin.ListDecisions)."""
+        return self._unary(self._stub.RecordDecision, world_pb2.RecordDecisionRequest(
+            step=step, observed=_struct(observed), action=_struct(action), outcome=_struct(outcome),
+            llm_request_ids=list(llm_request_ids)), idempotent=False)
+
     def complete(self, messages: list[dict], model: str | None = None, max_tokens: int | None = None,
                  response_format: dict | None = None, *, request_id: str = "") -> dict:
         """An LLM completion through genesis_llm, paid from this agent's llm_budget.
@@ -624,3 +631,8 @@ class AdminClient(_Base):
         return self._unary(self._stub.Grant, admin_pb2.GrantRequest(
             agent_id=agent_id, scrip=scrip, llm_budget_micro_usd=llm_budget_micro_usd, memo=memo),
             idempotent=False)
+
+    def list_decisions(self, agent_id: str, *, after_seq: int = 0, limit: int = 0) -> admin_pb2.ListDecisionsResponse:
+        """A page of an agent's decision traces, oldest first (next page: after_seq=next_after_seq)."""
+        return self._unary(self._stub.ListDecisions, admin_pb2.ListDecisionsRequest(
+            agent_id=agent_id, after_seq=after_seq, limit=limit))

@@ -94,6 +94,50 @@ def clip(value: Any, n: int = RESULT_CHARS) -> Any:
     return value if len(text) <= n else text[:n] + f"... [{len(text) - n} more chars]"
 
 
+class _Tracer:
+    """Sends decision traces from a thread of their own, so reporting a decision never
+    delays the next one. A full queue (the server is slow) drops traces and says so in the
+    log, as does a stop with traces still queued: a gap is never silent."""
+
+    def __init__(self, loop: "AgentLoop", max_queued: int = 256) -> None:
+        import queue
+
+        self.loop = loop
+        self.queue: queue.Queue = queue.Queue(maxsize=max_queued)
+        self.dropped = 0
+        self.closed = False
+        self.thread = threading.Thread(target=self._run, name="decision-traces", daemon=True)
+        self.thread.start()
+
+    def put(self, record: dict) -> None:
+        import queue
+
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+            if self.dropped in (1, 10, 100) or self.dropped % 1000 == 0:
+                self.loop.log.warning("traces_dropped", count=self.dropped, reason="the trace queue is full")
+
+    def close(self) -> None:
+        """At the loop's end: say how many traces were never sent."""
+        self.closed = True
+        left = self.queue.qsize()
+        if left:
+            self.loop.log.warning("traces_dropped", count=left, reason="the agent stopped before sending them")
+
+    def _run(self) -> None:
+        while True:
+            record = self.queue.get()
+            if self.closed:
+                return
+            try:
+                self.loop.client.record_decision(**record)
+            except EcologyError as e:
+                if not self.loop.stopping:
+                    self.loop.log.warning("trace_not_recorded", reason=e.reason, message=e.message[:200])
+
+
 @dataclass
 class Observation:
     """What the brain sees at one step."""
@@ -173,6 +217,8 @@ class AgentLoop:
         self.failures = 0
         self.actions_done = 0
         self.steps = 0
+        self._last_obs: "Observation | None" = None
+        self._tracer = _Tracer(self)
         self.last_state = None
 
     # -- lifecycle -------------------------------------------------------------------
@@ -212,6 +258,7 @@ class AgentLoop:
         finally:
             for w in self._watches:
                 w.close()
+            self._tracer.close()
         self.log.info("stopped", steps=self.steps, actions=self.actions_done)
         return 0
 
@@ -388,7 +435,7 @@ class AgentLoop:
             return
         started = time.monotonic()
         try:
-            obs = self._observe()
+            obs = self._last_obs = self._observe()
         except EcologyError as e:
             if self.stopping or e.reason in FATAL:
                 raise
@@ -452,7 +499,29 @@ class AgentLoop:
             except Exception as e:  # noqa: BLE001
                 self.log.error("brain_failed", error=repr(e))
 
+    def _trace(self, action: dict, ok: bool, result: Any, error: dict | None) -> None:
+        """Report the decision to the server's trace (best effort: never ends the agent)."""
+        obs = self._last_obs
+        observed = {} if obs is None else {
+            "now": iso(obs.now), "scrip": obs.scrip, "compute": obs.compute, "stock": obs.stock,
+            "last_event_seq": obs.last_event_seq, "actions_done": obs.actions_done,
+            "events": [{"seq": e.get("seq"), "type": e.get("type"), "by": e.get("principal_id")}
+                       for e in obs.events[-10:]],
+            "notes": len(obs.notes), "history": len(obs.history)}
+        take = getattr(self.brain, "take_llm_request_ids", None)
+        outcome = {"ok": ok, "value": clip(result)} if ok else {"ok": False, **(error or {})}
+        try:
+            record = {"step": self.steps, "observed": json.loads(json.dumps(observed, default=str)),
+                      "action": json.loads(json.dumps(action, default=str)),
+                      "outcome": json.loads(json.dumps(outcome, default=str)),
+                      "llm_request_ids": take() if take else []}
+        except (TypeError, ValueError) as e:
+            self.log.warning("trace_not_recorded", reason="UNSERIALIZABLE", message=str(e)[:200])
+            return
+        self._tracer.put(record)
+
     def _record(self, action: dict, *, ok: bool, ms: float, result: Any = None, error: dict | None = None) -> None:
+        self._trace(action, ok, result, error)
         shown = {k: (clip(v, 200) if k == "content" else v) for k, v in action.items()}
         entry = {"at": iso(time.time()), "action": shown, "ok": ok}
         if ok:

@@ -197,6 +197,28 @@ def _control(args) -> int:
     return 0
 
 
+def _decisions(args) -> int:
+    """ecology agent decisions NAME: one JSON line per decision, oldest first."""
+    from google.protobuf import json_format
+
+    from agent_runtime.errors import EcologyError
+
+    try:
+        with _admin(args) as admin:
+            after, shown = args.after, 0
+            while True:
+                page = admin.list_decisions(args.name, after_seq=after, limit=min(500, args.limit - shown))
+                for d in page.decisions:
+                    print(json.dumps(json_format.MessageToDict(d, preserving_proto_field_name=True)))
+                shown += len(page.decisions)
+                if not page.next_after_seq or shown >= args.limit:
+                    return 0
+                after = page.next_after_seq
+    except EcologyError as e:
+        print(f"ecology: {e}", file=sys.stderr)
+        return 1
+
+
 def _defaults(args) -> int:
     from server.config import defaults_toml
 
@@ -256,6 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--brain", choices=("scripted", "llm", "plan"), help="override the configured brain")
     run.set_defaults(fn=_agent_run)
 
+    decisions = agent.add_parser("decisions", help="an agent's decision traces (JSON lines, oldest first)")
+    decisions.add_argument("name")
+    decisions.add_argument("--after", type=int, default=0, help="only decisions after this seq")
+    decisions.add_argument("--limit", type=int, default=100)
+    operator(decisions)
+    decisions.set_defaults(fn=_decisions)
     grant = agent.add_parser("grant", help="give an agent scrip (a recorded mint) and/or LLM budget")
     grant.add_argument("name")
     grant.add_argument("--scrip", type=int, default=0)

@@ -142,6 +142,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     # The mint, genesis_oracle (server/genesis/oracle.py, server/oracle/). Rounds resolve
     # at epoch-aligned times: floor(now / interval_seconds) * interval_seconds + interval_seconds.
+    "traces": {
+        # Largest stored size of one field of a decision trace or LLM exchange, bytes of
+        # JSON; larger ones are truncated and marked (server/kernel/traces.py).
+        "max_field_bytes": 16 * 1024,
+    },
     "oracle": {
         # false: no rounds are resolved and new bids are refused (held bids can be cancelled).
         "enabled": True,

@@ -351,7 +351,8 @@ def test_llm_brain_parser_and_single_retry_unit():
     def complete(answers):
         it = iter(answers)
 
-        def fn(messages, model=None, max_tokens=None, response_format=None):
+        def fn(messages, model=None, max_tokens=None, response_format=None, request_id=""):
+            assert request_id  # each call carries an id the decision trace links to
             asked.append(messages)
             assert response_format == {"type": "json_object"}
             return {"content": next(it), "cost_micro_usd": 3}

@@ -22,6 +22,7 @@ backs off.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable
 
 from agent_runtime.actions import ACTIONS_DOC, ActionError, parse_action
@@ -55,6 +56,9 @@ class LLMBrain:
         self.complete = complete
         self.log = log
         self.stats = {"calls": 0, "retries": 0, "fallbacks": 0, "cost_micro_usd": 0}
+        # request ids of the genesis_llm calls made since the last take_llm_request_ids():
+        # the decision trace links to the prompts and answers the gateway recorded under them.
+        self._request_ids: list[str] = []
         self.configure(config)
 
     def configure(self, config) -> None:
@@ -113,12 +117,18 @@ class LLMBrain:
 
     def _ask(self, messages: list[dict]) -> str:
         self.stats["calls"] += 1
+        request_id = uuid.uuid4().hex
+        self._request_ids.append(request_id)
         answer = self.complete(messages, model=self.config.model or None,
                                max_tokens=int(self.config.get("max_tokens")) or None,
-                               response_format={"type": "json_object"})
+                               response_format={"type": "json_object"}, request_id=request_id)
         self.stats["cost_micro_usd"] += int(answer.get("cost_micro_usd") or 0)
         content = answer.get("content")
         return content if isinstance(content, str) else ""
+
+    def take_llm_request_ids(self) -> list[str]:
+        ids, self._request_ids = self._request_ids, []
+        return ids
 
     def decide(self, obs) -> dict:
         messages = self.messages(obs)

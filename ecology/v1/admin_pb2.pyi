@@ -160,3 +160,59 @@ class GrantResponse(_message.Message):
     scrip: int
     llm_budget_micro_usd: int
     def __init__(self, scrip: _Optional[int] = ..., llm_budget_micro_usd: _Optional[int] = ...) -> None: ...
+
+class ListDecisionsRequest(_message.Message):
+    __slots__ = ("agent_id", "after_seq", "limit")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    after_seq: int
+    limit: int
+    def __init__(self, agent_id: _Optional[str] = ..., after_seq: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class LlmExchange(_message.Message):
+    __slots__ = ("request_id", "model", "prompt", "answer", "truncated", "at")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    model: str
+    prompt: _struct_pb2.Value
+    answer: str
+    truncated: bool
+    at: _timestamp_pb2.Timestamp
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., answer: _Optional[str] = ..., truncated: _Optional[bool] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class Decision(_message.Message):
+    __slots__ = ("seq", "at", "step", "observed", "action", "outcome", "llm", "llm_request_ids", "truncated")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    LLM_FIELD_NUMBER: _ClassVar[int]
+    LLM_REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    at: _timestamp_pb2.Timestamp
+    step: int
+    observed: _struct_pb2.Value
+    action: _struct_pb2.Value
+    outcome: _struct_pb2.Value
+    llm: _containers.RepeatedCompositeFieldContainer[LlmExchange]
+    llm_request_ids: _containers.RepeatedScalarFieldContainer[str]
+    truncated: bool
+    def __init__(self, seq: _Optional[int] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step: _Optional[int] = ..., observed: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., action: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., outcome: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., llm: _Optional[_Iterable[_Union[LlmExchange, _Mapping]]] = ..., llm_request_ids: _Optional[_Iterable[str]] = ..., truncated: _Optional[bool] = ...) -> None: ...
+
+class ListDecisionsResponse(_message.Message):
+    __slots__ = ("decisions", "next_after_seq")
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    decisions: _containers.RepeatedCompositeFieldContainer[Decision]
+    next_after_seq: int
+    def __init__(self, decisions: _Optional[_Iterable[_Union[Decision, _Mapping]]] = ..., next_after_seq: _Optional[int] = ...) -> None: ...

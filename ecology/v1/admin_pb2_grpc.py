@@ -70,6 +70,11 @@ class AdminStub:
                 request_serializer=ecology_dot_v1_dot_admin__pb2.GrantRequest.SerializeToString,
                 response_deserializer=ecology_dot_v1_dot_admin__pb2.GrantResponse.FromString,
                 _registered_method=True)
+        self.ListDecisions = channel.unary_unary(
+                '/ecology.v1.Admin/ListDecisions',
+                request_serializer=ecology_dot_v1_dot_admin__pb2.ListDecisionsRequest.SerializeToString,
+                response_deserializer=ecology_dot_v1_dot_admin__pb2.ListDecisionsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -126,6 +131,13 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDecisions(self, request, context):
+        """An agent's decision traces (what it saw, decided and got; LLM prompts and answers).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -163,6 +175,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Grant,
                     request_deserializer=ecology_dot_v1_dot_admin__pb2.GrantRequest.FromString,
                     response_serializer=ecology_dot_v1_dot_admin__pb2.GrantResponse.SerializeToString,
+            ),
+            'ListDecisions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDecisions,
+                    request_deserializer=ecology_dot_v1_dot_admin__pb2.ListDecisionsRequest.FromString,
+                    response_serializer=ecology_dot_v1_dot_admin__pb2.ListDecisionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -355,6 +372,33 @@ class Admin:
             '/ecology.v1.Admin/Grant',
             ecology_dot_v1_dot_admin__pb2.GrantRequest.SerializeToString,
             ecology_dot_v1_dot_admin__pb2.GrantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDecisions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ecology.v1.Admin/ListDecisions',
+            ecology_dot_v1_dot_admin__pb2.ListDecisionsRequest.SerializeToString,
+            ecology_dot_v1_dot_admin__pb2.ListDecisionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

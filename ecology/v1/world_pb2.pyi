@@ -247,3 +247,25 @@ class SubscribeRequest(_message.Message):
     artifact_ids: _containers.RepeatedScalarFieldContainer[str]
     principal_ids: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, after_seq: _Optional[int] = ..., types: _Optional[_Iterable[str]] = ..., artifact_ids: _Optional[_Iterable[str]] = ..., principal_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RecordDecisionRequest(_message.Message):
+    __slots__ = ("step", "observed", "action", "outcome", "llm_request_ids")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    LLM_REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    observed: _struct_pb2.Struct
+    action: _struct_pb2.Struct
+    outcome: _struct_pb2.Struct
+    llm_request_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, step: _Optional[int] = ..., observed: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., action: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., outcome: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., llm_request_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RecordDecisionResponse(_message.Message):
+    __slots__ = ("seq", "truncated")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    truncated: bool
+    def __init__(self, seq: _Optional[int] = ..., truncated: _Optional[bool] = ...) -> None: ...

@@ -70,6 +70,11 @@ class WorldStub:
                 request_serializer=ecology_dot_v1_dot_world__pb2.SubscribeRequest.SerializeToString,
                 response_deserializer=ecology_dot_v1_dot_world__pb2.Event.FromString,
                 _registered_method=True)
+        self.RecordDecision = channel.unary_unary(
+                '/ecology.v1.World/RecordDecision',
+                request_serializer=ecology_dot_v1_dot_world__pb2.RecordDecisionRequest.SerializeToString,
+                response_deserializer=ecology_dot_v1_dot_world__pb2.RecordDecisionResponse.FromString,
+                _registered_method=True)
 
 
 class WorldServicer:
@@ -125,6 +130,13 @@ class WorldServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordDecision(self, request, context):
+        """Record one decision of the calling agent (decision traces).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorldServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -162,6 +174,11 @@ def add_WorldServicer_to_server(servicer, server):
                     servicer.Subscribe,
                     request_deserializer=ecology_dot_v1_dot_world__pb2.SubscribeRequest.FromString,
                     response_serializer=ecology_dot_v1_dot_world__pb2.Event.SerializeToString,
+            ),
+            'RecordDecision': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordDecision,
+                    request_deserializer=ecology_dot_v1_dot_world__pb2.RecordDecisionRequest.FromString,
+                    response_serializer=ecology_dot_v1_dot_world__pb2.RecordDecisionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -354,6 +371,33 @@ class World:
             '/ecology.v1.World/Subscribe',
             ecology_dot_v1_dot_world__pb2.SubscribeRequest.SerializeToString,
             ecology_dot_v1_dot_world__pb2.Event.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordDecision(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ecology.v1.World/RecordDecision',
+            ecology_dot_v1_dot_world__pb2.RecordDecisionRequest.SerializeToString,
+            ecology_dot_v1_dot_world__pb2.RecordDecisionResponse.FromString,
             options,
             channel_credentials,
             insecure,

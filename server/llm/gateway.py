@@ -17,7 +17,7 @@ import structlog
 
 from server.errors import KernelError, Reason, invalid
 from server.genesis.llm import ID, LlmArtifact, Plan
-from server.kernel import events, invocation
+from server.kernel import events, invocation, traces
 from server.llm import reservations
 from server.llm.backend import Backend, BackendError, Completion, Request
 
@@ -135,6 +135,9 @@ class LlmGateway:
         cost = plan.actual_cost(answer.prompt_tokens, answer.completion_tokens)
         charged = reservations.settle(conn, reserved["id"], cost)
         remaining = reservations.budget(conn, caller)[0]
+        traces.record_llm_exchange(conn, caller, request_id or f"auto-{reserved['id']}", model=answer.model,
+                                   messages=plan.messages, answer=answer.content,
+                                   max_bytes=self.kernel.config["traces"]["max_field_bytes"], now=now)
         events.append(conn, "llm.completed", principal_id=caller, artifact_id=ID, now=now, data={
             "model": answer.model, "prompt_tokens": answer.prompt_tokens,
             "completion_tokens": answer.completion_tokens, "cost_micro_usd": charged,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from ecology.v1 import admin_pb2, admin_pb2_grpc
-from server.kernel import grants
+from server.kernel import grants, traces
 from server.rpc import convert
 from server.rpc.world import translate_errors
 from server.storage.db import SCHEMA_VERSION
@@ -76,3 +76,15 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         d = await self.rt.executor.run(lambda conn: grants.grant(
             conn, request.agent_id, request.scrip, request.llm_budget_micro_usd, request.memo, self.kernel.clock()))
         return admin_pb2.GrantResponse(**d)
+
+    @translate_errors
+    async def ListDecisions(self, request, context):
+        items, nxt = traces.list_decisions(self.rt.reader, request.agent_id, after=request.after_seq,
+                                           limit=request.limit)
+        return admin_pb2.ListDecisionsResponse(decisions=[admin_pb2.Decision(
+            seq=d["seq"], at=convert.timestamp(d["at"]), step=d["step"], observed=convert.value(d["observed"]),
+            action=convert.value(d["action"]), outcome=convert.value(d["outcome"]),
+            llm_request_ids=d["llm_request_ids"], truncated=d["truncated"],
+            llm=[admin_pb2.LlmExchange(request_id=x["request_id"], model=x["model"], prompt=convert.value(x["prompt"]),
+                                       answer=x["answer"], truncated=x["truncated"], at=convert.timestamp(x["at"]))
+                 for x in d["llm"]]) for d in items], next_after_seq=nxt)

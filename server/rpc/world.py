@@ -13,7 +13,7 @@ import functools
 from ecology.v1 import world_pb2, world_pb2_grpc
 from server.errors import KernelError, Reason, invalid
 from server.genesis.llm import ID as LLM_ID
-from server.kernel import artifacts
+from server.kernel import artifacts, traces
 from server.rpc import convert
 from server.rpc.event_hub import EventHub
 from server.rpc.guard import CALLER
@@ -180,3 +180,16 @@ class WorldService(world_pb2_grpc.WorldServicer):
                     await asyncio.wait_for(wake.wait(), timeout=5.0)
                 except asyncio.TimeoutError:
                     pass
+
+    @translate_errors
+    async def RecordDecision(self, request, context):
+        caller = caller_id()
+        limits = self.limits
+        fields = {name: convert.plain_struct(getattr(request, name), name, limits)
+                  for name in ("observed", "action", "outcome")}
+        max_bytes = self.rt.config["traces"]["max_field_bytes"]
+        seq = await self.rt.executor.run(lambda conn: traces.record_decision(
+            conn, caller, step=request.step, llm_request_ids=list(request.llm_request_ids), max_bytes=max_bytes,
+            now=self.kernel.clock(), **fields))
+        truncated = any(len(artifacts.dumps(v).encode()) > max_bytes for v in fields.values())
+        return world_pb2.RecordDecisionResponse(seq=seq, truncated=truncated)

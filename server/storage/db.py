@@ -168,6 +168,31 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX events_by_artifact ON events(artifact_id, seq);
     """,
+    # 4: decision traces (server/kernel/traces.py)
+    """
+    CREATE TABLE decisions (
+        seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+        agent_id    TEXT NOT NULL,
+        at          REAL NOT NULL,                 -- server time it was recorded
+        step        INTEGER NOT NULL,              -- the agent's own step counter
+        observed    TEXT NOT NULL,                 -- JSON: what the agent saw (its summary)
+        action      TEXT NOT NULL,                 -- JSON: the parsed action
+        outcome     TEXT NOT NULL,                 -- JSON: {ok, value | reason, message}
+        llm_request_ids TEXT NOT NULL,             -- JSON list: genesis_llm calls behind it
+        truncated   INTEGER NOT NULL               -- 1 if a field was cut to [traces] max_field_bytes
+    );
+    CREATE INDEX decisions_by_agent ON decisions(agent_id, seq);
+    CREATE TABLE llm_exchanges (
+        agent_id    TEXT NOT NULL,
+        request_id  TEXT NOT NULL,
+        at          REAL NOT NULL,
+        model       TEXT NOT NULL,
+        prompt      TEXT NOT NULL,                 -- JSON: the exact messages sent to the model
+        answer      TEXT NOT NULL,                 -- the model's raw answer
+        truncated   INTEGER NOT NULL,
+        PRIMARY KEY (agent_id, request_id)
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
