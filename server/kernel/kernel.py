@@ -262,6 +262,7 @@ class Kernel:
             if existing.can_execute and not interface and not existing.has_standing:
                 raise invalid("interface", "an executable artifact needs at least one method")
             new_interface = interface
+        self._require_own_code(existing, caller, content, new_interface)
         new_metadata = metadata if req.get("replace_metadata") else {**existing.metadata, **metadata}
         new_state = ({**state, "controller": existing.state.get("controller")}
                      if req.get("replace_state") else {**existing.state, **state})
@@ -283,6 +284,27 @@ class Kernel:
         events.append(conn, "artifact.written", principal_id=caller, artifact_id=artifact_id,
                       now=now, data={"version": art.version, "created": False})
         return {"artifact": art.to_dict(), "created": False}
+
+    @staticmethod
+    def _require_own_code(existing: Artifact, caller: str, content: str, new_interface: list[dict]) -> None:
+        """A principal's money moves only by its own decisions (DESIGN.md "Money and
+        resources"): the code and interface of an artifact with standing are changed only
+        by that artifact itself, whatever its contract allows - else whoever controls it
+        (a buyer through genesis_escrow, the creator of a spawned agent) could make code
+        run as it and be paid by it. Its controller changes its configuration: the content
+        of an agent without an interface (prompt, brain, plan, which the running agent
+        re-reads and follows), its metadata and state, its contract. The content of an
+        agent with an interface is Python source, i.e. code."""
+        if not existing.has_standing or caller == existing.id:
+            return
+        if new_interface != existing.interface:
+            raise KernelError(Reason.ACCESS_DENIED,
+                              f"the interface of {existing.id} (it has standing) is changed only by {existing.id} "
+                              "itself: its code would run on its account", field="interface")
+        if existing.interface and content != existing.content:
+            raise KernelError(Reason.ACCESS_DENIED,
+                              f"the content of {existing.id} is its code (it has standing and an interface); only "
+                              f"{existing.id} itself changes it", field="content")
 
     def _require_contract(self, conn, contract_id: str) -> None:
         if not contracts.is_contract(artifacts.get(conn, contract_id)):
