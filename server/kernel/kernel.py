@@ -238,11 +238,14 @@ class Kernel:
                           now=now, data={"version": 1, "created": True})
             return {"artifact": art.to_dict(), "created": True}
 
+        # A tombstone keeps its id taken: create_only answers ALREADY_EXISTS for it too;
+        # a plain write to it answers DELETED.
+        if req.get("create_only"):
+            raise KernelError(Reason.ALREADY_EXISTS,
+                              f"artifact {artifact_id!r} was deleted; its id stays taken" if existing.deleted
+                              else f"artifact {artifact_id!r} already exists", field="artifact_id")
         if existing.deleted:
             raise KernelError(Reason.DELETED, f"artifact {artifact_id!r} was deleted; its id stays taken",
-                              field="artifact_id")
-        if req.get("create_only"):
-            raise KernelError(Reason.ALREADY_EXISTS, f"artifact {artifact_id!r} already exists",
                               field="artifact_id")
         if expected > 0 and expected != existing.version:
             raise KernelError(Reason.CONFLICT,
