@@ -13,7 +13,7 @@ _FILTERS = {
     "metadata": {"type": "object"},
     "include_deleted": {"type": "boolean"},
     "limit": LIMIT,
-    "cursor": {"type": "string", "maxLength": 128},
+    "cursor": {"type": "string", "maxLength": 256},
 }
 
 
@@ -32,7 +32,7 @@ class StoreArtifact(Genesis):
 
     @method("Case-insensitive search over ids, metadata and interface descriptions.",
             {"query": {"type": "string", "minLength": 1, "maxLength": 200}, "limit": LIMIT,
-             "cursor": {"type": "string", "maxLength": 128}}, ("query",))
+             "cursor": {"type": "string", "maxLength": 256}}, ("query",))
     def search(self, call: Call, query: str, limit: int = 50, cursor: str = "") -> dict:
         items, nxt = self.kernel.list_artifacts(call.conn, query=query, page_size=limit, cursor=cursor)
         return {"artifacts": items, "next_cursor": nxt}

@@ -12,7 +12,10 @@ rate limits bound how often one can fail.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import hmac
 import json
 import secrets
 import sqlite3
@@ -44,6 +47,8 @@ class Kernel:
         self._genesis_artifacts: dict[str, Artifact] = {}
         # Code-check outcomes computed ahead of their write: key -> (failure or None, cpu).
         self._prechecked: dict[tuple, tuple[str | None, float]] = {}
+        # Signs listing cursors (see `list_artifacts`): a cursor is one this server issued.
+        self._cursor_key = secrets.token_bytes(32)
         self.runner: contracts.ContractRunner = (
             contracts.SandboxedContracts(sandbox, config["sandbox"]["contract_timeout_seconds"])
             if sandbox is not None else contracts.NoSandboxRunner())
@@ -513,21 +518,58 @@ class Kernel:
         oracle = self.genesis.get("genesis_oracle")
         return oracle.next_resolution_at(now) if oracle is not None else None
 
+    # -- listing cursors: base64url(HMAC-SHA256(key, id)[:12] + id), key per server process --
+
+    _CURSOR_MAC_BYTES = 12
+
+    def _cursor_mac(self, last_id: bytes) -> bytes:
+        return hmac.new(self._cursor_key, b"list-cursor:" + last_id, hashlib.sha256).digest()[:self._CURSOR_MAC_BYTES]
+
+    def issue_cursor(self, last_id: str) -> str:
+        raw = last_id.encode()
+        return base64.urlsafe_b64encode(self._cursor_mac(raw) + raw).decode().rstrip("=")
+
+    def open_cursor(self, cursor: str) -> str:
+        """The last id of the page a cursor was issued after; INVALID_ARGS (field cursor)
+        for anything this server process did not issue."""
+        if not cursor:
+            return ""
+        refused = invalid("cursor", "not a cursor this server issued (cursors are opaque and last until the "
+                                    "server restarts); start again with an empty cursor")
+        if len(cursor) > 256:
+            raise refused
+        try:
+            raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        except (ValueError, binascii.Error):
+            raise refused from None
+        last_id = raw[self._CURSOR_MAC_BYTES:]
+        # Compared in canonical form: also refuses variants that decode to the same bytes.
+        if not last_id or not hmac.compare_digest(self.issue_cursor(last_id.decode(errors="replace")), cursor):
+            raise refused
+        return last_id.decode()
+
     def list_artifacts(self, conn, *, created_by: str = "", kind: str = "",
                        has_standing: bool | None = None, can_execute: bool | None = None,
                        metadata_equals: dict | None = None, include_deleted: bool = False,
                        page_size: int = 100, cursor: str = "", query: str = "") -> tuple[list[dict], str]:
+        """One page of artifacts in id order, as discovery views (Artifact.summary: no
+        content, of state only the controller). page_size 0 means 100; negative, or above
+        limits.max_page_size, is INVALID_ARGS. `cursor`: "" for the first page, else a
+        next_cursor this server issued (opaque, signed; see `open_cursor`)."""
         max_page = self.config.limits["max_page_size"]
-        if page_size <= 0:
+        if not isinstance(page_size, int) or isinstance(page_size, bool) or page_size < 0:
+            raise invalid("page_size", "must not be negative (0 means the default, 100)")
+        if page_size == 0:
             page_size = 100
         if page_size > max_page:
             raise invalid("page_size", f"at most {max_page}")
+        after = self.open_cursor(cursor)
         if kind and kind not in ("agent", "tool", "account", "data"):
             raise invalid("kind", "one of agent, tool, account, data")
         if kind:
             has_standing = kind in ("agent", "account")
             can_execute = kind in ("agent", "tool")
-        where, params = ["id > ?"], [cursor]
+        where, params = ["id > ?"], [after]
         if created_by:
             where.append("created_by = ?")
             params.append(created_by)
@@ -557,7 +599,7 @@ class Kernel:
         sql = (f"SELECT * FROM artifacts WHERE {' AND '.join(where)} ORDER BY id LIMIT ?")
         rows = conn.execute(sql, (*params, page_size + 1)).fetchall()
         items = [artifacts.from_row(r).summary() for r in rows[:page_size]]
-        next_cursor = items[-1]["id"] if len(rows) > page_size else ""
+        next_cursor = self.issue_cursor(items[-1]["id"]) if len(rows) > page_size else ""
         return items, next_cursor
 
     def stats(self, conn) -> dict:
