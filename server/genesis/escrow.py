@@ -13,6 +13,11 @@ from server.kernel import artifacts, events, ledger
 
 
 def set_controller(call: Call, art: artifacts.Artifact, to: str) -> artifacts.Artifact:
+    """The one path that changes state.controller (escrow and transfer_control). An open
+    bid at the mint by anyone but the new controller is refunded (genesis/oracle.py)."""
+    from server.genesis.oracle import refund_on_control_change
+
+    refund_on_control_change(call.conn, art.id, to, call.caller, call.now)
     new = artifacts.bump(art, call.now, state={**art.state, "controller": to})
     artifacts.save(call.conn, new)
     return new
