@@ -60,7 +60,7 @@ class EscrowArtifact(Genesis):
         art = artifacts.require(call.conn, artifact_id)
         self.kernel.authorize(call.conn, art, "transfer", self.id, call.now)
         entry = ledger.transfer(call.conn, call.caller, seller, price, now=call.now,
-                                memo=f"escrow purchase {artifact_id}") if price > 0 else None
+                                memo=f"escrow purchase {artifact_id}", artifact_id=artifact_id) if price > 0 else None
         set_controller(call, art, call.caller)
         call.conn.execute("DELETE FROM escrow_listings WHERE artifact_id=?", (artifact_id,))
         events.append(call.conn, "escrow.purchased", principal_id=call.caller, artifact_id=artifact_id,

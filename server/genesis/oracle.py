@@ -58,7 +58,7 @@ def refund_on_control_change(conn, artifact_id: str, new_controller: str, by: st
         return
     conn.execute("DELETE FROM oracle_bids WHERE artifact_id = ?", (artifact_id,))
     ledger.transfer(conn, ORACLE_ID, row["bidder"], row["amount"], now=now,
-                    memo=f"oracle bid on {artifact_id} refunded: control changed")
+                    memo=f"oracle bid on {artifact_id} refunded: control changed", artifact_id=artifact_id)
     events.append(conn, "oracle.bid_cancelled", principal_id=by, artifact_id=artifact_id, now=now,
                   related=[row["bidder"], new_controller],
                   data={"bidder": row["bidder"], "refunded": row["amount"], "reason": "control changed",
@@ -104,13 +104,13 @@ class OracleArtifact(Genesis):
 
     # -- holds ---------------------------------------------------------------------------
 
-    def _hold(self, call: Call, amount: int, memo: str) -> None:
+    def _hold(self, call: Call, artifact_id: str, amount: int, memo: str) -> None:
         if amount > 0:
-            ledger.transfer(call.conn, call.caller, self.id, amount, now=call.now, memo=memo)
+            ledger.transfer(call.conn, call.caller, self.id, amount, now=call.now, memo=memo, artifact_id=artifact_id)
 
-    def _refund(self, conn, to: str, amount: int, now: float, memo: str) -> None:
+    def _refund(self, conn, artifact_id: str, to: str, amount: int, now: float, memo: str) -> None:
         if amount > 0:
-            ledger.transfer(conn, self.id, to, amount, now=now, memo=memo)
+            ledger.transfer(conn, self.id, to, amount, now=now, memo=memo, artifact_id=artifact_id)
 
     def _bid_row(self, conn, artifact_id: str):
         return conn.execute("SELECT artifact_id, bidder, amount, placed_at, seq FROM oracle_bids WHERE artifact_id=?",
@@ -143,17 +143,18 @@ class OracleArtifact(Genesis):
             if amount == previous:
                 return self._bid_view(row, self._since(call.conn), unchanged=True)
             if amount > previous:
-                self._hold(call, amount - previous, f"oracle bid on {artifact_id} raised")
+                self._hold(call, artifact_id, amount - previous, f"oracle bid on {artifact_id} raised")
             else:
-                self._refund(call.conn, call.caller, previous - amount, call.now, f"oracle bid on {artifact_id} lowered")
+                self._refund(call.conn, artifact_id, call.caller, previous - amount, call.now,
+                             f"oracle bid on {artifact_id} lowered")
         else:
             if row is not None:  # a bid left from before a change of control (older worlds): replaced
-                self._refund(call.conn, row["bidder"], row["amount"], call.now,
+                self._refund(call.conn, artifact_id, row["bidder"], row["amount"], call.now,
                              f"oracle bid on {artifact_id} replaced by {call.caller}")
                 events.append(call.conn, "oracle.bid_cancelled", principal_id=call.caller, artifact_id=artifact_id,
                               now=call.now, related=[row["bidder"]],
                               data={"bidder": row["bidder"], "refunded": row["amount"], "replaced_by": call.caller})
-            self._hold(call, amount, f"oracle bid on {artifact_id}")
+            self._hold(call, artifact_id, amount, f"oracle bid on {artifact_id}")
         _, _, seq = self._state(call.conn)
         call.conn.execute("UPDATE oracle_state SET bid_seq = ? WHERE id = 1", (seq + 1,))
         call.conn.execute("INSERT OR REPLACE INTO oracle_bids VALUES (?,?,?,?,?)",
@@ -187,7 +188,7 @@ class OracleArtifact(Genesis):
         if row is None or row["bidder"] != call.caller:
             raise KernelError(Reason.NOT_FOUND, f"you have no bid on {artifact_id!r}", field="artifact_id")
         call.conn.execute("DELETE FROM oracle_bids WHERE artifact_id = ?", (artifact_id,))
-        self._refund(call.conn, call.caller, row["amount"], call.now, f"oracle bid on {artifact_id} cancelled")
+        self._refund(call.conn, artifact_id, call.caller, row["amount"], call.now, f"oracle bid on {artifact_id} cancelled")
         events.append(call.conn, "oracle.bid_cancelled", principal_id=call.caller, artifact_id=artifact_id,
                       now=call.now, data={"bidder": call.caller, "refunded": row["amount"]})
         return {"artifact_id": artifact_id, "refunded": row["amount"], "cancelled": True}
@@ -284,11 +285,12 @@ class OracleArtifact(Genesis):
         # Write phase.
         for r, why in withdrawn:
             conn.execute("DELETE FROM oracle_bids WHERE artifact_id = ?", (r["artifact_id"],))
-            self._refund(conn, r["bidder"], r["amount"], now, f"oracle bid on {r['artifact_id']} refunded: {why}")
+            self._refund(conn, r["artifact_id"], r["bidder"], r["amount"], now,
+                         f"oracle bid on {r['artifact_id']} refunded: {why}")
         losers = []
         for b in outcome.losers:
             conn.execute("DELETE FROM oracle_bids WHERE artifact_id = ?", (b.artifact_id,))
-            self._refund(conn, b.bidder, b.amount, now, f"oracle bid on {b.artifact_id} lost: refunded")
+            self._refund(conn, b.artifact_id, b.bidder, b.amount, now, f"oracle bid on {b.artifact_id} lost: refunded")
             losers.append({"artifact_id": b.artifact_id, "bidder": b.bidder, "bid": b.amount, "refunded": b.amount})
         winners, pool, minted_total, mints = [], 0, 0, []
         for b, price, art, ev, result in scored:
@@ -296,16 +298,19 @@ class OracleArtifact(Genesis):
             w = {"artifact_id": b.artifact_id, "bidder": b.bidder, "bid": b.amount, "price": price,
                  "evidence": evidence_dict(ev)}
             if isinstance(result, ScoreError):
-                self._refund(conn, b.bidder, b.amount, now, f"oracle bid on {b.artifact_id} refunded: scoring failed")
+                self._refund(conn, b.artifact_id, b.bidder, b.amount, now,
+                             f"oracle bid on {b.artifact_id} refunded: scoring failed")
                 w.update(scored=False, paid=0, refunded=b.amount, score=None, reason=str(result), minted=0,
                          minted_to=None)
             else:
-                self._refund(conn, b.bidder, b.amount - price, now, f"oracle bid on {b.artifact_id} won: change")
+                self._refund(conn, b.artifact_id, b.bidder, b.amount - price, now,
+                             f"oracle bid on {b.artifact_id} won: change")
                 pool += price
                 minted = result.score // cfg["mint_ratio"]
                 to = self._mint_recipient(conn, art, b.bidder)
                 if minted > 0:
-                    ledger.mint(conn, to, minted, now=now, memo=f"oracle round: {b.artifact_id} scored {result.score}")
+                    ledger.mint(conn, to, minted, now=now, memo=f"oracle round {last + 1}: {b.artifact_id} scored "
+                                f"{result.score}", artifact_id=b.artifact_id, by=self.id)
                     mints.append((to, minted, b.artifact_id))
                 minted_total += minted
                 w.update(scored=True, paid=price, refunded=b.amount - price, score=result.score, reason=result.reason,
@@ -317,7 +322,7 @@ class OracleArtifact(Genesis):
         share, carry_out = auction.split_income(pool + carry_in, len(agents))
         if share > 0:
             for a in agents:
-                ledger.transfer(conn, self.id, a, share, now=now, memo="oracle basic income")
+                ledger.transfer(conn, self.id, a, share, now=now, memo="oracle basic income", artifact_id=self.id)
         conn.execute("UPDATE oracle_state SET carry = ? WHERE id = 1", (carry_out,))
         number = last + 1
         record = {
@@ -334,9 +339,6 @@ class OracleArtifact(Genesis):
             "recipients": agents,
         }
         conn.execute("INSERT INTO oracle_rounds VALUES (?,?,?,?)", (number, at, now, dumps(record)))
-        for to, amount, artifact_id in mints:
-            events.append(conn, "ledger.mint", principal_id=self.id, artifact_id=artifact_id, now=now, related=[to],
-                          data={"to": to, "amount": amount, "memo": f"oracle round {number}"})
         events.append(conn, "oracle.resolved", principal_id=self.id, artifact_id=self.id, now=now,
                       related=sorted({*agents, *(w["bidder"] for w in winners), *(m[0] for m in mints)}),
                       data=record)

@@ -472,8 +472,6 @@ class Kernel:
         )
         resources.adjust_disk(conn, agent_id, size)
         endowment = int(o.get("endowment", d["endowment"]))
-        if endowment > 0:
-            ledger.mint(conn, agent_id, endowment, now=now, memo="endowment")
         if "rpc_rate" in o or "rpc_burst" in o:
             conn.execute("INSERT INTO rpc_limits VALUES (?,?,?)",
                          (agent_id, o.get("rpc_rate"), o.get("rpc_burst")))
@@ -481,10 +479,8 @@ class Kernel:
         conn.execute("INSERT INTO credentials VALUES (?,?,?)", (hash_token(token), agent_id, now))
         events.append(conn, "agent.created", principal_id=SYSTEM_ACCOUNT, artifact_id=agent_id, now=now,
                       related=[agent_id], data={"endowment": endowment})
-        if endowment > 0:
-            events.append(conn, "ledger.mint", principal_id=SYSTEM_ACCOUNT, artifact_id="genesis_ledger",
-                          now=now, related=[agent_id], data={"to": agent_id, "amount": endowment,
-                                                             "memo": "endowment"})
+        if endowment > 0:  # after agent.created, as before; with its ledger.mint event (ledger.py)
+            ledger.mint(conn, agent_id, endowment, now=now, memo="endowment")
         return {"agent_id": agent_id, "token": token, "agent": art.to_dict(),
                 "rpc_rate": o.get("rpc_rate"), "rpc_burst": o.get("rpc_burst")}
 
