@@ -553,6 +553,8 @@ class Kernel:
         limits.max_page_size, is INVALID_ARGS. `cursor`: "" for the first page, else a
         next_cursor this server issued (opaque, signed; see `open_cursor`)."""
         max_page = self.config.limits["max_page_size"]
+        if isinstance(page_size, float) and page_size.is_integer():  # JSON 2.0 is an integer
+            page_size = int(page_size)
         if not isinstance(page_size, int) or isinstance(page_size, bool) or page_size < 0:
             raise invalid("page_size", "must not be negative (0 means the default, 100)")
         if page_size == 0:
