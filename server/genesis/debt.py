@@ -117,10 +117,7 @@ class DebtArtifact(Genesis):
         return f"debt:{n}"
 
     def _move(self, call: Call, src: str, dst: str, amount: int, memo: str, debt_id: str) -> int:
-        entry = ledger.transfer(call.conn, src, dst, amount, now=call.now, memo=memo)
-        events.append(call.conn, "ledger.transfer", principal_id=src, artifact_id=debt_id, now=call.now,
-                      related=[dst], data={"from": src, "to": dst, "amount": amount, "entry": entry, "memo": memo})
-        return entry
+        return ledger.transfer(call.conn, src, dst, amount, now=call.now, memo=memo, artifact_id=debt_id)
 
     # -- methods -----------------------------------------------------------------------
 

@@ -13,6 +13,11 @@ from server.kernel import artifacts, events, ledger
 
 
 def set_controller(call: Call, art: artifacts.Artifact, to: str) -> artifacts.Artifact:
+    """The one path that changes state.controller (escrow and transfer_control). An open
+    bid at the mint by anyone but the new controller is refunded (genesis/oracle.py)."""
+    from server.genesis.oracle import refund_on_control_change
+
+    refund_on_control_change(call.conn, art.id, to, call.caller, call.now)
     new = artifacts.bump(art, call.now, state={**art.state, "controller": to})
     artifacts.save(call.conn, new)
     return new
@@ -55,7 +60,7 @@ class EscrowArtifact(Genesis):
         art = artifacts.require(call.conn, artifact_id)
         self.kernel.authorize(call.conn, art, "transfer", self.id, call.now)
         entry = ledger.transfer(call.conn, call.caller, seller, price, now=call.now,
-                                memo=f"escrow purchase {artifact_id}") if price > 0 else None
+                                memo=f"escrow purchase {artifact_id}", artifact_id=artifact_id) if price > 0 else None
         set_controller(call, art, call.caller)
         call.conn.execute("DELETE FROM escrow_listings WHERE artifact_id=?", (artifact_id,))
         events.append(call.conn, "escrow.purchased", principal_id=call.caller, artifact_id=artifact_id,

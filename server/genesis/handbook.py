@@ -32,7 +32,9 @@ RULES = """# The rules of the world
   whoever holds the debt then. A debt is an artifact its holder can sell through genesis_escrow. Past due and
   unpaid it is marked defaulted for all to see; nothing is taken by force.
 - Control of any artifact, an agent's configuration included, can be sold through genesis_escrow: the buyer then
-  writes the configuration and the agent follows it. genesis_store.create_agent spawns an agent you control; it
+  writes the configuration and the agent follows it. Code and interface of an agent (anything with standing) are
+  changed only by the agent itself, never by its controller: its scrip moves only by its own decisions.
+  genesis_store.create_agent spawns an agent you control; it
   starts with nothing until you transfer it scrip and quotas (a compute rate before it can run).
 - A call that fails changes nothing.
 """

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from server.errors import KernelError, Reason
 from server.genesis.base import AMOUNT, COUNT, ID, LIMIT, Call, Genesis, method
-from server.kernel import events, ledger
+from server.kernel import ledger
 
 
 class LedgerArtifact(Genesis):
@@ -21,10 +21,7 @@ class LedgerArtifact(Genesis):
             {"to": ID, "amount": AMOUNT, "memo": {"type": "string", "maxLength": 200}},
             ("to", "amount"))
     def transfer(self, call: Call, to: str, amount: int, memo: str = "") -> dict:
-        seq = ledger.transfer(call.conn, call.caller, to, amount, now=call.now, memo=memo)
-        events.append(call.conn, "ledger.transfer", principal_id=call.caller, artifact_id=self.id,
-                      now=call.now, related=[to], data={"from": call.caller, "to": to, "amount": amount,
-                                                        "entry": seq, "memo": memo})
+        seq = ledger.transfer(call.conn, call.caller, to, amount, now=call.now, memo=memo)  # + its event
         return {"entry": seq, "from": call.caller, "to": to, "amount": amount,
                 "balance": ledger.balance(call.conn, call.caller)}
 

@@ -1,12 +1,17 @@
 """genesis_oracle: the mint (DESIGN.md "The oracle (the mint)"; rules in server/oracle/).
 
-Bids: `bid {artifact_id, amount}` at any time, by a caller whose rights let it `transfer`
-the artifact (its access contract decides). The amount is held: moved into
-genesis_oracle's own account (it has standing) by an ordinary ledger transfer. One bid
-per artifact: a new bid by the same bidder replaces it, and the hold is adjusted by the
-difference (taken or refunded); a bid by another principal (control changed hands)
-replaces it and refunds the old bidder in full. `cancel_bid` refunds it. A changed bid
+Bids: `bid {artifact_id, amount}` at any time, by the artifact's controller
+(state.controller), provided its contract lets it `transfer` the artifact. The amount is
+held: moved into genesis_oracle's own account (it has standing) by an ordinary ledger
+transfer. One bid per artifact: a new bid by the same bidder replaces it, and the hold is
+adjusted by the difference (taken or refunded). `cancel_bid` refunds it. A changed bid
 counts as placed now (for ties and for the round it belongs to).
+
+A bid does not survive a change of control: whatever changes state.controller (escrow
+list, purchase, cancel; transfer_control - all through genesis.escrow.set_controller)
+refunds the open bid in full to its bidder at once (`refund_on_control_change`: a ledger
+transfer and an `oracle.bid_cancelled` event with reason "control changed"). So the
+bidder of a round is always the controller it mints to; the new controller bids anew.
 
 Rounds: at every epoch-aligned time `at` (multiples of oracle.interval_seconds) the
 server's background task (server/oracle/runner.py) runs `resolve`, one atomic kernel op:
@@ -17,7 +22,8 @@ is not a principal outside genesis, e.g. the artifact is listed in escrow); a wi
 scoring failed is refunded in full and nothing is minted for it; the prices actually paid
 plus the carried remainder are split equally among all agents as basic income, and
 `pool % n_agents` stays in the oracle's account, carried into the next round.
-Bids on artifacts deleted before their round are refunded and take no part.
+Bids on artifacts deleted before their round are refunded and take no part (so would a
+bid whose bidder is no longer the controller, which control changes already prevent).
 
 Durability: every resolved round is one row of `oracle_rounds` (UNIQUE round and time),
 written in the same transaction as its ledger entries, so a restart neither resolves a
@@ -42,6 +48,21 @@ from server.oracle import auction
 from server.oracle.scoring import OfflineScorer, Score, ScoreError, Scorer, evidence_dict, gather
 
 ORACLE_ID = "genesis_oracle"
+
+
+def refund_on_control_change(conn, artifact_id: str, new_controller: str, by: str, now: float) -> None:
+    """Control of `artifact_id` moves to `new_controller` (in the caller's transaction):
+    refund the open bid on it, unless the new controller placed it."""
+    row = conn.execute("SELECT bidder, amount FROM oracle_bids WHERE artifact_id=?", (artifact_id,)).fetchone()
+    if row is None or row["bidder"] == new_controller:
+        return
+    conn.execute("DELETE FROM oracle_bids WHERE artifact_id = ?", (artifact_id,))
+    ledger.transfer(conn, ORACLE_ID, row["bidder"], row["amount"], now=now,
+                    memo=f"oracle bid on {artifact_id} refunded: control changed", artifact_id=artifact_id)
+    events.append(conn, "oracle.bid_cancelled", principal_id=by, artifact_id=artifact_id, now=now,
+                  related=[row["bidder"], new_controller],
+                  data={"bidder": row["bidder"], "refunded": row["amount"], "reason": "control changed",
+                        "controller": new_controller})
 
 
 class OracleArtifact(Genesis):
@@ -83,13 +104,13 @@ class OracleArtifact(Genesis):
 
     # -- holds ---------------------------------------------------------------------------
 
-    def _hold(self, call: Call, amount: int, memo: str) -> None:
+    def _hold(self, call: Call, artifact_id: str, amount: int, memo: str) -> None:
         if amount > 0:
-            ledger.transfer(call.conn, call.caller, self.id, amount, now=call.now, memo=memo)
+            ledger.transfer(call.conn, call.caller, self.id, amount, now=call.now, memo=memo, artifact_id=artifact_id)
 
-    def _refund(self, conn, to: str, amount: int, now: float, memo: str) -> None:
+    def _refund(self, conn, artifact_id: str, to: str, amount: int, now: float, memo: str) -> None:
         if amount > 0:
-            ledger.transfer(conn, self.id, to, amount, now=now, memo=memo)
+            ledger.transfer(conn, self.id, to, amount, now=now, memo=memo, artifact_id=artifact_id)
 
     def _bid_row(self, conn, artifact_id: str):
         return conn.execute("SELECT artifact_id, bidder, amount, placed_at, seq FROM oracle_bids WHERE artifact_id=?",
@@ -97,8 +118,8 @@ class OracleArtifact(Genesis):
 
     # -- methods -------------------------------------------------------------------------
 
-    @method("Bid `amount` scrip for the mint to score `artifact_id` at its next round. Needs the `transfer` "
-            "right on the artifact. The amount is held by the oracle; bidding again on the same artifact "
+    @method("Bid `amount` scrip for the mint to score `artifact_id` at its next round. Only its controller bids "
+            "(with the `transfer` right); a change of control refunds the bid. The amount is held by the oracle; bidding again on the same artifact "
             "replaces your bid and adjusts the hold (raise: the difference is taken; lower: refunded). "
             "Returns the bid and `round_at`, the round it takes part in.",
             {"artifact_id": ID, "amount": AMOUNT}, ("artifact_id", "amount"))
@@ -111,6 +132,9 @@ class OracleArtifact(Genesis):
         if artifact_id.startswith(artifacts.RESERVED_PREFIX):
             raise KernelError(Reason.ACCESS_DENIED, "genesis artifacts cannot be bid on", field="artifact_id")
         art = artifacts.require(call.conn, artifact_id)
+        if art.controller != call.caller:
+            raise KernelError(Reason.ACCESS_DENIED, f"only the controller of {artifact_id} ({art.controller}) may bid "
+                                                    "on it", field="artifact_id")
         self.kernel.authorize(call.conn, art, "transfer", call.caller, call.now)
         row = self._bid_row(call.conn, artifact_id)
         previous = 0
@@ -119,17 +143,18 @@ class OracleArtifact(Genesis):
             if amount == previous:
                 return self._bid_view(row, self._since(call.conn), unchanged=True)
             if amount > previous:
-                self._hold(call, amount - previous, f"oracle bid on {artifact_id} raised")
+                self._hold(call, artifact_id, amount - previous, f"oracle bid on {artifact_id} raised")
             else:
-                self._refund(call.conn, call.caller, previous - amount, call.now, f"oracle bid on {artifact_id} lowered")
+                self._refund(call.conn, artifact_id, call.caller, previous - amount, call.now,
+                             f"oracle bid on {artifact_id} lowered")
         else:
-            if row is not None:  # control changed hands: the new rights holder's bid replaces it
-                self._refund(call.conn, row["bidder"], row["amount"], call.now,
+            if row is not None:  # a bid left from before a change of control (older worlds): replaced
+                self._refund(call.conn, artifact_id, row["bidder"], row["amount"], call.now,
                              f"oracle bid on {artifact_id} replaced by {call.caller}")
                 events.append(call.conn, "oracle.bid_cancelled", principal_id=call.caller, artifact_id=artifact_id,
                               now=call.now, related=[row["bidder"]],
                               data={"bidder": row["bidder"], "refunded": row["amount"], "replaced_by": call.caller})
-            self._hold(call, amount, f"oracle bid on {artifact_id}")
+            self._hold(call, artifact_id, amount, f"oracle bid on {artifact_id}")
         _, _, seq = self._state(call.conn)
         call.conn.execute("UPDATE oracle_state SET bid_seq = ? WHERE id = 1", (seq + 1,))
         call.conn.execute("INSERT OR REPLACE INTO oracle_bids VALUES (?,?,?,?,?)",
@@ -163,7 +188,7 @@ class OracleArtifact(Genesis):
         if row is None or row["bidder"] != call.caller:
             raise KernelError(Reason.NOT_FOUND, f"you have no bid on {artifact_id!r}", field="artifact_id")
         call.conn.execute("DELETE FROM oracle_bids WHERE artifact_id = ?", (artifact_id,))
-        self._refund(call.conn, call.caller, row["amount"], call.now, f"oracle bid on {artifact_id} cancelled")
+        self._refund(call.conn, artifact_id, call.caller, row["amount"], call.now, f"oracle bid on {artifact_id} cancelled")
         events.append(call.conn, "oracle.bid_cancelled", principal_id=call.caller, artifact_id=artifact_id,
                       now=call.now, data={"bidder": call.caller, "refunded": row["amount"]})
         return {"artifact_id": artifact_id, "refunded": row["amount"], "cancelled": True}
@@ -225,7 +250,9 @@ class OracleArtifact(Genesis):
                               "WHERE placed_at <= ? ORDER BY seq", (at,)).fetchall():
             art = artifacts.get(conn, r["artifact_id"])
             if art is None or art.deleted:
-                withdrawn.append(r)
+                withdrawn.append((r, "deleted"))
+            elif art.controller != r["bidder"]:  # cannot happen since control changes refund; kept safe
+                withdrawn.append((r, "control changed"))
             else:
                 bids.append(auction.Bid(r["artifact_id"], r["bidder"], r["amount"], r["seq"]))
         outcome = auction.second_price(bids, cfg["slots"], cfg["minimum_bid"])
@@ -256,13 +283,14 @@ class OracleArtifact(Genesis):
             return {"missing": missing}
 
         # Write phase.
-        for r in withdrawn:
+        for r, why in withdrawn:
             conn.execute("DELETE FROM oracle_bids WHERE artifact_id = ?", (r["artifact_id"],))
-            self._refund(conn, r["bidder"], r["amount"], now, f"oracle bid on {r['artifact_id']} refunded: deleted")
+            self._refund(conn, r["artifact_id"], r["bidder"], r["amount"], now,
+                         f"oracle bid on {r['artifact_id']} refunded: {why}")
         losers = []
         for b in outcome.losers:
             conn.execute("DELETE FROM oracle_bids WHERE artifact_id = ?", (b.artifact_id,))
-            self._refund(conn, b.bidder, b.amount, now, f"oracle bid on {b.artifact_id} lost: refunded")
+            self._refund(conn, b.artifact_id, b.bidder, b.amount, now, f"oracle bid on {b.artifact_id} lost: refunded")
             losers.append({"artifact_id": b.artifact_id, "bidder": b.bidder, "bid": b.amount, "refunded": b.amount})
         winners, pool, minted_total, mints = [], 0, 0, []
         for b, price, art, ev, result in scored:
@@ -270,16 +298,19 @@ class OracleArtifact(Genesis):
             w = {"artifact_id": b.artifact_id, "bidder": b.bidder, "bid": b.amount, "price": price,
                  "evidence": evidence_dict(ev)}
             if isinstance(result, ScoreError):
-                self._refund(conn, b.bidder, b.amount, now, f"oracle bid on {b.artifact_id} refunded: scoring failed")
+                self._refund(conn, b.artifact_id, b.bidder, b.amount, now,
+                             f"oracle bid on {b.artifact_id} refunded: scoring failed")
                 w.update(scored=False, paid=0, refunded=b.amount, score=None, reason=str(result), minted=0,
                          minted_to=None)
             else:
-                self._refund(conn, b.bidder, b.amount - price, now, f"oracle bid on {b.artifact_id} won: change")
+                self._refund(conn, b.artifact_id, b.bidder, b.amount - price, now,
+                             f"oracle bid on {b.artifact_id} won: change")
                 pool += price
                 minted = result.score // cfg["mint_ratio"]
                 to = self._mint_recipient(conn, art, b.bidder)
                 if minted > 0:
-                    ledger.mint(conn, to, minted, now=now, memo=f"oracle round: {b.artifact_id} scored {result.score}")
+                    ledger.mint(conn, to, minted, now=now, memo=f"oracle round {last + 1}: {b.artifact_id} scored "
+                                f"{result.score}", artifact_id=b.artifact_id, by=self.id)
                     mints.append((to, minted, b.artifact_id))
                 minted_total += minted
                 w.update(scored=True, paid=price, refunded=b.amount - price, score=result.score, reason=result.reason,
@@ -291,7 +322,7 @@ class OracleArtifact(Genesis):
         share, carry_out = auction.split_income(pool + carry_in, len(agents))
         if share > 0:
             for a in agents:
-                ledger.transfer(conn, self.id, a, share, now=now, memo="oracle basic income")
+                ledger.transfer(conn, self.id, a, share, now=now, memo="oracle basic income", artifact_id=self.id)
         conn.execute("UPDATE oracle_state SET carry = ? WHERE id = 1", (carry_out,))
         number = last + 1
         record = {
@@ -301,16 +332,13 @@ class OracleArtifact(Genesis):
             "clearing_price": outcome.clearing_price if outcome.winners else None,
             "winners": winners, "losers": losers,
             "withdrawn": [{"artifact_id": r["artifact_id"], "bidder": r["bidder"], "refunded": r["amount"],
-                           "reason": "deleted"} for r in withdrawn],
+                           "reason": why} for r, why in withdrawn],
             "minted": minted_total,
             "income": {"pool": pool, "carry_in": carry_in, "agents": len(agents), "share": share,
                        "paid": share * len(agents), "carry_out": carry_out},
             "recipients": agents,
         }
         conn.execute("INSERT INTO oracle_rounds VALUES (?,?,?,?)", (number, at, now, dumps(record)))
-        for to, amount, artifact_id in mints:
-            events.append(conn, "ledger.mint", principal_id=self.id, artifact_id=artifact_id, now=now, related=[to],
-                          data={"to": to, "amount": amount, "memo": f"oracle round {number}"})
         events.append(conn, "oracle.resolved", principal_id=self.id, artifact_id=self.id, now=now,
                       related=sorted({*agents, *(w["bidder"] for w in winners), *(m[0] for m in mints)}),
                       data=record)

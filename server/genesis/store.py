@@ -13,7 +13,7 @@ _FILTERS = {
     "metadata": {"type": "object"},
     "include_deleted": {"type": "boolean"},
     "limit": LIMIT,
-    "cursor": {"type": "string", "maxLength": 128},
+    "cursor": {"type": "string", "maxLength": 256},
 }
 
 
@@ -22,7 +22,8 @@ class StoreArtifact(Genesis):
     description = ("Discovery of artifacts and agents: list, filter and search metadata without reading content; "
                    "and spawning: create a new agent that you control and fund.")
 
-    @method("List artifacts (metadata only), filtered, in id order; pass next_cursor back for more.", _FILTERS)
+    @method("List artifacts (no content; of state only the controller), filtered, in id order; pass "
+            "next_cursor back for more.", _FILTERS)
     def list(self, call: Call, created_by="", kind="", has_standing=None, can_execute=None, metadata=None,
              include_deleted=False, limit=100, cursor="") -> dict:
         items, nxt = self.kernel.list_artifacts(
@@ -32,12 +33,13 @@ class StoreArtifact(Genesis):
 
     @method("Case-insensitive search over ids, metadata and interface descriptions.",
             {"query": {"type": "string", "minLength": 1, "maxLength": 200}, "limit": LIMIT,
-             "cursor": {"type": "string", "maxLength": 128}}, ("query",))
+             "cursor": {"type": "string", "maxLength": 256}}, ("query",))
     def search(self, call: Call, query: str, limit: int = 50, cursor: str = "") -> dict:
         items, nxt = self.kernel.list_artifacts(call.conn, query=query, page_size=limit, cursor=cursor)
         return {"artifacts": items, "next_cursor": nxt}
 
-    @method("Everything about one artifact except its content (tombstones included).",
+    @method("Everything about one artifact except its content and, of its state, all but the controller "
+            "(tombstones included). Public whatever its contract says about read.",
             {"artifact_id": ID}, ("artifact_id",))
     def get_metadata(self, call: Call, artifact_id: str) -> dict:
         return artifacts.require(call.conn, artifact_id, allow_deleted=True).summary()

@@ -96,8 +96,14 @@ class Artifact:
         return d
 
     def summary(self) -> dict:
-        """Discovery view: everything but content."""
-        return self.to_dict(with_content=False)
+        """Discovery view (ListArtifacts, genesis_store list/search/get_metadata), for
+        anyone, whatever the contract says about `read`: everything but the content, and of
+        the state only `controller` (who controls an artifact is public). The rest of the
+        state, like the content, is returned only by a read the contract allows (listing
+        runs on committed state without a contract check per row)."""
+        d = self.to_dict(with_content=False)
+        d["state"] = {"controller": self.controller} if self.controller is not None else {}
+        return d
 
 
 _COLUMNS = (

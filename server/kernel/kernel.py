@@ -12,7 +12,10 @@ rate limits bound how often one can fail.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import hmac
 import json
 import secrets
 import sqlite3
@@ -44,6 +47,8 @@ class Kernel:
         self._genesis_artifacts: dict[str, Artifact] = {}
         # Code-check outcomes computed ahead of their write: key -> (failure or None, cpu).
         self._prechecked: dict[tuple, tuple[str | None, float]] = {}
+        # Signs listing cursors (see `list_artifacts`): a cursor is one this server issued.
+        self._cursor_key = secrets.token_bytes(32)
         self.runner: contracts.ContractRunner = (
             contracts.SandboxedContracts(sandbox, config["sandbox"]["contract_timeout_seconds"])
             if sandbox is not None else contracts.NoSandboxRunner())
@@ -238,11 +243,14 @@ class Kernel:
                           now=now, data={"version": 1, "created": True})
             return {"artifact": art.to_dict(), "created": True}
 
+        # A tombstone keeps its id taken: create_only answers ALREADY_EXISTS for it too;
+        # a plain write to it answers DELETED.
+        if req.get("create_only"):
+            raise KernelError(Reason.ALREADY_EXISTS,
+                              f"artifact {artifact_id!r} was deleted; its id stays taken" if existing.deleted
+                              else f"artifact {artifact_id!r} already exists", field="artifact_id")
         if existing.deleted:
             raise KernelError(Reason.DELETED, f"artifact {artifact_id!r} was deleted; its id stays taken",
-                              field="artifact_id")
-        if req.get("create_only"):
-            raise KernelError(Reason.ALREADY_EXISTS, f"artifact {artifact_id!r} already exists",
                               field="artifact_id")
         if expected > 0 and expected != existing.version:
             raise KernelError(Reason.CONFLICT,
@@ -262,6 +270,7 @@ class Kernel:
             if existing.can_execute and not interface and not existing.has_standing:
                 raise invalid("interface", "an executable artifact needs at least one method")
             new_interface = interface
+        self._require_own_code(existing, caller, content, new_interface)
         new_metadata = metadata if req.get("replace_metadata") else {**existing.metadata, **metadata}
         new_state = ({**state, "controller": existing.state.get("controller")}
                      if req.get("replace_state") else {**existing.state, **state})
@@ -283,6 +292,27 @@ class Kernel:
         events.append(conn, "artifact.written", principal_id=caller, artifact_id=artifact_id,
                       now=now, data={"version": art.version, "created": False})
         return {"artifact": art.to_dict(), "created": False}
+
+    @staticmethod
+    def _require_own_code(existing: Artifact, caller: str, content: str, new_interface: list[dict]) -> None:
+        """A principal's money moves only by its own decisions (DESIGN.md "Money and
+        resources"): the code and interface of an artifact with standing are changed only
+        by that artifact itself, whatever its contract allows - else whoever controls it
+        (a buyer through genesis_escrow, the creator of a spawned agent) could make code
+        run as it and be paid by it. Its controller changes its configuration: the content
+        of an agent without an interface (prompt, brain, plan, which the running agent
+        re-reads and follows), its metadata and state, its contract. The content of an
+        agent with an interface is Python source, i.e. code."""
+        if not existing.has_standing or caller == existing.id:
+            return
+        if new_interface != existing.interface:
+            raise KernelError(Reason.ACCESS_DENIED,
+                              f"the interface of {existing.id} (it has standing) is changed only by {existing.id} "
+                              "itself: its code would run on its account", field="interface")
+        if existing.interface and content != existing.content:
+            raise KernelError(Reason.ACCESS_DENIED,
+                              f"the content of {existing.id} is its code (it has standing and an interface); only "
+                              f"{existing.id} itself changes it", field="content")
 
     def _require_contract(self, conn, contract_id: str) -> None:
         if not contracts.is_contract(artifacts.get(conn, contract_id)):
@@ -442,8 +472,6 @@ class Kernel:
         )
         resources.adjust_disk(conn, agent_id, size)
         endowment = int(o.get("endowment", d["endowment"]))
-        if endowment > 0:
-            ledger.mint(conn, agent_id, endowment, now=now, memo="endowment")
         if "rpc_rate" in o or "rpc_burst" in o:
             conn.execute("INSERT INTO rpc_limits VALUES (?,?,?)",
                          (agent_id, o.get("rpc_rate"), o.get("rpc_burst")))
@@ -451,10 +479,8 @@ class Kernel:
         conn.execute("INSERT INTO credentials VALUES (?,?,?)", (hash_token(token), agent_id, now))
         events.append(conn, "agent.created", principal_id=SYSTEM_ACCOUNT, artifact_id=agent_id, now=now,
                       related=[agent_id], data={"endowment": endowment})
-        if endowment > 0:
-            events.append(conn, "ledger.mint", principal_id=SYSTEM_ACCOUNT, artifact_id="genesis_ledger",
-                          now=now, related=[agent_id], data={"to": agent_id, "amount": endowment,
-                                                             "memo": "endowment"})
+        if endowment > 0:  # after agent.created, as before; with its ledger.mint event (ledger.py)
+            ledger.mint(conn, agent_id, endowment, now=now, memo="endowment")
         return {"agent_id": agent_id, "token": token, "agent": art.to_dict(),
                 "rpc_rate": o.get("rpc_rate"), "rpc_burst": o.get("rpc_burst")}
 
@@ -488,21 +514,60 @@ class Kernel:
         oracle = self.genesis.get("genesis_oracle")
         return oracle.next_resolution_at(now) if oracle is not None else None
 
+    # -- listing cursors: base64url(HMAC-SHA256(key, id)[:12] + id), key per server process --
+
+    _CURSOR_MAC_BYTES = 12
+
+    def _cursor_mac(self, last_id: bytes) -> bytes:
+        return hmac.new(self._cursor_key, b"list-cursor:" + last_id, hashlib.sha256).digest()[:self._CURSOR_MAC_BYTES]
+
+    def issue_cursor(self, last_id: str) -> str:
+        raw = last_id.encode()
+        return base64.urlsafe_b64encode(self._cursor_mac(raw) + raw).decode().rstrip("=")
+
+    def open_cursor(self, cursor: str) -> str:
+        """The last id of the page a cursor was issued after; INVALID_ARGS (field cursor)
+        for anything this server process did not issue."""
+        if not cursor:
+            return ""
+        refused = invalid("cursor", "not a cursor this server issued (cursors are opaque and last until the "
+                                    "server restarts); start again with an empty cursor")
+        if len(cursor) > 256:
+            raise refused
+        try:
+            raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        except (ValueError, binascii.Error):
+            raise refused from None
+        last_id = raw[self._CURSOR_MAC_BYTES:]
+        # Compared in canonical form: also refuses variants that decode to the same bytes.
+        if not last_id or not hmac.compare_digest(self.issue_cursor(last_id.decode(errors="replace")), cursor):
+            raise refused
+        return last_id.decode()
+
     def list_artifacts(self, conn, *, created_by: str = "", kind: str = "",
                        has_standing: bool | None = None, can_execute: bool | None = None,
                        metadata_equals: dict | None = None, include_deleted: bool = False,
                        page_size: int = 100, cursor: str = "", query: str = "") -> tuple[list[dict], str]:
+        """One page of artifacts in id order, as discovery views (Artifact.summary: no
+        content, of state only the controller). page_size 0 means 100; negative, or above
+        limits.max_page_size, is INVALID_ARGS. `cursor`: "" for the first page, else a
+        next_cursor this server issued (opaque, signed; see `open_cursor`)."""
         max_page = self.config.limits["max_page_size"]
-        if page_size <= 0:
+        if isinstance(page_size, float) and page_size.is_integer():  # JSON 2.0 is an integer
+            page_size = int(page_size)
+        if not isinstance(page_size, int) or isinstance(page_size, bool) or page_size < 0:
+            raise invalid("page_size", "must not be negative (0 means the default, 100)")
+        if page_size == 0:
             page_size = 100
         if page_size > max_page:
             raise invalid("page_size", f"at most {max_page}")
+        after = self.open_cursor(cursor)
         if kind and kind not in ("agent", "tool", "account", "data"):
             raise invalid("kind", "one of agent, tool, account, data")
         if kind:
             has_standing = kind in ("agent", "account")
             can_execute = kind in ("agent", "tool")
-        where, params = ["id > ?"], [cursor]
+        where, params = ["id > ?"], [after]
         if created_by:
             where.append("created_by = ?")
             params.append(created_by)
@@ -532,7 +597,7 @@ class Kernel:
         sql = (f"SELECT * FROM artifacts WHERE {' AND '.join(where)} ORDER BY id LIMIT ?")
         rows = conn.execute(sql, (*params, page_size + 1)).fetchall()
         items = [artifacts.from_row(r).summary() for r in rows[:page_size]]
-        next_cursor = items[-1]["id"] if len(rows) > page_size else ""
+        next_cursor = self.issue_cursor(items[-1]["id"]) if len(rows) > page_size else ""
         return items, next_cursor
 
     def stats(self, conn) -> dict:

@@ -11,6 +11,19 @@ Invariants (asserted by `check_invariants`, tested after every operation in the 
 `mint`, `burn` and `transfer` are the only functions that change balances. They run
 inside the caller's transaction (the executor's savepoint), so a failure anywhere in an
 operation undoes every entry it made.
+
+Events: each of them also appends its event, here and nowhere else, so that every move of
+scrip is exactly one `ledger.*` event and a client can follow every balance from
+`ledger.*` events alone (tests/test_money_events.py). One shape for all three:
+  type          ledger.transfer | ledger.mint | ledger.burn
+  principal_id  `by`: for a transfer or burn the debited account unless given; for a mint
+                whoever mints (genesis_system for the endowment, genesis_oracle for the mint)
+  artifact_id   what the move is about (the artifact bought, bid on, priced, the debt...);
+                default genesis_ledger
+  related_ids   the parties other than principal_id (never genesis_system)
+  data          {from, to, amount, entry, memo}; `from` of a mint and `to` of a burn are
+                genesis_system (the issuance account); `entry` is the journal entry's seq.
+Callers must not append ledger.* events of their own.
 """
 
 from __future__ import annotations
@@ -18,7 +31,10 @@ from __future__ import annotations
 import sqlite3
 
 from server.errors import KernelError, Reason
+from server.kernel import events
 from server.kernel.artifacts import SYSTEM_ACCOUNT
+
+LEDGER_ID = "genesis_ledger"
 
 MAX_AMOUNT = 2**53  # amounts travel as JSON numbers; keep them exact
 
@@ -70,8 +86,18 @@ def _debit(conn, principal_id: str, amount: int) -> None:
     conn.execute("UPDATE balances SET scrip = scrip - ? WHERE principal_id = ?", (amount, principal_id))
 
 
-def transfer(conn, src: str, dst: str, amount: int, *, now: float, memo: str = "") -> int:
-    """Move scrip between two principals. Returns the journal entry's sequence number."""
+def _event(conn, kind: str, by: str, artifact_id: str, now: float, src: str, dst: str, amount: int,
+           entry: int, memo: str) -> None:
+    related = [p for p in dict.fromkeys((src, dst)) if p not in (by, SYSTEM_ACCOUNT)]
+    events.append(conn, f"ledger.{kind}", principal_id=by, artifact_id=artifact_id or LEDGER_ID, now=now,
+                  related=related, data={"from": src, "to": dst, "amount": amount, "entry": entry,
+                                         "memo": memo[:200]})
+
+
+def transfer(conn, src: str, dst: str, amount: int, *, now: float, memo: str = "", artifact_id: str = LEDGER_ID,
+             by: str | None = None) -> int:
+    """Move scrip between two principals, with its `ledger.transfer` event (see the module
+    docstring). Returns the journal entry's sequence number."""
     _check_amount(amount)
     if src == dst:
         raise KernelError(Reason.INVALID_ARGS, "cannot transfer to oneself", field="to")
@@ -80,23 +106,32 @@ def transfer(conn, src: str, dst: str, amount: int, *, now: float, memo: str = "
                           field="to" if dst == SYSTEM_ACCOUNT else "from")
     _debit(conn, src, amount)
     _credit(conn, dst, amount)
-    return _entry(conn, now, src, dst, amount, "transfer", memo)
+    entry = _entry(conn, now, src, dst, amount, "transfer", memo)
+    _event(conn, "transfer", by or src, artifact_id, now, src, dst, amount, entry, memo)
+    return entry
 
 
-def mint(conn, to: str, amount: int, *, now: float, memo: str = "") -> int:
-    """Create new scrip for `to` (recorded against the issuance account)."""
+def mint(conn, to: str, amount: int, *, now: float, memo: str = "", artifact_id: str = LEDGER_ID,
+         by: str = SYSTEM_ACCOUNT) -> int:
+    """Create new scrip for `to` (recorded against the issuance account), with its
+    `ledger.mint` event."""
     _check_amount(amount)
     _credit(conn, to, amount)
     conn.execute("UPDATE ledger_totals SET minted = minted + ? WHERE id = 1", (amount,))
-    return _entry(conn, now, SYSTEM_ACCOUNT, to, amount, "mint", memo)
+    entry = _entry(conn, now, SYSTEM_ACCOUNT, to, amount, "mint", memo)
+    _event(conn, "mint", by, artifact_id, now, SYSTEM_ACCOUNT, to, amount, entry, memo)
+    return entry
 
 
-def burn(conn, src: str, amount: int, *, now: float, memo: str = "") -> int:
-    """Destroy scrip held by `src`."""
+def burn(conn, src: str, amount: int, *, now: float, memo: str = "", artifact_id: str = LEDGER_ID,
+         by: str | None = None) -> int:
+    """Destroy scrip held by `src`, with its `ledger.burn` event."""
     _check_amount(amount)
     _debit(conn, src, amount)
     conn.execute("UPDATE ledger_totals SET burned = burned + ? WHERE id = 1", (amount,))
-    return _entry(conn, now, src, SYSTEM_ACCOUNT, amount, "burn", memo)
+    entry = _entry(conn, now, src, SYSTEM_ACCOUNT, amount, "burn", memo)
+    _event(conn, "burn", by or src, artifact_id, now, src, SYSTEM_ACCOUNT, amount, entry, memo)
+    return entry
 
 
 def history(conn, principal_id: str, *, after: int = 0, limit: int = 100) -> list[dict]:

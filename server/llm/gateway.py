@@ -1,10 +1,15 @@
 """The three steps of `genesis_llm.complete` (see server/llm/__init__.py): reserve in the
 writer thread, await the backend on the event loop, reconcile in the writer thread.
 
-Idempotency: a call with a request_id that already succeeded returns its first outcome
-and charges nothing again; a second call with the same id while the first is still in
-flight fails CONFLICT with a retry delay. Failed calls are not remembered (nothing of
-them was applied), so a retry with the same id tries again.
+Idempotency, as for every other mutating call (Kernel.idempotent): a call with a
+request_id keeps its first outcome under that id - an answer, or a failure - and a retry
+with the same id gets it back without being sent or charged again. Failures that waiting
+could fix (retry_after set: the world's tokens-per-minute, an endpoint that said when to
+come back, a call still in flight) are not remembered, so the same id runs once it can.
+A refusal before the call (budget, arguments) is remembered in the reserving op; a
+failure of the model in the op that releases the reservation. A call whose caller went
+away (cancelled) has no outcome and is not remembered. A second call with the same id
+while the first is still in flight fails CONFLICT with a retry delay.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from server.genesis.llm import ID, LlmArtifact, Plan
 from server.kernel import events, invocation, traces
 from server.llm import reservations
 from server.llm.backend import Backend, BackendError, Completion, Request
+from server.storage.executor import Failed
 
 log = structlog.get_logger("llm")
 
@@ -68,15 +74,16 @@ class LlmGateway:
         except BackendError as e:
             err = KernelError(Reason.LLM_UNAVAILABLE, f"LLM backend ({self.backend.name}): {e.message}; "
                               "nothing was charged", retry_after=e.retry_after)
-            await self.executor.run(lambda conn: self._release(conn, reserved))
+            await self.executor.run(lambda conn: self._release(conn, reserved, caller, request_id, err))
             log.warning("llm_failed", principal=caller, model=plan.model, error=e.message,
                         retry_after=e.retry_after)
             raise err from None
         except Exception as e:  # a fault in a backend: contain it
             log.exception("llm_backend_fault", principal=caller, error=repr(e))
-            await self.executor.run(lambda conn: self._release(conn, reserved))
-            raise KernelError(Reason.LLM_UNAVAILABLE,
-                              f"LLM backend ({self.backend.name}) failed unexpectedly; nothing was charged") from None
+            err = KernelError(Reason.LLM_UNAVAILABLE,
+                              f"LLM backend ({self.backend.name}) failed unexpectedly; nothing was charged")
+            await self.executor.run(lambda conn: self._release(conn, reserved, caller, request_id, err))
+            raise err from None
         try:
             return await self.executor.run(
                 lambda conn: self._settle(conn, caller, reserved, answer, request_id, time.monotonic() - started))
@@ -102,7 +109,7 @@ class LlmGateway:
 
     # -- ops (writer thread) ------------------------------------------------------------
 
-    def _reserve(self, conn, caller: str, args: dict, request_id: str) -> dict:
+    def _reserve(self, conn, caller: str, args: dict, request_id: str) -> dict | Failed:
         now = self.kernel.clock()
         if request_id:
             if len(request_id) > 128:
@@ -119,6 +126,23 @@ class LlmGateway:
                             (caller, request_id)).fetchone():
                 raise KernelError(Reason.CONFLICT, f"a call with request_id {request_id!r} is still in flight",
                                   field="request_id", retry_after=IN_FLIGHT_RETRY_SECONDS)
+            conn.execute("SAVEPOINT llm_reserve")
+            try:
+                reserved = self._hold(conn, caller, args, request_id, now)
+            except KernelError as err:
+                conn.execute("ROLLBACK TO llm_reserve")
+                conn.execute("RELEASE llm_reserve")
+                if err.retry_after is not None:
+                    raise
+                self.kernel._remember(conn, caller, request_id, IDEMPOTENCY_KEY, False, err.to_dict())
+                return Failed(err)
+            conn.execute("RELEASE llm_reserve")
+            return reserved
+        return self._hold(conn, caller, args, request_id, now)
+
+    def _hold(self, conn, caller: str, args: dict, request_id: str, now: float) -> dict:
+        """The ordinary invoke checks and compute charge, the plan, the budget hold and the
+        world's tokens; fails with nothing held."""
         frame = invocation.Frame(requester=caller, payer=caller, stack=(), deadline=time.monotonic())
         _target, compute = invocation.admit(self.kernel, conn, frame, ID, METHOD, args, now)
         plan = self.artifact.plan(args)
@@ -152,10 +176,16 @@ class LlmGateway:
         self.artifact.return_tokens(plan.tokens - answer.prompt_tokens - answer.completion_tokens, now)
         return result
 
-    def _release(self, conn, reserved: dict) -> None:
+    def _release(self, conn, reserved: dict, caller: str = "", request_id: str = "",
+                 failure: KernelError | None = None) -> None:
+        """Give the reservation back; with `failure` (the model failed) and a request_id,
+        also remember that outcome unless it has a retry_after."""
         now = self.kernel.clock()
-        if reservations.release(conn, reserved["id"], now):
+        released = reservations.release(conn, reserved["id"], now)
+        if released:
             self.artifact.return_tokens(reserved["plan"].tokens, now)
+        if released and failure is not None and request_id and failure.retry_after is None:
+            self.kernel._remember(conn, caller, request_id, IDEMPOTENCY_KEY, False, failure.to_dict())
 
     def _release_if_reserved(self, task: asyncio.Future) -> None:
         if not task.cancelled() and task.exception() is None and "plan" in task.result():

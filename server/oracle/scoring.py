@@ -87,7 +87,8 @@ def gather(conn, art: Artifact) -> Evidence:
     excluded = {controller, art.id}
     payers = {r[0] for r in conn.execute(
         "SELECT DISTINCT principal_id FROM events WHERE artifact_id = ? AND type = 'ledger.transfer' "
-        "AND at >= ? AND json_extract(data, '$.memo') = 'price'", (art.id, art.created_at))} - excluded
+        "AND at >= ? AND (json_extract(data, '$.memo') = 'price' OR json_extract(data, '$.memo') LIKE 'price of %')",
+        (art.id, art.created_at))} - excluded
     ok, failed = conn.execute(
         "SELECT COALESCE(SUM(json_extract(data, '$.ok') = 1), 0), COALESCE(SUM(json_extract(data, '$.ok') = 0), 0) "
         "FROM events WHERE artifact_id = ? AND type = 'artifact.invoked' AND at >= ?",
