@@ -44,6 +44,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,6 +146,20 @@ def _interpreter_binds() -> list[str]:
     return args
 
 
+def worker_nice() -> int:
+    """The nice value of sandbox workers: the server's (its main thread's) + WORKER_NICE."""
+    return min(19, os.getpriority(os.PRIO_PROCESS, os.getpid()) + WORKER_NICE)
+
+
+def _lower_this_thread() -> None:
+    """Thread initializer: nice is per thread on Linux and a forked child inherits its
+    parent thread's, so workers started from this thread start at worker_nice()."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), worker_nice())
+    except OSError as e:
+        log.warning("sandbox_starter_priority", error=repr(e))
+
+
 class Worker:
     def __init__(self, settings: SandboxSettings, isolation: str) -> None:
         if isolation not in ("bwrap", "process"):  # "none" runs nothing, ever
@@ -209,10 +224,10 @@ class Worker:
     def _lower_priority(self) -> None:
         """nice +WORKER_NICE relative to the server, before any user code is loaded (the
         worker cannot start processes or threads, so this covers all its code; an
-        unprivileged process cannot lower its nice value again)."""
+        unprivileged process cannot lower its nice value again). The pool starts workers
+        from threads already at that nice value, so they are born with it; this makes sure."""
         try:
-            target = min(19, os.getpriority(os.PRIO_PROCESS, 0) + WORKER_NICE)
-            os.setpriority(os.PRIO_PROCESS, self.pid, target)
+            os.setpriority(os.PRIO_PROCESS, self.pid, worker_nice())
         except OSError as e:
             self.kill()
             raise WorkerError("EXECUTION_ERROR", f"could not lower the sandbox worker's priority: {e}") from None
@@ -343,6 +358,9 @@ class WorkerPool:
         self._closed = False
         self.started = 0
         self.killed_spinning = 0
+        # Every worker process is started from one of these threads (at worker_nice()).
+        self._starter = ThreadPoolExecutor(max_workers=8, thread_name_prefix="sandbox-start",
+                                           initializer=_lower_this_thread)
         self._spawner = threading.Thread(target=self._keep_spares, name="sandbox-spawner", daemon=True)
         self._spawner.start()
 
@@ -356,9 +374,10 @@ class WorkerPool:
                 need = self.settings.spare_workers - len(self._spares)
             if need > 0:
                 try:
-                    w = Worker(self.settings, self.isolation)
-                    self.started += 1
+                    w = self._new_worker()
                 except Exception as e:  # keep trying, but not in a hot loop
+                    if self._closed:
+                        return
                     log.error("worker_start_failed", error=repr(e))
                     time.sleep(1.0)
                     continue
@@ -370,6 +389,11 @@ class WorkerPool:
                 continue
             self._wake.wait(max(0.0, next_check - time.monotonic()))
             self._wake.clear()
+
+    def _new_worker(self) -> Worker:
+        w = self._starter.submit(Worker, self.settings, self.isolation).result()
+        self.started += 1
+        return w
 
     def reap_spinning(self) -> int:
         """Kill idle workers whose CPU grew since their release (or that died). Returns
@@ -414,8 +438,7 @@ class WorkerPool:
         if spare is None or not spare.alive():
             if spare is not None:
                 spare.kill()
-            spare = Worker(self.settings, self.isolation)
-            self.started += 1
+            spare = self._new_worker()
         spare.key = key
         return spare, True
 
@@ -444,3 +467,4 @@ class WorkerPool:
             self._spares, self._idle = [], OrderedDict()
         for w in workers:
             w.kill()
+        self._starter.shutdown(wait=False, cancel_futures=True)
