@@ -62,7 +62,7 @@ class Sandbox:
         """Run `method(**args)`; raises CodeError. The worker is recycled on any fault."""
         if self.pool is None:
             raise self.unavailable(artifact_id)
-        worker, fresh = self.pool.acquire(self.key(artifact_id, source, methods))
+        worker, fresh = self._acquire(artifact_id, source, methods)
         healthy = False
         cpu_before = worker.cpu_seconds()
         try:
@@ -89,13 +89,19 @@ class Sandbox:
         finally:
             self.pool.release(worker, healthy)
 
+    def _acquire(self, artifact_id: str, source: str, methods: list[str]):
+        try:
+            return self.pool.acquire(self.key(artifact_id, source, methods))
+        except WorkerError as e:  # no worker could be started: nothing ran
+            raise CodeError(e.reason, f"the sandbox could not start a worker: {e.message}") from None
+
     def check(self, artifact_id: str, source: str, methods: list[str], timeout: float) -> float:
         """Load the code once (compile + run its top level) and check every method exists.
         Returns the CPU seconds it used; CodeError carries them on failure. At "none"
         nothing runs (0.0): the code is stored unchecked, and refused when invoked."""
         if self.pool is None:
             return 0.0
-        worker, fresh = self.pool.acquire(self.key(artifact_id, source, methods))
+        worker, fresh = self._acquire(artifact_id, source, methods)
         healthy = False
         cpu_before = worker.cpu_seconds()
         try:

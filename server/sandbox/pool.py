@@ -27,7 +27,8 @@ checked when it is acquired and every WATCHDOG_INTERVAL by the spawner thread, s
 worker spinning after its call dies within about a second.
 
 Workers run at a lower CPU priority than the server (nice +WORKER_NICE relative to the
-server, set before any user code is loaded), so busy user code cannot starve the
+server: workers are started from threads at that nice value, so they are born with it,
+and it is checked before any code is loaded), so busy user code cannot starve the
 server's own threads on a small machine.
 """
 
@@ -153,7 +154,9 @@ def worker_nice() -> int:
 
 def _lower_this_thread() -> None:
     """Thread initializer: nice is per thread on Linux and a forked child inherits its
-    parent thread's, so workers started from this thread start at worker_nice()."""
+    parent thread's, so workers started from this thread are born at worker_nice().
+    (Not preexec_fn: it forces fork(), whose atfork handlers - gRPC's - can crash the
+    child of a multi-threaded server.)"""
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), worker_nice())
     except OSError as e:
@@ -225,9 +228,12 @@ class Worker:
         """nice +WORKER_NICE relative to the server, before any user code is loaded (the
         worker cannot start processes or threads, so this covers all its code; an
         unprivileged process cannot lower its nice value again). The pool starts workers
-        from threads already at that nice value, so they are born with it; this makes sure."""
+        from threads already at that value (`_lower_this_thread`), so they are born with
+        it; this makes sure."""
         try:
-            os.setpriority(os.PRIO_PROCESS, self.pid, worker_nice())
+            target = worker_nice()
+            if os.getpriority(os.PRIO_PROCESS, self.pid) != target:
+                os.setpriority(os.PRIO_PROCESS, self.pid, target)
         except OSError as e:
             self.kill()
             raise WorkerError("EXECUTION_ERROR", f"could not lower the sandbox worker's priority: {e}") from None
