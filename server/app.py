@@ -39,6 +39,7 @@ from server.rpc.pause import WorldGate
 from server.rpc.event_hub import EventHub
 from server.rpc.world import WorldService
 from server.sandbox import Sandbox, SandboxSettings
+from server.sandbox.notice import isolation_note, isolation_warning
 from server.storage import db
 from server.storage.executor import Executor
 from server.tls import TlsFiles, is_loopback
@@ -46,10 +47,6 @@ from server.tls import TlsFiles, is_loopback
 log = structlog.get_logger("server")
 
 READY_FILE = "server.json"
-ISOLATION_NOTES = {
-    "bwrap": "artifact code runs in bubblewrap namespaces with seccomp and rlimits",
-    "process": "DEVELOPMENT ONLY: artifact code runs in plain subprocesses with rlimits, NOT isolated",
-}
 PURGE_INTERVAL_SECONDS = 60.0
 
 
@@ -104,8 +101,17 @@ class WorldServer:
         self.schema_version = db.migrate(self.writer_conn)
         sb = self.config["sandbox"]
         # [sandbox] also holds kernel policy (max_depth, default_max_spend): pass on only
-        # what the workers need.
-        self.sandbox = Sandbox(SandboxSettings(**{k: sb[k] for k in SandboxSettings.__dataclass_fields__}))
+        # what the workers need. isolation = "bwrap" that cannot be had raises here.
+        try:
+            self.sandbox = Sandbox(SandboxSettings(**{k: sb[k] for k in SandboxSettings.__dataclass_fields__}))
+        except RuntimeError:
+            self.writer_conn.close()
+            self._lock.close()
+            raise
+        warning = isolation_warning(self.sandbox.isolation)
+        if warning is not None:  # "none" or "process": said at every start, in the log and on stderr
+            log.warning("sandbox_isolation", sandbox_isolation=self.sandbox.isolation, sandbox_note=warning)
+            print(f"ecology: {warning}", file=sys.stderr, flush=True)
         self.kernel = Kernel(self.config, clock=self.clock, sandbox=self.sandbox)
         self.executor = Executor(self.writer_conn, max_batch=self.config.server["max_batch"])
         self.executor.run_blocking(self.kernel.bootstrap)
@@ -207,7 +213,7 @@ class WorldServer:
         self._write_ready_file()
         log.info("server_started", listen=self.addresses, metrics=self.metrics_address or None, data_dir=str(self.data_dir),
                  schema_version=self.schema_version, sandbox_isolation=self.sandbox.isolation,
-                 sandbox_note=ISOLATION_NOTES[self.sandbox.isolation], llm_backend=self.llm.backend.name)
+                 sandbox_note=isolation_note(self.sandbox.isolation), llm_backend=self.llm.backend.name)
 
     def speculate(self, caller: str, artifact_id: str, method: str, args: dict):
         """invocation.speculate on a read connection of this worker thread's own."""

@@ -160,6 +160,7 @@ def _status(args) -> int:
     from google.protobuf import json_format
 
     from agent_runtime.errors import EcologyError
+    from server.sandbox.notice import isolation_note
 
     try:
         with _admin(args) as admin:
@@ -169,6 +170,7 @@ def _status(args) -> int:
         return 1
     d = json_format.MessageToDict(stats, preserving_proto_field_name=True)
     d["ledger_invariant_holds"] = stats.total_balances == stats.minted - stats.burned
+    d["sandbox_note"] = isolation_note(stats.sandbox_isolation)  # what runs, what is refused, how to fix
     print(json.dumps(d, indent=2))
     return 0
 

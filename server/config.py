@@ -82,7 +82,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "max_streams_per_principal": 8,
     },
     "sandbox": {
-        # auto: bubblewrap where it works, else plain processes (development only).
+        # auto: bubblewrap where it works, else "none" (user code and user contracts are
+        # refused with SANDBOX_UNAVAILABLE). bwrap: bubblewrap or no start. process: plain
+        # subprocesses, NOT isolated (development only; warned at every start).
         "isolation": "auto",
         # Wall clock for a whole invocation, nested calls included; contracts get less.
         "timeout_seconds": 2.0,

@@ -22,10 +22,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class ServerProcess:
-    """`ecology serve` as a child process. `config` is TOML text."""
+    """`ecology serve` as a child process. `config` is TOML text; `env` overrides
+    variables of the server's environment (e.g. a PATH without bwrap)."""
 
-    def __init__(self, data_dir: Path, config: str = "") -> None:
+    def __init__(self, data_dir: Path, config: str = "", env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
+        self.env = dict(env or {})
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.admin_token = "adm_test_" + uuid.uuid4().hex
         self.config_path = data_dir.parent / f"{data_dir.name}.toml"
@@ -38,7 +40,7 @@ class ServerProcess:
     def start(self, timeout: float = 20.0) -> "ServerProcess":
         ready = self.data_dir / "server.json"
         ready.unlink(missing_ok=True)
-        env = {**os.environ, "ECOLOGY_ADMIN_TOKEN": self.admin_token, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, **self.env, "ECOLOGY_ADMIN_TOKEN": self.admin_token, "PYTHONPATH": str(ROOT)}
         self.log = open(self.data_dir.parent / f"{self.data_dir.name}.log", "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "server.cli", "serve", "--data-dir", str(self.data_dir),

@@ -184,6 +184,9 @@ class SandboxedContracts:
                 {"artifact_id": contract.id, "caller": "kernel", "contract": True},
                 time.monotonic() + self.timeout, refuse)
         except CodeError as e:
+            if e.reason == "SANDBOX_UNAVAILABLE":  # fail closed, and say why (not a generic deny)
+                raise KernelError(Reason.SANDBOX_UNAVAILABLE, f"{action} on {artifact_id}: its access contract "
+                                  f"{e.message}", field="artifact_id") from None
             if e.reason == "TIMEOUT":
                 if len(self._timed_out) > self.cache_size:
                     self._timed_out.clear()

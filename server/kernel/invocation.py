@@ -216,7 +216,8 @@ def run_code(kernel: "Kernel", conn: sqlite3.Connection, frame: Frame, target: A
     except CodeError as e:
         reason = {"TIMEOUT": Reason.TIMEOUT, "INVALID_ARGS": Reason.INVALID_ARGS,
                   "CALL_DEPTH_EXCEEDED": Reason.CALL_DEPTH_EXCEEDED,
-                  "CALL_CYCLE": Reason.CALL_CYCLE}.get(e.reason, Reason.EXECUTION_ERROR)
+                  "CALL_CYCLE": Reason.CALL_CYCLE,
+                  "SANDBOX_UNAVAILABLE": Reason.SANDBOX_UNAVAILABLE}.get(e.reason, Reason.EXECUTION_ERROR)
         use_cpu(kernel, conn, frame, code_payer, e.cpu_seconds, now)  # re-applied after the rollback
         frame.outcomes.append((target.id, method, frame.requester, frame.payer, False, e.reason))
         raise KernelError(reason, f"{target.id}.{method}: {e.message}") from None

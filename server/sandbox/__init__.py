@@ -1,6 +1,11 @@
 """Untrusted execution behind one interface: `Sandbox.call` runs a method of an
 artifact's code in an isolated worker process and returns its JSON result; the kernel
-answers the code's nested requests (invoke, pay) through `on_request`."""
+answers the code's nested requests (invoke, pay) through `on_request`.
+
+At isolation "none" (`auto` found no working bubblewrap) there is no worker pool at
+all: `call` raises CodeError("SANDBOX_UNAVAILABLE") without running anything, and
+`check` (the code check of a write) returns 0.0 without running anything, so a write of
+code is stored but can never run. No silent fallback to unisolated execution."""
 
 from __future__ import annotations
 
@@ -10,13 +15,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from server.sandbox.pool import SandboxSettings, WorkerError, WorkerPool
+from server.sandbox.notice import isolation_note
+from server.sandbox.pool import SandboxSettings, WorkerError, WorkerPool, detect_isolation
 
 __all__ = ["Sandbox", "SandboxSettings", "CodeError", "CallResult"]
 
 
 class CodeError(Exception):
-    """The code failed. `reason`: EXECUTION_ERROR, TIMEOUT or INVALID_ARGS."""
+    """The code failed. `reason`: EXECUTION_ERROR, TIMEOUT, INVALID_ARGS (or a chain
+    reason from a nested call), or SANDBOX_UNAVAILABLE: nothing ran (isolation "none")."""
 
     def __init__(self, reason: str, message: str, cpu_seconds: float = 0.0) -> None:
         super().__init__(message)
@@ -33,12 +40,15 @@ class CallResult:
 
 class Sandbox:
     def __init__(self, settings: SandboxSettings) -> None:
+        """Raises RuntimeError when sandbox.isolation = "bwrap" cannot be had."""
         self.settings = settings
-        self.pool = WorkerPool(settings)
+        self.isolation = detect_isolation(settings.isolation, settings)
+        self.pool = WorkerPool(settings, self.isolation) if self.isolation != "none" else None
 
-    @property
-    def isolation(self) -> str:
-        return self.pool.isolation
+    @staticmethod
+    def unavailable(artifact_id: str) -> CodeError:
+        """The refusal at isolation "none" (says how to get isolation)."""
+        return CodeError("SANDBOX_UNAVAILABLE", f"{artifact_id} is user code; {isolation_note('none')}")
 
     @staticmethod
     def key(artifact_id: str, source: str, methods: list[str]) -> tuple[str, str]:
@@ -50,7 +60,9 @@ class Sandbox:
     def call(self, artifact_id: str, source: str, methods: list[str], method: str, args: dict,
              context: dict, deadline: float, on_request: Callable[[dict], dict]) -> CallResult:
         """Run `method(**args)`; raises CodeError. The worker is recycled on any fault."""
-        worker, fresh = self.pool.acquire(self.key(artifact_id, source, methods))
+        if self.pool is None:
+            raise self.unavailable(artifact_id)
+        worker, fresh = self._acquire(artifact_id, source, methods)
         healthy = False
         cpu_before = worker.cpu_seconds()
         try:
@@ -77,10 +89,19 @@ class Sandbox:
         finally:
             self.pool.release(worker, healthy)
 
+    def _acquire(self, artifact_id: str, source: str, methods: list[str]):
+        try:
+            return self.pool.acquire(self.key(artifact_id, source, methods))
+        except WorkerError as e:  # no worker could be started: nothing ran
+            raise CodeError(e.reason, f"the sandbox could not start a worker: {e.message}") from None
+
     def check(self, artifact_id: str, source: str, methods: list[str], timeout: float) -> float:
         """Load the code once (compile + run its top level) and check every method exists.
-        Returns the CPU seconds it used; CodeError carries them on failure."""
-        worker, fresh = self.pool.acquire(self.key(artifact_id, source, methods))
+        Returns the CPU seconds it used; CodeError carries them on failure. At "none"
+        nothing runs (0.0): the code is stored unchecked, and refused when invoked."""
+        if self.pool is None:
+            return 0.0
+        worker, fresh = self._acquire(artifact_id, source, methods)
         healthy = False
         cpu_before = worker.cpu_seconds()
         try:
@@ -101,4 +122,5 @@ class Sandbox:
             self.pool.release(worker, healthy)
 
     def close(self) -> None:
-        self.pool.close()
+        if self.pool is not None:
+            self.pool.close()

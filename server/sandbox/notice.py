@@ -3,7 +3,7 @@ server's startup line, `ecology status`, `ecology serve` and the `ecology run` c
 
 Isolation levels (sandbox.isolation):
   * "bwrap"   - real isolation (bubblewrap namespaces + seccomp + rlimits).
-  * "none"    - `auto` found no real isolation: user code and user contracts are REFUSED
+  * "none"    - `auto` found no working bubblewrap: user code and user contracts are REFUSED
                 (SANDBOX_UNAVAILABLE); nothing untrusted runs.
   * "process" - plain subprocesses, NOT isolated; only when the operator names it.
 """
@@ -15,7 +15,7 @@ INSTALL_HINT = "apt-get install bubblewrap"
 NOTES = {
     "bwrap": "artifact code and user contracts run in bubblewrap namespaces with seccomp and rlimits",
     "none": ("no sandbox: artifact code and user-written contracts are refused (SANDBOX_UNAVAILABLE) "
-             f"because bubblewrap is missing; install it (as root: {INSTALL_HINT}) and restart the server"),
+             f"because bubblewrap is missing or does not work here; install it (as root: {INSTALL_HINT}) and restart the server"),
     "process": ("WARNING: sandbox.isolation = \"process\": artifact code and user contracts run as plain "
                 "subprocesses with NO isolation (they can read this server's files and reach the network); "
                 "development only"),

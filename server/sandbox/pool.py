@@ -1,18 +1,35 @@
 """Sandbox workers: start, supervise, and talk to the processes that run artifact code.
 
-Isolation levels (the strongest available is used; the server logs which):
+Isolation levels (`sandbox.isolation`; the server logs the level it got, GetStats and
+`ecology status` report it, server/sandbox/notice.py has the sentence for each):
   * "bwrap": bubblewrap namespaces (user, pid, net, ipc, uts, cgroup), a read-only view
     of only the interpreter and system libraries, an empty size-limited tmpfs, a cleared
-    environment, seccomp forbidding new processes/threads, rlimits on memory, file size
-    and open files, and a wall-clock timeout after which the worker is killed.
-  * "process": a plain subprocess with the same rlimits - FOR DEVELOPMENT ONLY: it can
-    read the server's files and reach the network.
+    environment, seccomp forbidding new processes/threads and timers, rlimits on memory,
+    file size and open files, and a wall-clock timeout after which the worker is killed.
+  * "none": what `auto` resolves to when bubblewrap is not on PATH or does not work here
+    (a real worker is started as a probe). No worker is ever started: user code and user
+    contracts are refused with SANDBOX_UNAVAILABLE (server/sandbox/__init__.py).
+  * "process": a plain subprocess with the same rlimits - NOT isolated (it can read the
+    server's files and reach the network); only when the configuration names it, and the
+    server warns at every start.
+`bwrap` requested where it does not work stops the server at startup.
 
 A worker serves one call at a time and is dedicated to one artifact version (code from
 one artifact never shares a process with another's). A few spare workers are kept warm
 so a call does not pay for a process start. Workers are replaced after a crash, a
 timeout, or `max_uses` calls. CPU time is measured from outside (/proc), so the code
 cannot under-report it.
+
+User code never outlives its call: the worker resets hooks before it replies, seccomp
+refuses timers, and an idle watchdog records each worker's CPU when it is released and
+kills (and so replaces) a worker whose CPU grew by more than IDLE_CPU_SLACK while idle -
+checked when it is acquired and every WATCHDOG_INTERVAL by the spawner thread, so a
+worker spinning after its call dies within about a second.
+
+Workers run at a lower CPU priority than the server (nice +WORKER_NICE relative to the
+server: workers are started from threads at that nice value, so they are born with it,
+and it is checked before any code is loaded), so busy user code cannot starve the
+server's own threads on a small machine.
 """
 
 from __future__ import annotations
@@ -28,6 +45,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,12 +53,16 @@ from pathlib import Path
 import structlog
 
 from server.sandbox import seccomp
+from server.sandbox.notice import INSTALL_HINT
 from server.sandbox.worker import MAX_FRAME, write_frame
 
 log = structlog.get_logger("sandbox")
 
 WORKER_SOURCE = Path(__file__).with_name("worker.py")
 _HEADER = struct.Struct(">I")
+WORKER_NICE = 10               # added to the server's own nice value
+IDLE_CPU_SLACK = 0.01          # CPU seconds an idle worker may still use after its reply
+WATCHDOG_INTERVAL = 0.5        # seconds between the spawner thread's idle checks
 
 
 @dataclass(frozen=True)
@@ -66,20 +88,44 @@ class WorkerError(Exception):
         self.message = message
 
 
-def detect_isolation(requested: str) -> str:
-    have_bwrap = shutil.which("bwrap") is not None and seccomp.supported()
-    if requested == "bwrap" and not have_bwrap:
-        raise RuntimeError("sandbox.isolation = 'bwrap' but bubblewrap is not installed (apt install bubblewrap)")
-    if requested == "auto":
-        if have_bwrap and _bwrap_works():
-            return "bwrap"
+def detect_isolation(requested: str, settings: SandboxSettings | None = None) -> str:
+    """The isolation level for `requested` (auto | bwrap | process): "bwrap", "process"
+    or "none".
+    Raises RuntimeError (one line, naming the package) when bwrap is requested and
+    cannot be had. bwrap is looked up with shutil.which on PATH (an operator can hide
+    it) and must really work: a real worker is started and stopped as a probe."""
+    settings = settings or SandboxSettings(isolation=requested)
+    if requested == "process":
         return "process"
-    return requested
+    problem = bwrap_problem(settings)
+    if problem is None:
+        return "bwrap"
+    if requested == "bwrap":
+        raise RuntimeError(f"sandbox.isolation = \"bwrap\" but {problem}: install it ({INSTALL_HINT}) "
+                           "or let sandbox.isolation = \"auto\" refuse user code instead")
+    log.warning("sandbox_unavailable", reason=problem, hint=INSTALL_HINT)
+    return "none"
+
+
+def bwrap_problem(settings: SandboxSettings) -> str | None:
+    """Why the bubblewrap sandbox cannot be used here, or None when it works."""
+    if shutil.which("bwrap") is None:
+        return "bubblewrap is not installed (no bwrap on PATH)"
+    if not seccomp.supported():
+        return f"the sandbox's seccomp filter does not support this machine ({os.uname().machine})"
+    if not _bwrap_works():
+        return "bubblewrap cannot create namespaces on this machine"
+    try:
+        Worker(settings, "bwrap").kill()
+    except Exception as e:  # noqa: BLE001 - any failure means no sandbox
+        return f"a bubblewrap sandbox worker failed to start ({e})"
+    return None
 
 
 def _bwrap_works() -> bool:
     try:
-        r = subprocess.run(["bwrap", "--unshare-all", "--ro-bind", "/", "/", "true"], capture_output=True, timeout=10)
+        r = subprocess.run([shutil.which("bwrap") or "bwrap", "--unshare-all", "--ro-bind", "/", "/", "true"],
+                           capture_output=True, timeout=10)
         return r.returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
@@ -101,13 +147,32 @@ def _interpreter_binds() -> list[str]:
     return args
 
 
+def worker_nice() -> int:
+    """The nice value of sandbox workers: the server's (its main thread's) + WORKER_NICE."""
+    return min(19, os.getpriority(os.PRIO_PROCESS, os.getpid()) + WORKER_NICE)
+
+
+def _lower_this_thread() -> None:
+    """Thread initializer: nice is per thread on Linux and a forked child inherits its
+    parent thread's, so workers started from this thread are born at worker_nice().
+    (Not preexec_fn: it forces fork(), whose atfork handlers - gRPC's - can crash the
+    child of a multi-threaded server.)"""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), worker_nice())
+    except OSError as e:
+        log.warning("sandbox_starter_priority", error=repr(e))
+
+
 class Worker:
     def __init__(self, settings: SandboxSettings, isolation: str) -> None:
+        if isolation not in ("bwrap", "process"):  # "none" runs nothing, ever
+            raise WorkerError("SANDBOX_UNAVAILABLE", f"no sandbox worker at isolation {isolation!r}")
         self.settings = settings
         self.isolation = isolation
         self.key: tuple[str, int] | None = None
         self.uses = 0
         self.pid: int | None = None
+        self.idle_cpu: float | None = None  # CPU seconds when last released (idle since)
         python = str(Path(sys.executable).resolve())
         limits = {
             "memory_bytes": settings.memory_bytes, "file_bytes": settings.file_bytes,
@@ -120,7 +185,7 @@ class Worker:
             os.write(filter_w, seccomp.no_new_processes())
             os.close(filter_w)
             argv = [
-                "bwrap", "--unshare-all", "--unshare-user", "--uid", "65534", "--gid", "65534",
+                shutil.which("bwrap") or "bwrap", "--unshare-all", "--unshare-user", "--uid", "65534", "--gid", "65534",
                 "--disable-userns", "--die-with-parent", "--new-session", "--as-pid-1", "--clearenv",
                 "--setenv", "PYTHONDONTWRITEBYTECODE", "1",
                 *_interpreter_binds(),
@@ -157,6 +222,29 @@ class Worker:
             self.kill()
             raise WorkerError("EXECUTION_ERROR", "sandbox worker failed to start")
         self.pid = self.proc.pid if self._info_fd is None else self._child_pid()
+        self._lower_priority()
+
+    def _lower_priority(self) -> None:
+        """nice +WORKER_NICE relative to the server, before any user code is loaded (the
+        worker cannot start processes or threads, so this covers all its code; an
+        unprivileged process cannot lower its nice value again). The pool starts workers
+        from threads already at that value (`_lower_this_thread`), so they are born with
+        it; this makes sure."""
+        try:
+            target = worker_nice()
+            if os.getpriority(os.PRIO_PROCESS, self.pid) != target:
+                os.setpriority(os.PRIO_PROCESS, self.pid, target)
+        except OSError as e:
+            self.kill()
+            raise WorkerError("EXECUTION_ERROR", f"could not lower the sandbox worker's priority: {e}") from None
+
+    def spun_while_idle(self) -> float | None:
+        """CPU seconds used since the worker was released, when more than IDLE_CPU_SLACK
+        (its code kept running after the call returned), else None."""
+        if self.idle_cpu is None:
+            return None
+        grown = self.cpu_seconds() - self.idle_cpu
+        return grown if grown > IDLE_CPU_SLACK else None
 
     def _child_pid(self) -> int:
         import json
@@ -261,29 +349,41 @@ class Worker:
 
 
 class WorkerPool:
-    """Warm spares plus idle workers dedicated to artifact versions (LRU-bounded)."""
+    """Warm spares plus idle workers dedicated to artifact versions (LRU-bounded), and an
+    idle watchdog (see the module docstring). Only for "bwrap" and "process": at "none"
+    no pool exists, so no worker is ever started."""
 
-    def __init__(self, settings: SandboxSettings) -> None:
+    def __init__(self, settings: SandboxSettings, isolation: str) -> None:
+        assert isolation in ("bwrap", "process"), isolation
         self.settings = settings
-        self.isolation = detect_isolation(settings.isolation)
+        self.isolation = isolation
         self._spares: list[Worker] = []
         self._idle: OrderedDict[tuple[str, int], Worker] = OrderedDict()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closed = False
         self.started = 0
+        self.killed_spinning = 0
+        # Every worker process is started from one of these threads (at worker_nice()).
+        self._starter = ThreadPoolExecutor(max_workers=8, thread_name_prefix="sandbox-start",
+                                           initializer=_lower_this_thread)
         self._spawner = threading.Thread(target=self._keep_spares, name="sandbox-spawner", daemon=True)
         self._spawner.start()
 
     def _keep_spares(self) -> None:
+        next_check = time.monotonic() + WATCHDOG_INTERVAL
         while not self._closed:
+            if time.monotonic() >= next_check:
+                self.reap_spinning()
+                next_check = time.monotonic() + WATCHDOG_INTERVAL
             with self._lock:
                 need = self.settings.spare_workers - len(self._spares)
             if need > 0:
                 try:
-                    w = Worker(self.settings, self.isolation)
-                    self.started += 1
+                    w = self._new_worker()
                 except Exception as e:  # keep trying, but not in a hot loop
+                    if self._closed:
+                        return
                     log.error("worker_start_failed", error=repr(e))
                     time.sleep(1.0)
                     continue
@@ -293,24 +393,58 @@ class WorkerPool:
                         return
                     self._spares.append(w)
                 continue
-            self._wake.wait(1.0)
+            self._wake.wait(max(0.0, next_check - time.monotonic()))
             self._wake.clear()
+
+    def _new_worker(self) -> Worker:
+        w = self._starter.submit(Worker, self.settings, self.isolation).result()
+        self.started += 1
+        return w
+
+    def reap_spinning(self) -> int:
+        """Kill idle workers whose CPU grew since their release (or that died). Returns
+        how many were removed."""
+        with self._lock:
+            snapshot = [(k, w, w.uses) for k, w in self._idle.items()]
+        bad = []
+        for k, w, uses in snapshot:
+            grown = w.spun_while_idle() if w.alive() else 0.0
+            if grown is not None:
+                bad.append((k, w, uses, grown))
+        removed = []
+        with self._lock:
+            for k, w, uses, grown in bad:
+                # Still idle and not used meanwhile (else acquire checks it itself).
+                if self._idle.get(k) is w and w.uses == uses:
+                    del self._idle[k]
+                    removed.append((k, w, grown))
+        for k, w, grown in removed:
+            self._kill_spinning(w, grown)
+        return len(removed)
+
+    def _kill_spinning(self, w: Worker, grown: float) -> None:
+        if grown:
+            self.killed_spinning += 1
+            log.warning("sandbox_worker_spun_while_idle", artifact_id=w.key[0] if w.key else None,
+                        cpu_seconds=round(grown, 4))
+        w.kill()
 
     def acquire(self, key: tuple[str, int]) -> tuple[Worker, bool]:
         """A worker for this artifact version; `fresh` is True when code must be loaded."""
         with self._lock:
             w = self._idle.pop(key, None)
-            if w is not None and w.alive():
-                return w, False
-            spare = self._spares.pop() if self._spares else None
         if w is not None:
-            w.kill()
+            grown = w.spun_while_idle() if w.alive() else 0.0
+            if grown is None:
+                return w, False
+            self._kill_spinning(w, grown)
+        with self._lock:
+            spare = self._spares.pop() if self._spares else None
         self._wake.set()
         if spare is None or not spare.alive():
             if spare is not None:
                 spare.kill()
-            spare = Worker(self.settings, self.isolation)
-            self.started += 1
+            spare = self._new_worker()
         spare.key = key
         return spare, True
 
@@ -319,6 +453,7 @@ class WorkerPool:
         if not healthy or w.uses >= self.settings.max_uses or not w.alive() or self._closed:
             w.kill()
             return
+        w.idle_cpu = w.cpu_seconds()
         evicted = []
         with self._lock:
             old = self._idle.pop(w.key, None)
@@ -338,3 +473,4 @@ class WorkerPool:
             self._spares, self._idle = [], OrderedDict()
         for w in workers:
             w.kill()
+        self._starter.shutdown(wait=False, cancel_futures=True)

@@ -1,9 +1,17 @@
-"""A tiny seccomp-BPF program for sandbox workers: no new processes or threads.
+"""A tiny seccomp-BPF program for sandbox workers: no new processes, threads or timers.
 
-bubblewrap loads it (`--seccomp FD`) before starting the interpreter. fork, vfork,
-clone and clone3 fail with EPERM, so a fork bomb or a background thread is impossible;
-foreign-ABI syscalls (x32 on x86_64) and an unexpected architecture kill the process.
-RLIMIT_NPROC would not do: it is not enforced when the server runs as root.
+bubblewrap loads it (`--seccomp FD`) before starting the interpreter. These fail with
+EPERM:
+  * fork, vfork, clone, clone3: a fork bomb or a background thread is impossible
+    (RLIMIT_NPROC would not do: it is not enforced when the server runs as root);
+  * alarm, setitimer, timer_create, timer_settime, timerfd_create, timerfd_settime:
+    nothing can arm a signal (or a timer fd) that would run the code's handler after
+    its call returned - user code never outlives its call (aarch64 has no alarm
+    syscall; glibc implements alarm() with setitimer there).
+rt_sigaction stays allowed: the interpreter installs its handlers at startup. Foreign-ABI
+syscalls (x32 on x86_64) and an unexpected architecture kill the process. What the
+filter cannot stop (e.g. a finalizer that spins once the call is over) the pool's idle
+watchdog does (server/sandbox/pool.py).
 """
 
 from __future__ import annotations
@@ -13,9 +21,15 @@ import platform
 import struct
 
 # Syscall numbers and audit architecture per machine.
+# x86_64: arch/x86/entry/syscalls/syscall_64.tbl; aarch64: include/uapi/asm-generic/unistd.h
+# (64-bit numbers).
 _ARCHES = {
-    "x86_64": (0xC000003E, {"clone": 56, "fork": 57, "vfork": 58, "clone3": 435}),
-    "aarch64": (0xC00000B7, {"clone": 220, "clone3": 435}),
+    "x86_64": (0xC000003E, {"clone": 56, "fork": 57, "vfork": 58, "clone3": 435,
+                            "alarm": 37, "setitimer": 38, "timer_create": 222, "timer_settime": 223,
+                            "timerfd_create": 283, "timerfd_settime": 286}),
+    "aarch64": (0xC00000B7, {"clone": 220, "clone3": 435,
+                             "setitimer": 103, "timer_create": 107, "timer_settime": 110,
+                             "timerfd_create": 85, "timerfd_settime": 86}),
 }
 
 _LD_W_ABS = 0x20
@@ -37,6 +51,7 @@ def supported() -> bool:
 
 
 def no_new_processes() -> bytes:
+    """The filter: no new processes, threads or timers (see the module docstring)."""
     arch, calls = _ARCHES[platform.machine()]
     blocked = sorted(calls.values())
     prog = [

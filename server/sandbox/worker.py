@@ -17,9 +17,11 @@ code runs, soft and hard, so the code cannot raise them.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import resource
+import signal
 import struct
 import sys
 import traceback
@@ -72,13 +74,15 @@ def _request(kind: str, **payload):
     return reply.get("value")
 
 
-def invoke(artifact_id: str, method: str, **args):
+def invoke(artifact_id: str, method: str, /, **args):
     """Invoke a method of any artifact. The server checks permissions and charges the
-    account paying for this call (or this artifact, if it has standing)."""
+    account paying for this call (or this artifact, if it has standing). The first two
+    parameters are positional-only, so `args` may hold any name - `artifact_id` and
+    `method` included (e.g. invoke("genesis_escrow", "purchase", artifact_id="x"))."""
     return _request("invoke", artifact_id=artifact_id, method=method, args=args)
 
 
-def pay(to: str, amount: int):
+def pay(to: str, amount: int, /):
     """Pay scrip from the account paying for this call."""
     return _request("pay", to=to, amount=amount)
 
@@ -128,11 +132,54 @@ def _load(source: str, methods: list[str]) -> tuple[dict | None, dict]:
     return namespace, {"type": "loaded"}
 
 
+_ITIMERS = tuple(getattr(signal, n) for n in ("ITIMER_REAL", "ITIMER_VIRTUAL", "ITIMER_PROF") if hasattr(signal, n))
+# Bound now, before any user code runs: the code shares these modules and could rebind
+# their attributes.
+_settrace, _setprofile, _gc_callbacks, _set_threshold = sys.settrace, sys.setprofile, gc.callbacks, gc.set_threshold
+_gc_enable, _gc_disable, _setitimer, _getsignal, _signal = gc.enable, gc.disable, signal.setitimer, \
+    signal.getsignal, signal.signal
+
+
+def _baseline() -> dict:
+    """The interpreter state a call may change and that could run code later."""
+    handlers = {}
+    for sig in signal.valid_signals():
+        try:
+            handlers[sig] = signal.getsignal(sig)
+        except (OSError, ValueError):
+            pass
+    return {"handlers": handlers, "gc_threshold": gc.get_threshold(), "gc_enabled": gc.isenabled()}
+
+
+def _quiesce(baseline: dict) -> None:
+    """Before a call's reply is sent: undo what would let its code run after it returns
+    (trace/profile hooks, gc callbacks, signal handlers, interval timers). Defence in
+    depth: seccomp already refuses timers under bubblewrap, and the pool kills a worker
+    whose CPU grows while it is idle (what no reset can undo, e.g. a spinning finalizer)."""
+    _settrace(None)
+    _setprofile(None)
+    _gc_callbacks.clear()
+    _set_threshold(*baseline["gc_threshold"])
+    (_gc_enable if baseline["gc_enabled"] else _gc_disable)()
+    for which in _ITIMERS:
+        try:
+            _setitimer(which, 0)
+        except OSError:  # refused by seccomp: nothing could have been armed
+            pass
+    for sig, handler in baseline["handlers"].items():
+        try:
+            if _getsignal(sig) is not handler:
+                _signal(sig, handler)
+        except (OSError, ValueError, TypeError):
+            pass
+
+
 def main() -> None:
     # Protocol fds are 0 and 1; anything the code prints goes to stderr (discarded).
     sys.stdout = sys.stderr
     hello = read_frame(0)
     _set_limits(hello.get("limits", {}))
+    baseline = _baseline()
     write_frame(1, {"type": "ready", "pid": os.getpid()})
     namespace = None
     while True:
@@ -143,6 +190,7 @@ def main() -> None:
         kind = msg.get("type")
         if kind == "load":
             namespace, reply = _load(msg["source"], msg.get("methods", []))
+            _quiesce(baseline)  # the top level is user code too
             write_frame(1, reply)
         elif kind == "call":
             if namespace is None:
@@ -151,12 +199,11 @@ def main() -> None:
             namespace["context"] = msg.get("context", {})
             try:
                 result = namespace[msg["method"]](**msg.get("args", {}))
-            except RecursionError as e:
+            except BaseException as e:  # noqa: BLE001 - RecursionError included
+                _quiesce(baseline)
                 write_frame(1, _describe(e))
                 continue
-            except BaseException as e:  # noqa: BLE001
-                write_frame(1, _describe(e))
-                continue
+            _quiesce(baseline)
             try:
                 write_frame(1, {"type": "done", "value": result})
             except (TypeError, ValueError) as e:
