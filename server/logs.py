@@ -12,7 +12,9 @@ Every line on the server's stderr is one JSON object, tracebacks included:
   through `logging.captureWarnings`): one handler on the root logger renders each record
   through the same JSON renderer, with `logger` naming its source;
 * uncaught exceptions in threads (`threading.excepthook`) and in the main thread
-  (`sys.excepthook`) are logged the same way instead of printed.
+  (`sys.excepthook`) are logged the same way instead of printed. When the lines go to a
+  file rather than stderr (`ecology run` keeps the terminal for its progress), they are
+  also printed as usual, so a crash is never silent.
 """
 
 from __future__ import annotations
@@ -54,7 +56,9 @@ class JsonFormatter(logging.Formatter):
         return (rendered.decode() if isinstance(rendered, bytes) else rendered) + "\n"
 
 
-def _log_uncaught(kind: str):
+def _log_uncaught(kind: str, echo):
+    """An excepthook that logs the exception as a JSON line; `echo(exc_type, exc, tb,
+    thread_name)` also prints it (None: not printed)."""
     log = logging.getLogger("uncaught")
 
     def hook(exc_type, exc, tb, thread_name: str | None = None) -> None:
@@ -63,8 +67,16 @@ def _log_uncaught(kind: str):
             return
         log.error("uncaught_exception in %s%s", kind, f" {thread_name}" if thread_name else "",
                   exc_info=(exc_type, exc, tb))
+        if echo is not None:
+            echo(exc_type, exc, tb, thread_name)
 
     return hook
+
+
+def _print_exception(exc_type, exc, tb, thread_name=None) -> None:
+    if thread_name:
+        print(f"Exception in thread {thread_name}:", file=sys.stderr)
+    traceback.print_exception(exc_type, exc, tb, file=sys.stderr)
 
 
 def configure(level: str = "info", file=None) -> None:
@@ -79,10 +91,11 @@ def configure(level: str = "info", file=None) -> None:
     root.addHandler(handler)
     root.setLevel(level.upper())
     logging.captureWarnings(True)
-    thread_hook = _log_uncaught("thread")
+    echo = None if file is None else _print_exception
+    thread_hook = _log_uncaught("thread", echo)
     threading.excepthook = lambda a: thread_hook(a.exc_type, a.exc_value, a.exc_traceback,
                                                  getattr(a.thread, "name", None))
-    sys.excepthook = _log_uncaught("main")
+    sys.excepthook = _log_uncaught("main", echo)
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
