@@ -9,6 +9,7 @@ from __future__ import annotations
 import pathlib
 import sys
 
+import google.rpc
 import grpc_tools
 from grpc_tools import protoc
 
@@ -16,14 +17,21 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
 
 
+def include_paths() -> list[str]:
+    """protoc -I flags: our protos, the well-known types (grpcio-tools) and google/rpc
+    (googleapis-common-protos ships status.proto and error_details.proto; errors.proto
+    imports them)."""
+    well_known = pathlib.Path(grpc_tools.__file__).parent / "_proto"
+    googleapis = pathlib.Path(next(iter(google.rpc.__path__))).parent.parent
+    return [f"-I{PROTOS}", f"-I{well_known}", f"-I{googleapis}"]
+
+
 def generate(out_dir: pathlib.Path) -> list[pathlib.Path]:
     files = sorted(p.relative_to(PROTOS).as_posix() for p in PROTOS.rglob("*.proto"))
-    well_known = pathlib.Path(grpc_tools.__file__).parent / "_proto"
     out_dir.mkdir(parents=True, exist_ok=True)
     args = [
         "protoc",
-        f"-I{PROTOS}",
-        f"-I{well_known}",
+        *include_paths(),
         f"--python_out={out_dir}",
         f"--pyi_out={out_dir}",
         f"--grpc_python_out={out_dir}",

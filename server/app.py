@@ -20,8 +20,7 @@ from pathlib import Path
 
 import grpc
 import structlog
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_health.v1 import health, health_pb2
 
 from ecology.v1 import admin_pb2, admin_pb2_grpc, world_pb2, world_pb2_grpc
 from server.config import Config, ConfigError
@@ -36,6 +35,7 @@ from server.rpc.admin import AdminService
 from server.rpc.auth import Credentials
 from server.rpc.guard import GuardLimits, RpcGuard
 from server.rpc.pause import WorldGate
+from server.rpc.reflection import add_health, add_reflection
 from server.rpc.event_hub import EventHub
 from server.rpc.world import WorldService
 from server.sandbox import Sandbox, SandboxSettings
@@ -178,17 +178,13 @@ class WorldServer:
         guarded = self.guard.guarded(self.grpc_server)
         world_pb2_grpc.add_WorldServicer_to_server(WorldService(self), guarded)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self), guarded)
-        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, guarded)
-        services = (
+        # Health (with List) and reflection v1 + v1alpha: server/rpc/reflection.py.
+        self.health = add_health(guarded)
+        add_reflection(guarded, (
             world_pb2.DESCRIPTOR.services_by_name["World"].full_name,
             admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
             health.SERVICE_NAME,
-            reflection.SERVICE_NAME,
-        )
-        # What reflection.enable_server_reflection does for an aio server (it cannot tell
-        # that `guarded` stands for one).
-        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(services), guarded)
+        ))
         for address in self.listen:
             self.addresses.append(self._bind(address))
         for address in self.insecure_addresses:

@@ -8,9 +8,12 @@
   ecology status
   ecology defaults
 
-Operator commands find the server with --server (default $ECOLOGY_SERVER, else the
-address in <data-dir>/server.json, else 127.0.0.1:50051) and the admin token with
---admin-token-file (default $ECOLOGY_ADMIN_TOKEN, else <data-dir>/admin.token).
+Operator commands (agent create, agent list, status) find the server with --server
+(default $ECOLOGY_SERVER, else the address in <data-dir>/server.json, which a running
+server writes) and the admin token with --admin-token-file (default $ECOLOGY_ADMIN_TOKEN,
+else <data-dir>/admin.token). Any failure - no server on the data directory, the server
+down, a wrong token, a refused call - is one line on stderr ("ecology: ...") and exit
+status 1; stdout then stays empty.
 """
 
 from __future__ import annotations
@@ -77,43 +80,89 @@ def _run(args) -> int:
     return main(args, config)
 
 
+class OperatorError(Exception):
+    """An operator command cannot do its job: printed as one line, exit status 1."""
+
+
 def _server_address(args) -> str:
+    """--server, else $ECOLOGY_SERVER, else the first address in <data-dir>/server.json
+    (written by a running server). No guessing beyond that: a data directory without a
+    server is an error, not a silent try of some default port."""
     if args.server:
         return args.server
     if os.environ.get("ECOLOGY_SERVER"):
         return os.environ["ECOLOGY_SERVER"]
     ready = Path(args.data_dir) / "server.json"
-    if ready.exists():
-        return json.loads(ready.read_text())["listen"][0]
-    return "127.0.0.1:50051"
+    try:
+        listen = json.loads(ready.read_text())["listen"]
+        return listen[0]
+    except FileNotFoundError:
+        raise OperatorError(f"no server is running on data directory {args.data_dir} ({ready} does not exist); "
+                            "start one with `ecology serve`, or name one with --server or $ECOLOGY_SERVER") from None
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
+        raise OperatorError(f"{ready} is unreadable ({e}); name the server with --server or $ECOLOGY_SERVER") from None
 
 
 def _admin_token(args) -> str:
     if args.admin_token_file:
-        return Path(args.admin_token_file).read_text().strip()
-    if os.environ.get("ECOLOGY_ADMIN_TOKEN"):
+        path = Path(args.admin_token_file)
+    elif os.environ.get("ECOLOGY_ADMIN_TOKEN"):
         return os.environ["ECOLOGY_ADMIN_TOKEN"].strip()
-    path = Path(args.data_dir) / "admin.token"
-    if path.exists():
-        return path.read_text().strip()
-    raise SystemExit("ecology: no admin token (use --admin-token-file or ECOLOGY_ADMIN_TOKEN)")
-
-
-def _admin(args):
-    from agent_runtime.client import AdminClient
-
-    return AdminClient(_server_address(args), _admin_token(args))
-
-
-def _agent_create(args) -> int:
-    from agent_runtime.errors import EcologyError
-
+    else:
+        path = Path(args.data_dir) / "admin.token"
+        if not path.exists():
+            raise OperatorError(f"no admin token: {path} does not exist "
+                                "(use --admin-token-file or $ECOLOGY_ADMIN_TOKEN)")
     try:
-        with _admin(args) as admin:
-            created = admin.create_agent(args.name, config=args.config_text, endowment=args.endowment)
-    except EcologyError as e:
-        print(f"ecology: {e}", file=sys.stderr)
-        return 1
+        token = path.read_text().strip()
+    except OSError as e:
+        raise OperatorError(f"cannot read the admin token file {path}: {e.strerror or e}") from None
+    if not token:
+        raise OperatorError(f"the admin token file {path} is empty")
+    return token
+
+
+def _describe_failure(address: str, err) -> str:
+    """One line for a failed admin call: what went wrong, in operator terms."""
+    import grpc
+
+    detail = " ".join((err.message or "").split())
+    if err.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) and err.reason == err.code.name:
+        return f"cannot reach the server at {address} (is it running?): {detail}"
+    if err.reason in ("UNAUTHENTICATED", "ADMIN_ONLY"):
+        return f"the server at {address} refused the admin token ({err.reason}): {detail}"
+    return f"server at {address}: {err.reason}: {detail}"
+
+
+def operator_command(fn):
+    """Run an operator command: every failure (no server, server down, wrong token, a
+    refused call) is one line on stderr and exit status 1, never a traceback."""
+    import functools
+
+    @functools.wraps(fn)
+    def run(args) -> int:
+        from agent_runtime.errors import EcologyError
+
+        try:
+            address = _server_address(args)
+            token = _admin_token(args)
+            from agent_runtime.client import AdminClient
+
+            with AdminClient(address, token) as admin:
+                return fn(args, admin)
+        except OperatorError as e:
+            print(f"ecology: {e}", file=sys.stderr)
+            return 1
+        except EcologyError as e:
+            print(f"ecology: {_describe_failure(address, e)}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+@operator_command
+def _agent_create(args, admin) -> int:
+    created = admin.create_agent(args.name, config=args.config_text, endowment=args.endowment)
     out = {"agent_id": created.agent_id, "token": created.token}
     if args.client_cert:
         from server import tls
@@ -136,10 +185,11 @@ def _tls_init(args) -> int:
     return 0
 
 
-def _agent_list(args) -> int:
-    with _admin(args) as admin:
-        for a in admin.list_agents():
-            print(json.dumps({"agent_id": a.agent_id, "scrip": a.scrip, "deleted": a.deleted}))
+@operator_command
+def _agent_list(args, admin) -> int:
+    # Fetched in full before printing: a failure never leaves half a list on stdout.
+    for a in admin.list_agents():
+        print(json.dumps({"agent_id": a.agent_id, "scrip": a.scrip, "deleted": a.deleted}))
     return 0
 
 
@@ -156,69 +206,74 @@ def _agent_run(args) -> int:
     return run.main(argv)
 
 
-def _status(args) -> int:
+def plain(msg) -> dict:
+    """A message as JSON-ready data: every field in declaration order, zeros and empty
+    lists included, with proto field names; 64-bit integers as numbers (protobuf's JSON mapping writes them
+    as strings); timestamps as RFC 3339 strings."""
     from google.protobuf import json_format
+    from google.protobuf.descriptor import FieldDescriptor as F
 
-    from agent_runtime.errors import EcologyError
+    ints = (F.TYPE_INT64, F.TYPE_UINT64, F.TYPE_SINT64, F.TYPE_FIXED64, F.TYPE_SFIXED64)
+
+    def fix(desc, d: dict) -> dict:
+        for field in desc.fields:
+            if field.name not in d:
+                continue
+            value = d[field.name]
+            if field.type in ints:
+                d[field.name] = [int(v) for v in value] if isinstance(value, list) else int(value)
+            elif field.message_type is not None and not field.message_type.GetOptions().map_entry \
+                    and field.message_type.full_name.startswith("ecology."):
+                if isinstance(value, list):
+                    d[field.name] = [fix(field.message_type, v) for v in value]
+                elif isinstance(value, dict):
+                    d[field.name] = fix(field.message_type, value)
+        return {f.name: d[f.name] for f in desc.fields if f.name in d}  # declaration order
+
+    return fix(msg.DESCRIPTOR, json_format.MessageToDict(
+        msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True))
+
+
+@operator_command
+def _status(args, admin) -> int:
     from server.sandbox.notice import isolation_note
 
-    try:
-        with _admin(args) as admin:
-            stats = admin.get_stats()
-    except EcologyError as e:
-        print(f"ecology: server at {_server_address(args)}: {e}", file=sys.stderr)
-        return 1
-    d = json_format.MessageToDict(stats, preserving_proto_field_name=True)
+    stats = admin.get_stats()
+    d = plain(stats)
     d["ledger_invariant_holds"] = stats.total_balances == stats.minted - stats.burned
     d["sandbox_note"] = isolation_note(stats.sandbox_isolation)  # what runs, what is refused, how to fix
     print(json.dumps(d, indent=2))
     return 0
 
 
-def _control(args) -> int:
-    """ecology pause | resume | step N | agent grant NAME: one JSON line, or one error line."""
-    from agent_runtime.errors import EcologyError
-
-    try:
-        with _admin(args) as admin:
-            if args.control == "pause":
-                r = admin.pause()
-            elif args.control == "resume":
-                r = admin.resume()
-            elif args.control == "step":
-                r = admin.step(args.calls)
-            else:
-                r = admin.grant(args.name, scrip=args.scrip, llm_budget_micro_usd=args.llm_budget, memo=args.memo)
-                print(json.dumps({"agent_id": args.name, "scrip": r.scrip,
-                                  "llm_budget_micro_usd": r.llm_budget_micro_usd}))
-                return 0
-    except EcologyError as e:
-        print(f"ecology: {e}", file=sys.stderr)
-        return 1
+@operator_command
+def _control(args, admin) -> int:
+    """ecology pause | resume | step N | agent grant NAME: one JSON line."""
+    if args.control == "grant":
+        r = admin.grant(args.name, scrip=args.scrip, llm_budget_micro_usd=args.llm_budget, memo=args.memo)
+        print(json.dumps({"agent_id": args.name, "scrip": r.scrip, "llm_budget_micro_usd": r.llm_budget_micro_usd}))
+        return 0
+    r = {"pause": admin.pause, "resume": admin.resume, "step": lambda: admin.step(args.calls)}[args.control]()
     print(json.dumps({"paused": r.paused, "steps_left": r.steps_left}))
     return 0
 
 
-def _decisions(args) -> int:
+@operator_command
+def _decisions(args, admin) -> int:
     """ecology agent decisions NAME: one JSON line per decision, oldest first."""
     from google.protobuf import json_format
 
-    from agent_runtime.errors import EcologyError
-
-    try:
-        with _admin(args) as admin:
-            after, shown = args.after, 0
-            while True:
-                page = admin.list_decisions(args.name, after_seq=after, limit=min(500, args.limit - shown))
-                for d in page.decisions:
-                    print(json.dumps(json_format.MessageToDict(d, preserving_proto_field_name=True)))
-                shown += len(page.decisions)
-                if not page.next_after_seq or shown >= args.limit:
-                    return 0
-                after = page.next_after_seq
-    except EcologyError as e:
-        print(f"ecology: {e}", file=sys.stderr)
-        return 1
+    after, shown, lines = args.after, 0, []
+    while True:  # fetched in full before printing: a failure never leaves half a list
+        page = admin.list_decisions(args.name, after_seq=after, limit=min(500, args.limit - shown))
+        lines += [json.dumps(json_format.MessageToDict(d, preserving_proto_field_name=True)) for d in page.decisions]
+        shown += len(page.decisions)
+        if not page.next_after_seq or shown >= args.limit:
+            break
+        after = page.next_after_seq
+    for line in lines:
+        print(line)
+    return 0
 
 
 def _defaults(args) -> int:

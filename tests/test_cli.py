@@ -61,12 +61,81 @@ def test_status_reports_stats_and_the_ledger_invariant(server, admin_file):
     assert out.returncode == 0, out.stderr
     stats = json.loads(out.stdout)
     assert stats["ledger_invariant_holds"] is True
-    assert int(stats["agents"]) == 2 and int(stats["minted"]) == 2000 == int(stats["total_balances"])
-    assert int(stats["last_event_seq"]) >= 5 and int(stats["schema_version"]) >= 1
+    # Every field of GetStatsResponse, in declaration order, zeros included; integers are numbers.
+    from ecology.v1 import admin_pb2
+
+    fields = [f.name for f in admin_pb2.GetStatsResponse.DESCRIPTOR.fields]
+    assert list(stats) == fields + ["ledger_invariant_holds"]
+    assert stats["agents"] == 2 and stats["minted"] == 2000 == stats["total_balances"]
+    assert stats["burned"] == 0 and stats["tombstones"] == 0 and stats["agent_backend"] == ""
+    for name in ("agents", "artifacts", "tombstones", "minted", "burned", "total_balances", "last_event_seq",
+                 "ledger_entries", "schema_version"):
+        assert type(stats[name]) is int, (name, stats[name])
+    assert stats["last_event_seq"] >= 5 and stats["schema_version"] >= 1
     assert server.socket in stats["listen"]
     # `status` finds the server and the token from the data directory too.
     out = ecology("status", "--data-dir", str(server.data_dir), env={"ECOLOGY_ADMIN_TOKEN": server.admin_token})
     assert out.returncode == 0 and json.loads(out.stdout)["ledger_invariant_holds"] is True
+
+
+# Every operator command, each with what it needs besides the server and the token.
+OPERATOR_COMMANDS = [("agent", "create", "dave"), ("agent", "list"), ("status",)]
+
+
+def one_line_failure(out: subprocess.CompletedProcess, *expected: str) -> str:
+    """The command failed as an operator tool should: exit status 1, nothing on stdout,
+    exactly one line on stderr, no traceback; the line says `expected`."""
+    assert out.returncode == 1, (out.returncode, out.stdout, out.stderr)
+    assert out.stdout == ""
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ecology: "), out.stderr
+    assert "Traceback" not in out.stderr
+    for text in expected:
+        assert text in lines[0], (text, lines[0])
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", OPERATOR_COMMANDS, ids=" ".join)
+def test_operator_commands_with_no_server_on_the_data_directory(tmp_path, command):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = ecology(*command, "--data-dir", str(empty), env={"ECOLOGY_ADMIN_TOKEN": "adm_whatever"})
+    one_line_failure(out, "no server is running", str(empty / "server.json"))
+    # Without a token either: the missing server is named first.
+    one_line_failure(ecology(*command, "--data-dir", str(empty)), "no server is running")
+    # A server given but no token anywhere.
+    one_line_failure(ecology(*command, "--data-dir", str(empty), "--server", "unix:/nonexistent.sock"),
+                     "no admin token", str(empty / "admin.token"))
+
+
+@pytest.mark.parametrize("command", OPERATOR_COMMANDS, ids=" ".join)
+def test_operator_commands_with_the_server_down(make_server, tmp_path, command):
+    server = make_server()
+    server.kill()  # SIGKILL: server.json stays behind, pointing at nothing
+    assert (server.data_dir / "server.json").exists()
+    env = {"ECOLOGY_ADMIN_TOKEN": server.admin_token}
+    line = one_line_failure(ecology(*command, "--data-dir", str(server.data_dir), env=env), "cannot reach the server")
+    assert server.socket in line
+    one_line_failure(ecology(*command, "--server", server.tcp, env=env), "cannot reach the server", server.tcp)
+
+
+@pytest.mark.parametrize("command", OPERATOR_COMMANDS, ids=" ".join)
+def test_operator_commands_with_a_wrong_token(server, tmp_path, command):
+    bad = tmp_path / "bad.token"
+    bad.write_text("adm_not_the_token\n")
+    one_line_failure(ecology(*command, "--server", server.socket, "--admin-token-file", str(bad)),
+                     "refused the admin token", "UNAUTHENTICATED")
+    # An agent's token is not an admin token either.
+    agent_token = server.agent("erin").token
+    one_line_failure(ecology(*command, "--server", server.socket, env={"ECOLOGY_ADMIN_TOKEN": agent_token}),
+                     "refused the admin token", "ADMIN_ONLY")
+    # A token file that does not exist, or is empty.
+    one_line_failure(ecology(*command, "--server", server.socket, "--admin-token-file", str(tmp_path / "nope")),
+                     "cannot read the admin token file")
+    (tmp_path / "empty.token").write_text("\n")
+    one_line_failure(ecology(*command, "--server", server.socket, "--admin-token-file", str(tmp_path / "empty.token")),
+                     "is empty")
+    assert "dave" not in [a.agent_id for a in server.admin().list_agents()]
 
 
 BAD_CONFIGS = [

@@ -51,8 +51,7 @@ def test_checked_in_stubs_match_protos_byte_for_byte(tmp_path):
 def _descriptor_set(tmp_path) -> descriptor_pb2.FileDescriptorSet:
     out = tmp_path / "ecology.desc"
     files = sorted(p.relative_to(PROTOS).as_posix() for p in PROTOS.rglob("*.proto"))
-    well_known = pathlib.Path(grpc_tools.__file__).parent / "_proto"
-    rc = protoc.main(["protoc", f"-I{PROTOS}", f"-I{well_known}", "--include_source_info",
+    rc = protoc.main(["protoc", *_load_gen_protos().include_paths(), "--include_source_info",
                       f"--descriptor_set_out={out}", *files])
     assert rc == 0, "protoc failed"
     fds = descriptor_pb2.FileDescriptorSet()

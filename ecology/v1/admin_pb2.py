@@ -24,6 +24,10 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from ecology.v1 import world_pb2 as ecology_dot_v1_dot_world__pb2
+try:
+  ecology_dot_v1_dot_errors__pb2 = ecology_dot_v1_dot_world__pb2.ecology_dot_v1_dot_errors__pb2
+except AttributeError:
+  ecology_dot_v1_dot_errors__pb2 = ecology_dot_v1_dot_world__pb2.ecology.v1.errors_pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 

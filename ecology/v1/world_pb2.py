@@ -24,55 +24,57 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from ecology.v1 import errors_pb2 as ecology_dot_v1_dot_errors__pb2
 
+from ecology.v1.errors_pb2 import *
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x65\x63ology/v1/world.proto\x12\necology.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"^\n\nMethodSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12-\n\x0cinput_schema\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xb7\x03\n\x08\x41rtifact\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x12\n\ncreated_by\x18\x03 \x01(\t\x12\x1a\n\x12\x61\x63\x63\x65ss_contract_id\x18\x04 \x01(\t\x12\x14\n\x0chas_standing\x18\x05 \x01(\x08\x12\x13\n\x0b\x63\x61n_execute\x18\x06 \x01(\x08\x12)\n\tinterface\x18\x07 \x03(\x0b\x32\x16.ecology.v1.MethodSpec\x12)\n\x08metadata\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12&\n\x05state\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0c\n\x04kind\x18\n \x01(\t\x12\x0f\n\x07version\x18\x0b \x01(\x03\x12.\n\ncreated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nsize_bytes\x18\x0e \x01(\x03\x12\x0f\n\x07\x64\x65leted\x18\x0f \x01(\x08\x12\x11\n\tbilled_to\x18\x10 \x01(\t\"\x9a\x01\n\x0c\x46lowResource\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x01\x12\x0c\n\x04rate\x18\x03 \x01(\x01\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\x01\x12-\n\tusable_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14seconds_until_usable\x18\x06 \x01(\x01\":\n\rStockResource\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04used\x18\x02 \x01(\x03\x12\r\n\x05quota\x18\x03 \x01(\x03\"\xb1\x01\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x14\n\x0cprincipal_id\x18\x04 \x01(\t\x12\x13\n\x0b\x61rtifact_id\x18\x05 \x01(\t\x12\x13\n\x0brelated_ids\x18\x06 \x03(\t\x12%\n\x04\x64\x61ta\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x11\n\x0fGetStateRequest\"\xfc\x01\n\x10GetStateResponse\x12\'\n\x03now\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cprincipal_id\x18\x02 \x01(\t\x12\r\n\x05scrip\x18\x03 \x01(\x03\x12&\n\x04\x66low\x18\x04 \x03(\x0b\x32\x18.ecology.v1.FlowResource\x12(\n\x05stock\x18\x05 \x03(\x0b\x32\x19.ecology.v1.StockResource\x12\x16\n\x0elast_event_seq\x18\x06 \x01(\x03\x12\x30\n\x0cnext_mint_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"*\n\x13ReadArtifactRequest\x12\x13\n\x0b\x61rtifact_id\x18\x01 \x01(\t\">\n\x14ReadArtifactResponse\x12&\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x14.ecology.v1.Artifact\"\xfa\x02\n\x14WriteArtifactRequest\x12\x13\n\x0b\x61rtifact_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x1a\n\x12\x61\x63\x63\x65ss_contract_id\x18\x03 \x01(\t\x12\x13\n\x0b\x63\x61n_execute\x18\x04 \x01(\x08\x12)\n\tinterface\x18\x05 \x03(\x0b\x32\x16.ecology.v1.MethodSpec\x12)\n\x08metadata\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12&\n\x05state\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x18\n\x10\x65xpected_version\x18\x08 \x01(\x03\x12\x13\n\x0b\x63reate_only\x18\t \x01(\x08\x12\x19\n\x11replace_interface\x18\n \x01(\x08\x12\x18\n\x10replace_metadata\x18\x0b \x01(\x08\x12\x15\n\rreplace_state\x18\x0c \x01(\x08\x12\x12\n\nrequest_id\x18\x0f \x01(\t\"P\n\x15WriteArtifactResponse\x12&\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x14.ecology.v1.Artifact\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"Z\n\x15\x44\x65leteArtifactRequest\x12\x13\n\x0b\x61rtifact_id\x18\x01 \x01(\t\x12\x18\n\x10\x65xpected_version\x18\x02 \x01(\x03\x12\x12\n\nrequest_id\x18\x0f \x01(\t\"@\n\x16\x44\x65leteArtifactResponse\x12&\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x14.ecology.v1.Artifact\"\x8a\x01\n\x15InvokeArtifactRequest\x12\x13\n\x0b\x61rtifact_id\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12%\n\x04\x61rgs\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tmax_spend\x18\x04 \x01(\x03\x12\x12\n\nrequest_id\x18\x0f \x01(\t\"@\n\x16InvokeArtifactResponse\x12&\n\x06result\x18\x01 \x01(\x0b\x32\x16.google.protobuf.Value\"\xfc\x01\n\x14ListArtifactsRequest\x12\x12\n\ncreated_by\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x19\n\x0chas_standing\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12\x18\n\x0b\x63\x61n_execute\x18\x04 \x01(\x08H\x01\x88\x01\x01\x12\x30\n\x0fmetadata_equals\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0finclude_deleted\x18\x06 \x01(\x08\x12\x11\n\tpage_size\x18\x07 \x01(\x05\x12\x0e\n\x06\x63ursor\x18\x08 \x01(\tB\x0f\n\r_has_standingB\x0e\n\x0c_can_execute\"U\n\x15ListArtifactsResponse\x12\'\n\tartifacts\x18\x01 \x03(\x0b\x32\x14.ecology.v1.Artifact\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"a\n\x10SubscribeRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x03\x12\r\n\x05types\x18\x02 \x03(\t\x12\x14\n\x0c\x61rtifact_ids\x18\x03 \x03(\t\x12\x15\n\rprincipal_ids\x18\x04 \x03(\t\"\xbc\x01\n\x15RecordDecisionRequest\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12)\n\x08observed\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x06\x61\x63tion\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12(\n\x07outcome\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0fllm_request_ids\x18\x05 \x03(\t\"8\n\x16RecordDecisionResponse\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x11\n\ttruncated\x18\x02 \x01(\x08\x32\x98\x05\n\x05World\x12\x45\n\x08GetState\x12\x1b.ecology.v1.GetStateRequest\x1a\x1c.ecology.v1.GetStateResponse\x12Q\n\x0cReadArtifact\x12\x1f.ecology.v1.ReadArtifactRequest\x1a .ecology.v1.ReadArtifactResponse\x12T\n\rWriteArtifact\x12 .ecology.v1.WriteArtifactRequest\x1a!.ecology.v1.WriteArtifactResponse\x12W\n\x0e\x44\x65leteArtifact\x12!.ecology.v1.DeleteArtifactRequest\x1a\".ecology.v1.DeleteArtifactResponse\x12W\n\x0eInvokeArtifact\x12!.ecology.v1.InvokeArtifactRequest\x1a\".ecology.v1.InvokeArtifactResponse\x12T\n\rListArtifacts\x12 .ecology.v1.ListArtifactsRequest\x1a!.ecology.v1.ListArtifactsResponse\x12>\n\tSubscribe\x12\x1c.ecology.v1.SubscribeRequest\x1a\x11.ecology.v1.Event0\x01\x12W\n\x0eRecordDecision\x12!.ecology.v1.RecordDecisionRequest\x1a\".ecology.v1.RecordDecisionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x65\x63ology/v1/world.proto\x12\necology.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17\x65\x63ology/v1/errors.proto\"^\n\nMethodSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12-\n\x0cinput_schema\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xb7\x03\n\x08\x41rtifact\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x12\n\ncreated_by\x18\x03 \x01(\t\x12\x1a\n\x12\x61\x63\x63\x65ss_contract_id\x18\x04 \x01(\t\x12\x14\n\x0chas_standing\x18\x05 \x01(\x08\x12\x13\n\x0b\x63\x61n_execute\x18\x06 \x01(\x08\x12)\n\tinterface\x18\x07 \x03(\x0b\x32\x16.ecology.v1.MethodSpec\x12)\n\x08metadata\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12&\n\x05state\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0c\n\x04kind\x18\n \x01(\t\x12\x0f\n\x07version\x18\x0b \x01(\x03\x12.\n\ncreated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nsize_bytes\x18\x0e \x01(\x03\x12\x0f\n\x07\x64\x65leted\x18\x0f \x01(\x08\x12\x11\n\tbilled_to\x18\x10 \x01(\t\"\x9a\x01\n\x0c\x46lowResource\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x01\x12\x0c\n\x04rate\x18\x03 \x01(\x01\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\x01\x12-\n\tusable_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14seconds_until_usable\x18\x06 \x01(\x01\":\n\rStockResource\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04used\x18\x02 \x01(\x03\x12\r\n\x05quota\x18\x03 \x01(\x03\"\xb1\x01\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x14\n\x0cprincipal_id\x18\x04 \x01(\t\x12\x13\n\x0b\x61rtifact_id\x18\x05 \x01(\t\x12\x13\n\x0brelated_ids\x18\x06 \x03(\t\x12%\n\x04\x64\x61ta\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x11\n\x0fGetStateRequest\"\xfc\x01\n\x10GetStateResponse\x12\'\n\x03now\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cprincipal_id\x18\x02 \x01(\t\x12\r\n\x05scrip\x18\x03 \x01(\x03\x12&\n\x04\x66low\x18\x04 \x03(\x0b\x32\x18.ecology.v1.FlowResource\x12(\n\x05stock\x18\x05 \x03(\x0b\x32\x19.ecology.v1.StockResource\x12\x16\n\x0elast_event_seq\x18\x06 \x01(\x03\x12\x30\n\x0cnext_mint_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"*\n\x13ReadArtifactRequest\x12\x13\n\x0b\x61rtifact_id\x18\x01 \x01(\t\">\n\x14ReadArtifactResponse\x12&\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x14.ecology.v1.Artifact\"\xfa\x02\n\x14WriteArtifactRequest\x12\x13\n\x0b\x61rtifact_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x1a\n\x12\x61\x63\x63\x65ss_contract_id\x18\x03 \x01(\t\x12\x13\n\x0b\x63\x61n_execute\x18\x04 \x01(\x08\x12)\n\tinterface\x18\x05 \x03(\x0b\x32\x16.ecology.v1.MethodSpec\x12)\n\x08metadata\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12&\n\x05state\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x18\n\x10\x65xpected_version\x18\x08 \x01(\x03\x12\x13\n\x0b\x63reate_only\x18\t \x01(\x08\x12\x19\n\x11replace_interface\x18\n \x01(\x08\x12\x18\n\x10replace_metadata\x18\x0b \x01(\x08\x12\x15\n\rreplace_state\x18\x0c \x01(\x08\x12\x12\n\nrequest_id\x18\x0f \x01(\t\"P\n\x15WriteArtifactResponse\x12&\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x14.ecology.v1.Artifact\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"Z\n\x15\x44\x65leteArtifactRequest\x12\x13\n\x0b\x61rtifact_id\x18\x01 \x01(\t\x12\x18\n\x10\x65xpected_version\x18\x02 \x01(\x03\x12\x12\n\nrequest_id\x18\x0f \x01(\t\"@\n\x16\x44\x65leteArtifactResponse\x12&\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x14.ecology.v1.Artifact\"\x8a\x01\n\x15InvokeArtifactRequest\x12\x13\n\x0b\x61rtifact_id\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12%\n\x04\x61rgs\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tmax_spend\x18\x04 \x01(\x03\x12\x12\n\nrequest_id\x18\x0f \x01(\t\"@\n\x16InvokeArtifactResponse\x12&\n\x06result\x18\x01 \x01(\x0b\x32\x16.google.protobuf.Value\"\xfc\x01\n\x14ListArtifactsRequest\x12\x12\n\ncreated_by\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x19\n\x0chas_standing\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12\x18\n\x0b\x63\x61n_execute\x18\x04 \x01(\x08H\x01\x88\x01\x01\x12\x30\n\x0fmetadata_equals\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0finclude_deleted\x18\x06 \x01(\x08\x12\x11\n\tpage_size\x18\x07 \x01(\x05\x12\x0e\n\x06\x63ursor\x18\x08 \x01(\tB\x0f\n\r_has_standingB\x0e\n\x0c_can_execute\"U\n\x15ListArtifactsResponse\x12\'\n\tartifacts\x18\x01 \x03(\x0b\x32\x14.ecology.v1.Artifact\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"a\n\x10SubscribeRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x03\x12\r\n\x05types\x18\x02 \x03(\t\x12\x14\n\x0c\x61rtifact_ids\x18\x03 \x03(\t\x12\x15\n\rprincipal_ids\x18\x04 \x03(\t\"\xbc\x01\n\x15RecordDecisionRequest\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12)\n\x08observed\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x06\x61\x63tion\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12(\n\x07outcome\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0fllm_request_ids\x18\x05 \x03(\t\"8\n\x16RecordDecisionResponse\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x11\n\ttruncated\x18\x02 \x01(\x08\x32\x98\x05\n\x05World\x12\x45\n\x08GetState\x12\x1b.ecology.v1.GetStateRequest\x1a\x1c.ecology.v1.GetStateResponse\x12Q\n\x0cReadArtifact\x12\x1f.ecology.v1.ReadArtifactRequest\x1a .ecology.v1.ReadArtifactResponse\x12T\n\rWriteArtifact\x12 .ecology.v1.WriteArtifactRequest\x1a!.ecology.v1.WriteArtifactResponse\x12W\n\x0e\x44\x65leteArtifact\x12!.ecology.v1.DeleteArtifactRequest\x1a\".ecology.v1.DeleteArtifactResponse\x12W\n\x0eInvokeArtifact\x12!.ecology.v1.InvokeArtifactRequest\x1a\".ecology.v1.InvokeArtifactResponse\x12T\n\rListArtifacts\x12 .ecology.v1.ListArtifactsRequest\x1a!.ecology.v1.ListArtifactsResponse\x12>\n\tSubscribe\x12\x1c.ecology.v1.SubscribeRequest\x1a\x11.ecology.v1.Event0\x01\x12W\n\x0eRecordDecision\x12!.ecology.v1.RecordDecisionRequest\x1a\".ecology.v1.RecordDecisionResponseP\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ecology.v1.world_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_METHODSPEC']._serialized_start=101
-  _globals['_METHODSPEC']._serialized_end=195
-  _globals['_ARTIFACT']._serialized_start=198
-  _globals['_ARTIFACT']._serialized_end=637
-  _globals['_FLOWRESOURCE']._serialized_start=640
-  _globals['_FLOWRESOURCE']._serialized_end=794
-  _globals['_STOCKRESOURCE']._serialized_start=796
-  _globals['_STOCKRESOURCE']._serialized_end=854
-  _globals['_EVENT']._serialized_start=857
-  _globals['_EVENT']._serialized_end=1034
-  _globals['_GETSTATEREQUEST']._serialized_start=1036
-  _globals['_GETSTATEREQUEST']._serialized_end=1053
-  _globals['_GETSTATERESPONSE']._serialized_start=1056
-  _globals['_GETSTATERESPONSE']._serialized_end=1308
-  _globals['_READARTIFACTREQUEST']._serialized_start=1310
-  _globals['_READARTIFACTREQUEST']._serialized_end=1352
-  _globals['_READARTIFACTRESPONSE']._serialized_start=1354
-  _globals['_READARTIFACTRESPONSE']._serialized_end=1416
-  _globals['_WRITEARTIFACTREQUEST']._serialized_start=1419
-  _globals['_WRITEARTIFACTREQUEST']._serialized_end=1797
-  _globals['_WRITEARTIFACTRESPONSE']._serialized_start=1799
-  _globals['_WRITEARTIFACTRESPONSE']._serialized_end=1879
-  _globals['_DELETEARTIFACTREQUEST']._serialized_start=1881
-  _globals['_DELETEARTIFACTREQUEST']._serialized_end=1971
-  _globals['_DELETEARTIFACTRESPONSE']._serialized_start=1973
-  _globals['_DELETEARTIFACTRESPONSE']._serialized_end=2037
-  _globals['_INVOKEARTIFACTREQUEST']._serialized_start=2040
-  _globals['_INVOKEARTIFACTREQUEST']._serialized_end=2178
-  _globals['_INVOKEARTIFACTRESPONSE']._serialized_start=2180
-  _globals['_INVOKEARTIFACTRESPONSE']._serialized_end=2244
-  _globals['_LISTARTIFACTSREQUEST']._serialized_start=2247
-  _globals['_LISTARTIFACTSREQUEST']._serialized_end=2499
-  _globals['_LISTARTIFACTSRESPONSE']._serialized_start=2501
-  _globals['_LISTARTIFACTSRESPONSE']._serialized_end=2586
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=2588
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=2685
-  _globals['_RECORDDECISIONREQUEST']._serialized_start=2688
-  _globals['_RECORDDECISIONREQUEST']._serialized_end=2876
-  _globals['_RECORDDECISIONRESPONSE']._serialized_start=2878
-  _globals['_RECORDDECISIONRESPONSE']._serialized_end=2934
-  _globals['_WORLD']._serialized_start=2937
-  _globals['_WORLD']._serialized_end=3601
+  _globals['_METHODSPEC']._serialized_start=126
+  _globals['_METHODSPEC']._serialized_end=220
+  _globals['_ARTIFACT']._serialized_start=223
+  _globals['_ARTIFACT']._serialized_end=662
+  _globals['_FLOWRESOURCE']._serialized_start=665
+  _globals['_FLOWRESOURCE']._serialized_end=819
+  _globals['_STOCKRESOURCE']._serialized_start=821
+  _globals['_STOCKRESOURCE']._serialized_end=879
+  _globals['_EVENT']._serialized_start=882
+  _globals['_EVENT']._serialized_end=1059
+  _globals['_GETSTATEREQUEST']._serialized_start=1061
+  _globals['_GETSTATEREQUEST']._serialized_end=1078
+  _globals['_GETSTATERESPONSE']._serialized_start=1081
+  _globals['_GETSTATERESPONSE']._serialized_end=1333
+  _globals['_READARTIFACTREQUEST']._serialized_start=1335
+  _globals['_READARTIFACTREQUEST']._serialized_end=1377
+  _globals['_READARTIFACTRESPONSE']._serialized_start=1379
+  _globals['_READARTIFACTRESPONSE']._serialized_end=1441
+  _globals['_WRITEARTIFACTREQUEST']._serialized_start=1444
+  _globals['_WRITEARTIFACTREQUEST']._serialized_end=1822
+  _globals['_WRITEARTIFACTRESPONSE']._serialized_start=1824
+  _globals['_WRITEARTIFACTRESPONSE']._serialized_end=1904
+  _globals['_DELETEARTIFACTREQUEST']._serialized_start=1906
+  _globals['_DELETEARTIFACTREQUEST']._serialized_end=1996
+  _globals['_DELETEARTIFACTRESPONSE']._serialized_start=1998
+  _globals['_DELETEARTIFACTRESPONSE']._serialized_end=2062
+  _globals['_INVOKEARTIFACTREQUEST']._serialized_start=2065
+  _globals['_INVOKEARTIFACTREQUEST']._serialized_end=2203
+  _globals['_INVOKEARTIFACTRESPONSE']._serialized_start=2205
+  _globals['_INVOKEARTIFACTRESPONSE']._serialized_end=2269
+  _globals['_LISTARTIFACTSREQUEST']._serialized_start=2272
+  _globals['_LISTARTIFACTSREQUEST']._serialized_end=2524
+  _globals['_LISTARTIFACTSRESPONSE']._serialized_start=2526
+  _globals['_LISTARTIFACTSRESPONSE']._serialized_end=2611
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=2613
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=2710
+  _globals['_RECORDDECISIONREQUEST']._serialized_start=2713
+  _globals['_RECORDDECISIONREQUEST']._serialized_end=2901
+  _globals['_RECORDDECISIONRESPONSE']._serialized_start=2903
+  _globals['_RECORDDECISIONRESPONSE']._serialized_end=2959
+  _globals['_WORLD']._serialized_start=2962
+  _globals['_WORLD']._serialized_end=3626
 # @@protoc_insertion_point(module_scope)
