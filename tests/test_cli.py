@@ -65,7 +65,7 @@ def test_status_reports_stats_and_the_ledger_invariant(server, admin_file):
     from ecology.v1 import admin_pb2
 
     fields = [f.name for f in admin_pb2.GetStatsResponse.DESCRIPTOR.fields]
-    assert list(stats) == fields + ["ledger_invariant_holds"]
+    assert list(stats) == fields + ["ledger_invariant_holds", "sandbox_note"]
     assert stats["agents"] == 2 and stats["minted"] == 2000 == stats["total_balances"]
     assert stats["burned"] == 0 and stats["tombstones"] == 0 and stats["agent_backend"] == ""
     for name in ("agents", "artifacts", "tombstones", "minted", "burned", "total_balances", "last_event_seq",
