@@ -5,6 +5,7 @@
   ecology agent create NAME [--config-text JSON] [--endowment N]
   ecology agent list
   ecology agent run [--server ADDR] [--token-file F] [--brain B]   (one agent's loop; see agent_runtime/run.py)
+  ecology mcp --server ADDR --token-file F [--expose ID ...]   (one agent's verbs as MCP tools on stdio)
   ecology status
   ecology defaults
 
@@ -154,6 +155,12 @@ def _agent_run(args) -> int:
     return run.main(argv)
 
 
+def _mcp(args) -> int:
+    from agent_runtime import mcp_bridge
+
+    return mcp_bridge.run(args)
+
+
 def _status(args) -> int:
     from google.protobuf import json_format
 
@@ -228,6 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--token-file", help="file holding the agent's token")
     run.add_argument("--brain", choices=("scripted", "llm", "plan"), help="override the configured brain")
     run.set_defaults(fn=_agent_run)
+
+    mcp = sub.add_parser("mcp", help="serve one agent's verbs as Model Context Protocol tools over stdio "
+                                     "(see agent_runtime/mcp_bridge.py)")
+    from agent_runtime.mcp_bridge import add_arguments as mcp_arguments  # no MCP SDK import until it runs
+
+    mcp_arguments(mcp)
+    mcp.set_defaults(fn=_mcp)
 
     status = sub.add_parser("status", help="server statistics and the ledger invariant")
     operator(status)
