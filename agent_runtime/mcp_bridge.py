@@ -82,12 +82,10 @@ def _obj(properties: dict, required: Sequence[str] = ()) -> dict:
 
 def message_dict(msg) -> dict:
     """Every field of a message (defaults included, unset sub-messages left out)."""
-    from google.protobuf.descriptor import FieldDescriptor
-
     out: dict[str, Any] = {}
     for f in msg.DESCRIPTOR.fields:
         value = getattr(msg, f.name)
-        if f.label == FieldDescriptor.LABEL_REPEATED:
+        if f.is_repeated:
             out[f.name] = [_value(f, v) for v in value]
         elif f.message_type is not None:
             if msg.HasField(f.name):
