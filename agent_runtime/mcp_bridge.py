@@ -294,9 +294,11 @@ class Bridge:
 
     def call(self, name: str, arguments: dict | None):
         """Run one tool: a CallToolResult (isError for every refusal). Unknown tool: KeyError."""
+        return self.run_tool(self.tools[name], arguments)
+
+    def run_tool(self, tool: Tool, arguments: dict | None):
         from agent_runtime.errors import EcologyError
 
-        tool = self.tools[name]
         args = dict(arguments or {})
         bad = _first_error(tool.validator, args)
         if bad is not None:
@@ -305,7 +307,7 @@ class Bridge:
             result = tool.call(self.world, args)
         except EcologyError as e:
             return error_result(e.reason, e.message, e.field, e.retry_after)
-        return ok_result(result, text=result.get("text") if name == "handbook" else None)
+        return ok_result(result, text=result.get("text") if tool.name == "handbook" else None)
 
 
 def _first_error(validator, instance) -> tuple[str, str | None] | None:
@@ -368,11 +370,13 @@ def build_server(bridge: Bridge):
         return types.ListToolsResult(tools=[t.mcp() for t in tools.values()])
 
     async def on_call_tool(ctx, params: types.CallToolRequestParams) -> types.CallToolResult:
-        if params.name not in bridge.tools:
+        tool = bridge.tools.get(params.name)
+        if tool is None:  # perhaps an artifact exposed since the last tools/list
             await anyio.to_thread.run_sync(_refresh_quietly, bridge)
-            if params.name not in bridge.tools:
+            tool = bridge.tools.get(params.name)
+            if tool is None:
                 raise MCPError(code=types.INVALID_PARAMS, message=f"unknown tool: {params.name}")
-        return await anyio.to_thread.run_sync(bridge.call, params.name, params.arguments)
+        return await anyio.to_thread.run_sync(bridge.run_tool, tool, params.arguments)
 
     instructions = (
         f"You act in the Agent Ecology world as the agent {bridge.principal_id!r}: a shared economy of artifacts, "

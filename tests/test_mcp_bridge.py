@@ -331,3 +331,23 @@ def test_the_bridge_reaches_a_server_over_mutual_tls(tls_server, tmp_path):  # n
                         str(token), "--ca-file", alice["ca_file"]], input="", capture_output=True, text=True,
                        cwd=ROOT, env=_env(), timeout=60)
     assert r.returncode == 2 and r.stdout == "" and r.stderr.startswith("ecology mcp: UNAVAILABLE")
+
+
+def test_the_sdks_high_level_client_on_the_newest_protocol(world, tmp_path):
+    """mcp.Client negotiates the 2026 era (server/discover, no handshake): the same tools."""
+    from mcp import Client
+
+    token = tmp_path / "alice.token"
+    token.write_text(world.alice.token)
+
+    async def body():
+        async with Client(_params("--server", world.socket, "--token-file", str(token))) as c:
+            version = c.protocol_version
+            names = [t.name for t in (await c.list_tools()).tools]
+            return version, names, await c.call_tool("genesis_ledger__transfer", {"to": "bob", "amount": 5}), \
+                await c.call_tool("transfer", {"to": "bob", "amount": 5000})
+
+    version, names, moved, refusal = run(body())
+    assert version >= "2026" and names[:len(VERBS)] == VERBS
+    assert ok(moved)["balance"] == 995 and world.bob.balance() == 1005
+    refused(refusal, "INSUFFICIENT_FUNDS")
