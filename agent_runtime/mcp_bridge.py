@@ -19,7 +19,8 @@ Tools:
   `input_schema` as the tool's input schema. Characters outside `[A-Za-z0-9_-]` in the
   name become `_` (what LLM APIs accept); a name longer than 64 characters or that
   collides with another is left out with a warning on stderr (`invoke` still reaches it).
-  The list is rebuilt from the server's interfaces on every `tools/list`.
+  The list is rebuilt from the server's interfaces on every `tools/list` (ListArtifacts is
+  free; each `--expose` costs one genesis_store.get_metadata invoke).
 
 Results: a success is the JSON of the result as text, plus the same value as
 `structuredContent` (an object; a non-object result is `{"result": ...}`); `handbook`'s
@@ -146,8 +147,8 @@ def _write(w: WorldClient, a: dict) -> Any:
 
 
 def _invoke(w: WorldClient, a: dict) -> Any:
-    return w.invoke(a["artifact_id"], a["method"], max_spend=a.get("max_spend", 0),
-                    request_id=a.get("request_id", ""), **a.get("args", {}))
+    return w.invoke_args(a["artifact_id"], a["method"], a.get("args", {}), max_spend=a.get("max_spend", 0),
+                         request_id=a.get("request_id", ""))
 
 
 def _handbook(w: WorldClient, a: dict) -> Any:
@@ -220,7 +221,7 @@ def _method_tool(artifact: dict, spec: dict) -> Tool:
         description += f" Price: {price} scrip per successful call."
 
     def call(w: WorldClient, a: dict) -> Any:
-        return w.invoke(aid, method, **a)
+        return w.invoke_args(aid, method, a)  # an argument may be called request_id or max_spend
 
     return Tool(tool_name(aid, method), description, schema, call, read_only=(aid, method) in READ_ONLY_METHODS)
 

@@ -78,7 +78,11 @@ def world(make_server):
     return s
 
 
-GREETER = "def greet(name, times=1):\n    return {'greeting': ' '.join(['hello ' + name] * times)}\n"
+GREETER = ("def greet(name, times=1):\n    return {'greeting': ' '.join(['hello ' + name] * times)}\n"
+           "def echo(request_id, max_spend):\n    return {'request_id': request_id, 'max_spend': max_spend}\n")
+# Argument names that are also invoke()'s own options: they must reach the method as arguments.
+ECHO_SCHEMA = {"type": "object", "properties": {"request_id": {"type": "string"}, "max_spend": {"type": "integer"}},
+               "required": ["request_id", "max_spend"]}
 GREET_SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "minLength": 1},
                                                  "times": {"type": "integer", "minimum": 1, "maximum": 3}},
                 "required": ["name"], "additionalProperties": False}
@@ -86,16 +90,18 @@ GREET_SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "min
 
 def test_lists_the_verbs_and_one_tool_per_genesis_and_exposed_method(world, tmp_path):
     world.alice.write("alice.greeter", GREETER, can_execute=True,
-                      interface=[{"name": "greet", "description": "Greets.", "input_schema": GREET_SCHEMA}])
+                      interface=[{"name": "greet", "description": "Greets.", "input_schema": GREET_SCHEMA},
+                                 {"name": "echo", "description": "Echoes.", "input_schema": ECHO_SCHEMA}])
 
     async def body():
         async with mcp_session(world, world.alice, "--expose", "alice.greeter", tmp_path=tmp_path) as s:
             tools = {t.name: t for t in (await s.list_tools()).tools}
             called = await s.call_tool("alice_greeter__greet", {"name": "bob", "times": 2})
             bad = await s.call_tool("alice_greeter__greet", {"name": "bob", "times": 9})
-            return tools, called, bad
+            echo = await s.call_tool("alice_greeter__echo", {"request_id": "r-1", "max_spend": 7})
+            return tools, called, bad, echo
 
-    tools, called, bad = run(body())
+    tools, called, bad, echo = run(body())
     assert list(tools)[:len(VERBS)] == VERBS
     # Every genesis method has its tool, with the method's own schema; contracts have none.
     interfaces = {aid: world.alice.get_metadata(aid)["interface"] for aid in
@@ -103,6 +109,7 @@ def test_lists_the_verbs_and_one_tool_per_genesis_and_exposed_method(world, tmp_
                    "genesis_event_log", "genesis_rights_registry", "genesis_llm", "genesis_oracle")}
     expected = {f"{aid}__{m['name']}": m for aid, methods in interfaces.items() for m in methods}
     expected["alice_greeter__greet"] = {"input_schema": GREET_SCHEMA, "description": "Greets."}
+    expected["alice_greeter__echo"] = {"input_schema": ECHO_SCHEMA, "description": "Echoes."}
     assert set(tools) == set(VERBS) | set(expected)
     for name, spec in expected.items():
         assert tools[name].input_schema == spec["input_schema"], name
@@ -121,6 +128,7 @@ def test_lists_the_verbs_and_one_tool_per_genesis_and_exposed_method(world, tmp_
     # The exposed tool runs the artifact's code (in the sandbox) and checks its schema first.
     assert ok(called) == {"greeting": "hello bob hello bob"}
     assert "times" in refused(bad, "INVALID_ARGS")
+    assert ok(echo) == {"request_id": "r-1", "max_spend": 7}
 
 
 def test_get_state_is_the_agents_own(world, tmp_path):
