@@ -436,6 +436,18 @@ class WorldClient(_Base):
         resp = self._unary(self._stub.InvokeArtifact, req, idempotent=read_only or bool(request_id))
         return to_python(resp.result)
 
+    def invoke_args(self, artifact_id: str, method: str, args: dict | None = None, *, request_id: str = "",
+                    max_spend: int = 0) -> Any:
+        """invoke() with the arguments as one dict, for methods whose argument names
+        collide with invoke()'s own options (`request_id`, `max_spend`)."""
+        read_only = (artifact_id, method) in READ_ONLY_METHODS
+        if not read_only:
+            request_id = self._request_id(request_id)
+        req = world_pb2.InvokeArtifactRequest(artifact_id=artifact_id, method=method, args=_struct(args),
+                                              request_id=request_id, max_spend=max_spend)
+        resp = self._unary(self._stub.InvokeArtifact, req, idempotent=read_only or bool(request_id))
+        return to_python(resp.result)
+
     def list_artifacts(self, **filters: Any) -> world_pb2.ListArtifactsResponse:
         meta = filters.pop("metadata_equals", None)
         return self._unary(self._stub.ListArtifacts, world_pb2.ListArtifactsRequest(

@@ -5,6 +5,7 @@
   ecology agent create NAME [--config-text JSON] [--endowment N]
   ecology agent list
   ecology agent run [--server ADDR] [--token-file F] [--brain B]   (one agent's loop; see agent_runtime/run.py)
+  ecology mcp --server ADDR --token-file F [--expose ID ...]   (one agent's verbs as MCP tools on stdio)
   ecology status
   ecology defaults
 
@@ -258,6 +259,12 @@ def _control(args, admin) -> int:
     return 0
 
 
+def _mcp(args) -> int:
+    from agent_runtime import mcp_bridge
+
+    return mcp_bridge.run(args)
+
+
 @operator_command
 def _decisions(args, admin) -> int:
     """ecology agent decisions NAME: one JSON line per decision, oldest first."""
@@ -356,6 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("calls", type=int, metavar="N")
         operator(sp)
         sp.set_defaults(fn=_control, control=name)
+    mcp = sub.add_parser("mcp", help="serve one agent's verbs as Model Context Protocol tools over stdio "
+                                     "(see agent_runtime/mcp_bridge.py)")
+    from agent_runtime.mcp_bridge import add_arguments as mcp_arguments  # no MCP SDK import until it runs
+
+    mcp_arguments(mcp)
+    mcp.set_defaults(fn=_mcp)
 
     status = sub.add_parser("status", help="server statistics and the ledger invariant")
     operator(status)
