@@ -167,6 +167,7 @@ class Launcher:
         os.chmod(self.state_dir, 0o700)
         self.backend, skipped = make_backend(backend, image, self.id, build_image)
         self.passed_over = skipped           # stronger backends not used: {name: why}
+        self._image = image
         self.backend_name = self.backend.name
         self.isolated = self.backend.isolated
         (log.warning if not self.backend.isolated else log.info)(
@@ -264,10 +265,29 @@ class Launcher:
         return self._agents[agent_id]
 
     def stronger(self) -> list[dict]:
-        """The backends stronger than the one in use that were passed over, each with why
-        and the command that would make it available: [{backend, why, fix}]."""
-        return [{"backend": name, "why": why, "fix": fix_for(name, why)}
-                for name, why in self.passed_over.items()]
+        """The backends stronger than the one in use, each with why it is not in use and
+        the command that would change that: [{backend, why, fix}]. For a backend named
+        explicitly the stronger ones are probed here (docker: engine and image, no build)."""
+        order = ["docker", "bwrap", "process"]
+        out = []
+        for name in order[:order.index(self.backend_name)]:
+            why = self.passed_over.get(name)
+            if why is None:
+                if name == "docker":
+                    try:
+                        from agent_runtime.launcher import docker as docker_mod
+                        ok, why = docker_mod.available(self._image, build=False)
+                    except ImportError as e:
+                        ok, why = False, f"the docker Python SDK is not installed ({e})"
+                else:
+                    from agent_runtime.launcher import bwrap
+                    ok, why = bwrap.available()
+                if ok:
+                    out.append({"backend": name, "why": f"available but not requested ({why})",
+                                "fix": "--backend auto"})
+                    continue
+            out.append({"backend": name, "why": why, "fix": fix_for(name, why)})
+        return out
 
     def drain_events(self) -> list[dict]:
         """What happened to agents since the last call (see the module docstring):
