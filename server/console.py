@@ -112,7 +112,7 @@ class WorldView:
             compute = next((f for f in a.flow if f.name == "compute"), None)
             agents[a.agent_id] = {"scrip": a.scrip, "deleted": a.deleted,
                                   "compute": (compute.balance, compute.capacity) if compute else None}
-        next_mint = None
+        next_mint: float | str = "unknown"       # no agent token accepted (yet)
         world = self._world
         if world is not None:
             try:
@@ -120,6 +120,8 @@ class WorldView:
                 if st.HasField("next_mint_at"):
                     next_mint = st.next_mint_at.seconds + st.next_mint_at.nanos / 1e9 - (
                         st.now.seconds + st.now.nanos / 1e9)
+                else:
+                    next_mint = "off"
             except EcologyError:
                 pass
         return {"stats": stats, "agents": agents, "next_mint_in": next_mint, "at": time.monotonic()}
@@ -219,7 +221,7 @@ class Snapshot:
     rate: float
     artifacts: int
     supply: int
-    next_mint_in: float | None
+    next_mint_in: float | str          # seconds, "off" (mint disabled) or "unknown"
     scrip: dict[str, int] = field(default_factory=dict)
     remaining: float | None = None
 
@@ -231,9 +233,9 @@ def dist(values) -> str:
     return f"{values[0]}/{int(statistics.median(values))}/{values[-1]}"
 
 
-def countdown(seconds: float | None) -> str:
-    if seconds is None:
-        return "off"
+def countdown(seconds: float | str | None) -> str:
+    if seconds is None or isinstance(seconds, str):
+        return seconds or "-"
     s = max(0, int(round(seconds)))
     return f"{s // 60}:{s % 60:02d}"
 

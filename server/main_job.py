@@ -220,10 +220,10 @@ class MainJob:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         deadline = None if self.duration is None else t0 + self.duration
-        last_actions, last_t = 0, time.monotonic()
+        last_actions, last_t = 0, t0
         next_show = next_spawn = time.monotonic()
         self.console.footer = (f"Ctrl-C stops | server log {self.data_dir / 'server.log'} | "
-                               f"agents' output: the failure lines above")
+                               f"agents' failures are printed above this block")
         self.console.start_live()
         try:
             while not stop.is_set():

@@ -499,7 +499,9 @@ def build_agent(tag: str = AGENT_IMAGE, base: str = BASE_IMAGE) -> float:
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="ecology-agent-ctx-") as tmp:
         stage_context(Path(tmp))
-        r = subprocess.run(["docker", "build", "-q", "-f", "Dockerfile.agent", "--build-arg", f"BASE={base}",
+        # -f is resolved against the working directory, not the context: give it absolute.
+        r = subprocess.run(["docker", "build", "-q", "-f", str(Path(tmp) / "Dockerfile.agent"),
+                            "--build-arg", f"BASE={base}",
                             "--label", f"ecology.source_hash={source_hash()}",
                             "-t", tag, tmp], capture_output=True, text=True,
                            env={**os.environ, "DOCKER_BUILDKIT": "0"})
