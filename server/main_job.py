@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import statistics
@@ -147,12 +148,16 @@ class MainJob:
             await asyncio.to_thread(view.close)
 
     def _header_server(self, server, stats) -> None:
-        from server.sandbox.notice import isolation_note, isolation_warning
+        from server.sandbox.notice import INSTALL_HINT, isolation_note, isolation_warning
 
         self.say(f"world server: {', '.join(server.addresses)} (data {self.data_dir}, "
                  f"logs {self.data_dir / 'server.log'})")
         level = stats.sandbox_isolation
         line = f"sandbox: {level} - {isolation_note(level)}"
+        if isolation_warning(level) and INSTALL_HINT not in line:
+            line += ("; stronger: bwrap, to get it: " + (
+                f"{INSTALL_HINT}, then restart" if shutil.which("bwrap") is None
+                else 'set sandbox.isolation = "auto" (bubblewrap is installed)'))
         (self.console.warn if isolation_warning(level) else self.say)(line)
         self.console.header.append(line)
 
