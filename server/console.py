@@ -253,8 +253,8 @@ def agents_table(s: Snapshot, title: str | None = None):
     for name, justify in (("agent", "left"), ("state", "left"), ("restarts", "right"), ("scrip", "right"),
                           ("compute", "right"), ("actions", "right"), ("last action", "left"),
                           ("outcome", "left")):
-        table.add_column(name, justify=justify, no_wrap=name != "last action", overflow="ellipsis",
-                         max_width=36 if name == "last action" else None)
+        table.add_column(name, justify=justify, no_wrap=name not in ("last action", "outcome"),
+                         overflow="ellipsis", max_width={"last action": 36, "outcome": 40}.get(name))
     colors = {"alive": "green", "restarting": "yellow", "dead": "bold red", "stopped": "dim"}
     for r in s.rows:
         state = r["state"]

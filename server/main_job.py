@@ -32,11 +32,17 @@ import sys
 import time
 from pathlib import Path
 
-from server import logs
-from server.app import WorldServer, resolve_admin_token
-from server.config import Config
-from server.kernel import artifacts, ledger
-from server.kernel.artifacts import SYSTEM_ACCOUNT
+# This process forks agents (bwrap's preexec) while gRPC threads (the server, the console's
+# clients) run. gRPC's fork handlers then log "skipping fork() handlers" over the console
+# and the child could abort in a poller before exec. Children exec at once and never use
+# gRPC: no fork support is needed. Read when grpc is first imported (just below).
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+from server import logs  # noqa: E402
+from server.app import WorldServer, resolve_admin_token  # noqa: E402
+from server.config import Config  # noqa: E402
+from server.kernel import artifacts, ledger  # noqa: E402
+from server.kernel.artifacts import SYSTEM_ACCOUNT  # noqa: E402
 
 PERSONALITIES = ("builder", "trader", "tester", "coordinator")
 PROGRESS_SECONDS = 3.0
@@ -133,6 +139,8 @@ class MainJob:
                     await asyncio.to_thread(launcher.start, name, tokens[name], self.limits_of(name),
                                             env={"ECOLOGY_BRAIN": self.brain})
                 self.say(f"started {len(names)} agents in {time.monotonic() - t0:.1f}s; Ctrl-C stops")
+                self.console.header[1] = (f"agents: {len(tokens)} on backend '{launcher.backend_name}' "
+                                          f"({launcher.backend.describe()})")   # now it knows its limits
                 stopped_early = await self._progress(launcher, names, view, t0)
                 alive_at_end = launcher.status()
             finally:
@@ -298,7 +306,7 @@ class MainJob:
                 "compute": f"{compute[0]:.0f}/{compute[1]:.0f}" if compute else "-",
                 "actions": actions[agent_id],
                 "last_action": last[0] if last else view.last_event.get(agent_id, "-"),
-                "outcome": last[1] if last else "-",
+                "outcome": st["failed"] if st.get("failed") else last[1] if last else "-",
                 "failed": st.get("failed"),
             })
         total = sum(actions.values())
