@@ -9,7 +9,16 @@ agent_runtime.launcher (the strongest isolation available, named in the output).
 reach the server only through its unix socket (<data-dir>/sock/world.sock). Their tokens
 are kept in <data-dir>/agents/ (mode 0600), so running again on the same data directory
 continues the same world with the same agents (and adds agents if N grew).
-Live progress every few seconds; a summary at the end (also as a JSON line).
+data_dir is resolved to an absolute path once, in the constructor: token files and socket
+paths handed to agents and containers must not depend on anyone's working directory.
+
+The console (server/console.py: what it shows, read through the server's API) names the
+sandbox isolation and the agent backend, with the command for a stronger one; then live
+status (a redrawn block on a terminal, plain lines otherwise). Launcher events (an agent
+died, failed for good) are printed as they happen. When no agent is alive and none can be
+restarted, the run stops at once. A final table and a summary (also as a JSON line); the
+exit status (see main()) is non-zero when no agent acted, the run stopped early, or the
+ledger invariant is broken.
 
 Spawned agents: an agent may create another (genesis_store.create_agent); it starts with
 nothing. Every few seconds the progress loop starts each agent created by another agent
@@ -332,7 +341,7 @@ class MainJob:
         for (agent_id,) in rows:
             if agent_id in known:
                 continue
-            token = await self._token_for(agent_id)
+            token = self.tokens[agent_id] = await self._token_for(agent_id)
             await asyncio.to_thread(launcher.start, agent_id, token, self.limits_of(agent_id))
             if agent_id not in self.spawned:
                 self.spawned.append(agent_id)
