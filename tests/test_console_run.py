@@ -206,3 +206,12 @@ def test_image_ensure_without_an_engine_says_so_in_one_line(tmp_path):
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "no Docker engine answers" in lines[0], r.stderr
     assert str(tmp_path / "nonexistent.sock") in lines[0]
+
+
+def test_backend_asked_for_but_unavailable_fails_with_the_fix(tmp_path):
+    job = Job(tmp_path, "--agents", "1", "--duration", "30", "--backend", "docker", "--data-dir", "data",
+              env={"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"})
+    assert job.wait(timeout=60) == 2
+    assert "Traceback" not in job.stderr, job.stderr
+    line = job.first("FAILED: backend 'docker' is not available")
+    assert line and "no Docker engine answers" in line[1] and "scripts/ensure_docker.sh" in line[1], job.stdout
