@@ -7,8 +7,6 @@ Every backend is available on the machines this project is developed and tested 
 
 from __future__ import annotations
 
-import asyncio
-import io
 import json
 import os
 import sqlite3
@@ -151,20 +149,28 @@ def test_unreadable_token_file_is_a_permanent_failure_naming_the_file(tmp_path):
     assert "no token" not in r.stderr
 
 
-def test_a_run_in_which_no_agent_acted_is_not_a_success(tmp_path):
-    """Agents that live but never act (the plan brain without a plan only idles)."""
-    from server.config import load
-    from server.main_job import MainJob
+NO_ACTION_RUN = """
+import asyncio, json, sys
+from pathlib import Path
+from server.config import load
+from server.main_job import MainJob
+job = MainJob(load(None), Path(sys.argv[1]), agents=2, duration=5, backend="process", brain="plan", listen=[])
+summary = asyncio.run(job.run())
+sys.exit(0 if summary["ok"] else 1)
+"""
 
-    out = io.StringIO()
-    job = MainJob(load(None), tmp_path / "data", agents=2, duration=5, backend="process", brain="plan",
-                  listen=[], out=out)
-    summary = asyncio.run(job.run())
-    text = out.getvalue()
-    assert not summary["ok"] and summary["actions"] == 0, text
+
+def test_a_run_in_which_no_agent_acted_is_not_a_success(tmp_path):
+    """Agents that live but never act (the plan brain without a plan only idles). In its own
+    process: the job configures the process-wide logging."""
+    r = subprocess.run([sys.executable, "-c", NO_ACTION_RUN, str(tmp_path / "data")], cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, r.stdout + r.stderr
+    summary = json.loads(next(ln for ln in r.stdout.splitlines() if ln.startswith("SUMMARY "))[8:])
+    assert not summary["ok"] and summary["actions"] == 0, r.stdout
     assert any(p.startswith("no agent acted in") for p in summary["problems"]), summary["problems"]
     assert summary["agents_alive_at_end"] == 2 and not summary["stopped_early"]
-    assert "FAILED: no agent acted" in text
+    assert "FAILED: no agent acted" in r.stdout and "FAILED: no agent acted" in r.stderr
 
 
 def test_console_names_isolation_backend_and_how_to_get_stronger_ones(tmp_path):
