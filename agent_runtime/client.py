@@ -31,6 +31,7 @@ operator tool wants.
 from __future__ import annotations
 
 import functools
+import os
 import random
 import threading
 import time
@@ -54,6 +55,34 @@ CHANNEL_OPTIONS = [
 ]
 
 T = TypeVar("T")
+
+
+class TokenError(ValueError):
+    """No usable token: the message says what is missing or which file could not be read."""
+
+
+def load_token(token_file: str | os.PathLike | None = None, env: dict | None = None) -> str:
+    """An agent's token: from `token_file` if given, else $ECOLOGY_TOKEN, else the file named
+    by $ECOLOGY_TOKEN_FILE. A relative file name is read against the current directory and
+    reported absolute. Raises TokenError naming the file when it cannot be read or is
+    empty (not a vague "no token"), or saying that neither variable is set."""
+    env = os.environ if env is None else env
+    if token_file is None and env.get("ECOLOGY_TOKEN", "").strip():
+        return env["ECOLOGY_TOKEN"].strip()
+    path = token_file if token_file is not None else env.get("ECOLOGY_TOKEN_FILE")
+    if not path:
+        raise TokenError("no token: set ECOLOGY_TOKEN or ECOLOGY_TOKEN_FILE (or pass --token-file)")
+    shown = os.path.abspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.read().strip()
+    except OSError as e:
+        raise TokenError(f"cannot read the token file {shown}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise TokenError(f"the token file {shown} is not text") from None
+    if not token:
+        raise TokenError(f"the token file {shown} is empty")
+    return token
 
 # Genesis methods that change nothing: retried freely, no request id needed.
 READ_ONLY_METHODS = frozenset({

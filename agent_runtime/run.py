@@ -19,7 +19,8 @@ config.py). Logs are JSON lines on stderr. The process runs until SIGTERM or SIG
 Exit codes:
     0  stopped by SIGTERM/SIGINT (clean)
     1  unexpected crash (a bug; restarting is reasonable)
-    2  usage: no server address or no token given
+    2  usage: no server address, no token given, or the token file cannot be read (the
+       message names the file)
     3  the server does not know the token (UNAUTHENTICATED): restarting will not help
     4  the agent's artifact was deleted: restarting will not help
 """
@@ -34,19 +35,6 @@ import threading
 import traceback
 
 EXIT_OK, EXIT_CRASH, EXIT_USAGE, EXIT_UNAUTHENTICATED, EXIT_DELETED = 0, 1, 2, 3, 4
-
-
-def _token(args) -> str | None:
-    if os.environ.get("ECOLOGY_TOKEN") and not args.token_file:
-        return os.environ["ECOLOGY_TOKEN"].strip()
-    path = args.token_file or os.environ.get("ECOLOGY_TOKEN_FILE")
-    if path:
-        try:
-            with open(path, encoding="utf-8") as f:
-                return f.read().strip() or None
-        except OSError:
-            return None
-    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,16 +52,18 @@ def main(argv: list[str] | None = None) -> int:
 
     log = Logger(level=os.environ.get("ECOLOGY_LOG_LEVEL", "info"))
     server = args.server or os.environ.get("ECOLOGY_SERVER", "")
-    token = _token(args)
     if not server:
         log.error("usage", message="no server address: set ECOLOGY_SERVER (host:port or unix:PATH)")
         return EXIT_USAGE
-    if not token:
-        log.error("usage", message="no token: set ECOLOGY_TOKEN or ECOLOGY_TOKEN_FILE")
+    from agent_runtime.client import RetryPolicy, TokenError, WorldClient, load_token
+
+    try:
+        token = load_token(args.token_file)
+    except TokenError as e:
+        log.error("usage", message=str(e))
         return EXIT_USAGE
     brain = args.brain or os.environ.get("ECOLOGY_BRAIN", "")
-
-    from agent_runtime.client import RetryPolicy, TlsOptions, WorldClient
+    from agent_runtime.client import TlsOptions
     from agent_runtime.errors import EcologyError
     from agent_runtime.loop import AgentLoop
 

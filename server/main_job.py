@@ -9,7 +9,16 @@ agent_runtime.launcher (the strongest isolation available, named in the output).
 reach the server only through its unix socket (<data-dir>/sock/world.sock). Their tokens
 are kept in <data-dir>/agents/ (mode 0600), so running again on the same data directory
 continues the same world with the same agents (and adds agents if N grew).
-Live progress every few seconds; a summary at the end (also as a JSON line).
+data_dir is resolved to an absolute path once, in the constructor: token files and socket
+paths handed to agents and containers must not depend on anyone's working directory.
+
+The console (server/console.py: what it shows, read through the server's API) names the
+sandbox isolation and the agent backend, with the command for a stronger one; then live
+status (a redrawn block on a terminal, plain lines otherwise). Launcher events (an agent
+died, failed for good) are printed as they happen. When no agent is alive and none can be
+restarted, the run stops at once. A final table and a summary (also as a JSON line); the
+exit status (see main()) is non-zero when no agent acted, the run stopped early, or the
+ledger invariant is broken.
 
 Spawned agents: an agent may create another (genesis_store.create_agent); it starts with
 nothing. Every few seconds the progress loop starts each agent created by another agent
@@ -24,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import statistics
@@ -31,14 +41,21 @@ import sys
 import time
 from pathlib import Path
 
-from server import logs
-from server.app import WorldServer
-from server.config import Config
-from server.kernel import artifacts, ledger
-from server.kernel.artifacts import SYSTEM_ACCOUNT
+# This process forks agents (bwrap's preexec) while gRPC threads (the server, the console's
+# clients) run. gRPC's fork handlers then log "skipping fork() handlers" over the console
+# and the child could abort in a poller before exec. Children exec at once and never use
+# gRPC: no fork support is needed. Read when grpc is first imported (just below).
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+from server import logs  # noqa: E402
+from server.app import WorldServer, resolve_admin_token  # noqa: E402
+from server.config import Config  # noqa: E402
+from server.kernel import artifacts, ledger  # noqa: E402
+from server.kernel.artifacts import SYSTEM_ACCOUNT  # noqa: E402
 
 PERSONALITIES = ("builder", "trader", "tester", "coordinator")
 PROGRESS_SECONDS = 3.0
+MAX_FAILURES = 5            # crashes in a row (none lasting a minute) before an agent is given up
 AGENT_LIMITS = {"memory_mb": 256, "cpus": 0.5, "pids": 64}
 MAX_AGENT_MEMORY, MAX_AGENT_CPUS, MAX_AGENT_PIDS = 1024 * 1024 * 1024, 1.0, 256
 
@@ -56,23 +73,34 @@ def _agent_config(name: str, names: list[str], brain: str) -> str:
 
 class MainJob:
     def __init__(self, config: Config, data_dir: Path, *, agents: int, duration: float | None,
-                 backend: str, brain: str, listen: list[str], out=sys.stdout) -> None:
+                 backend: str, brain: str, listen: list[str], out=sys.stdout, live: bool | None = None) -> None:
         self.config = config
-        self.data_dir = data_dir
+        # Resolved once, here: every path handed to an agent (token files) or a container
+        # (bind mounts of the socket directory) must be absolute; agents run elsewhere.
+        self.data_dir = Path(data_dir).resolve()
         self.n = agents
         self.duration = duration
         self.backend = backend
         self.brain = brain
         self.listen = listen
         self.out = out
-        self.tokens_dir = data_dir / "agents"
+        self.live = live
+        self.tokens_dir = self.data_dir / "agents"
         self.spawned: list[str] = []
-        self.socket = data_dir / "sock" / "world.sock"
+        self.socket = self.data_dir / "sock" / "world.sock"
+        self.tokens: dict[str, str] = {}
 
     def say(self, text: str) -> None:
-        print(text, file=self.out, flush=True)
+        console = getattr(self, "console", None)
+        if console is not None:
+            console.say(text)
+        else:
+            print(text, file=self.out, flush=True)
 
     async def run(self) -> dict:
+        from server.console import Console
+
+        self.console = Console(self.out, self.live)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.socket.parent.mkdir(exist_ok=True)
         self.tokens_dir.mkdir(exist_ok=True)
@@ -82,33 +110,91 @@ class MainJob:
         server = WorldServer(self.config, self.data_dir, [f"unix:{self.socket}", *self.listen])
         await server.start()
         self.server = server
-        self.say(f"world server: {', '.join(server.addresses)} (data {self.data_dir}, "
-                 f"sandbox {server.sandbox.isolation}, logs {self.data_dir / 'server.log'})")
-        start_stats = server.kernel.stats(server.reader)
-        names = _names(self.n)
-        tokens = await self._ensure_agents(names)
-
-        from agent_runtime.launcher import Launcher
-
-        launcher = await asyncio.to_thread(
-            Launcher, self.backend, f"unix:{self.socket}", state_dir=self.data_dir / "launcher")
-        server.agent_backend = launcher.backend_name
-        self.say(f"agents: {len(tokens)} on backend '{launcher.backend_name}' ({launcher.backend.describe()})")
-        t0 = time.monotonic()
         try:
-            for name in names:
-                await asyncio.to_thread(launcher.start, name, tokens[name], self.limits_of(name),
-                                        env={"ECOLOGY_BRAIN": self.brain})
-            self.say(f"started {len(names)} agents in {time.monotonic() - t0:.1f}s; Ctrl-C stops")
-            await self._progress(launcher, names)
+            return await self._run(server)
         finally:
-            self.say("stopping agents ...")
-            await asyncio.to_thread(launcher.close, 10.0)
-            status = launcher.status()
-            summary = self._summary(names, start_stats, time.monotonic() - t0, launcher, status)
             await server.stop()
             log_file.close()
-        return summary
+
+    async def _run(self, server) -> dict:
+        from server.console import WorldView
+
+        address = f"unix:{self.socket}"
+        view = WorldView(address, resolve_admin_token(self.config, self.data_dir), 0)
+        try:
+            stats = await asyncio.to_thread(view.admin.get_stats)
+            view.start_seq = view.seen_seq = stats.last_event_seq
+            self._start_artifacts = stats.artifacts
+            self._header_server(server, stats)
+            names = _names(self.n)
+            self.tokens = tokens = await self._ensure_agents(names)
+
+            from agent_runtime.launcher import Launcher
+
+            try:
+                launcher = await asyncio.to_thread(
+                    Launcher, self.backend, address, state_dir=self.data_dir / "launcher",
+                    max_failures=MAX_FAILURES)
+            except RuntimeError as e:       # the backend asked for is not available
+                return self._setup_failed(str(e))
+            server.agent_backend = launcher.backend_name
+            await asyncio.to_thread(self._header_agents, launcher, len(tokens))
+            for name in names:
+                view.add_token(name, tokens[name])
+            t0 = time.monotonic()
+            alive_at_end: list[dict] = []
+            try:
+                for name in names:
+                    await asyncio.to_thread(launcher.start, name, tokens[name], self.limits_of(name),
+                                            env={"ECOLOGY_BRAIN": self.brain})
+                self.say(f"started {len(names)} agents in {time.monotonic() - t0:.1f}s; Ctrl-C stops")
+                self.console.header[1] = (f"agents: {len(tokens)} on backend '{launcher.backend_name}' "
+                                          f"({launcher.backend.describe()})")   # now it knows its limits
+                stopped_early = await self._progress(launcher, names, view, t0)
+                alive_at_end = launcher.status()
+            finally:
+                self.console.stop_live()
+                self.say("stopping agents ...")
+                await asyncio.to_thread(launcher.close, 10.0)
+                for ev in launcher.drain_events():
+                    if ev["kind"] != "exited":
+                        self.console.warn(_event_line(ev))
+            return await self._summary(names, time.monotonic() - t0, launcher, view, alive_at_end,
+                                       stopped_early)
+        finally:
+            await asyncio.to_thread(view.close)
+
+    def _header_server(self, server, stats) -> None:
+        from server.sandbox.notice import INSTALL_HINT, isolation_note, isolation_warning
+
+        self.say(f"world server: {', '.join(server.addresses)} (data {self.data_dir}, "
+                 f"logs {self.data_dir / 'server.log'})")
+        level = stats.sandbox_isolation
+        line = f"sandbox: {level} - {isolation_note(level)}"
+        if isolation_warning(level) and INSTALL_HINT not in line:
+            line += ("; stronger: bwrap, to get it: " + (
+                f"{INSTALL_HINT}, then restart" if shutil.which("bwrap") is None
+                else 'set sandbox.isolation = "auto" (bubblewrap is installed)'))
+        (self.console.warn if isolation_warning(level) else self.say)(line)
+        self.console.header.append(line)
+
+    def _header_agents(self, launcher, n: int) -> None:
+        line = f"agents: {n} on backend '{launcher.backend_name}' ({launcher.backend.describe()})"
+        (self.say if launcher.isolated else self.console.warn)(line)
+        self.console.header.append(line)
+        for s in launcher.stronger():
+            hint = f"  stronger agent isolation: {s['backend']} - {s['why']}; to get it: {s['fix']}"
+            self.say(hint)
+            self.console.header.append(hint)
+
+    def _setup_failed(self, why: str) -> dict:
+        from agent_runtime.launcher.supervisor import fix_for
+
+        fix = fix_for(self.backend, why)
+        problem = f"{why}" + (f"; to get it: {fix}" if fix else "")
+        self.console.warn(f"FAILED: {problem}")
+        print(f"ecology run: FAILED: {problem}", file=sys.stderr, flush=True)
+        return {"ok": False, "problems": [problem], "exit_code": 2}
 
     def limits_of(self, agent_id: str) -> dict:
         """Memory/CPU/pids limits from the agent's own configuration (its artifact's
@@ -148,40 +234,99 @@ class MainJob:
             tokens[name] = d["token"]
         return tokens
 
-    async def _progress(self, launcher, names: list[str]) -> None:
+    async def _progress(self, launcher, names: list[str], view, t0: float) -> bool:
+        """Events at once, the status every console interval, until Ctrl-C, --duration, or
+        no agent can run any more. Returns True in the last case (stopped early)."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        deadline = None if self.duration is None else time.monotonic() + self.duration
-        last_seq = self.server.kernel.stats(self.server.reader)["last_event_seq"]
-        last_t = time.monotonic()
+        deadline = None if self.duration is None else t0 + self.duration
+        last_actions, last_t = 0, t0
+        next_show = next_spawn = time.monotonic()
+        self.console.footer = (f"Ctrl-C stops | server log {self.data_dir / 'server.log'} | "
+                               f"agents' failures are printed above this block")
+        self.console.start_live()
         try:
             while not stop.is_set():
-                timeout = PROGRESS_SECONDS if deadline is None else min(PROGRESS_SECONDS, deadline - time.monotonic())
-                if timeout <= 0:
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
                     break
+                for ev in launcher.drain_events():
+                    (self.console.warn if ev["kind"] in ("failed", "died", "start_failed") else self.say)(
+                        _event_line(ev))
+                if names and not launcher.can_run():
+                    self.console.stop_live()
+                    self.console.warn("no agent is alive and none can be restarted: stopping now")
+                    return True
+                if now >= next_spawn:
+                    next_spawn = now + PROGRESS_SECONDS
+                    try:
+                        for agent_id in await self.launch_spawned(launcher):
+                            view.add_token(agent_id, self.tokens[agent_id])
+                            self.say(f"spawned agent {agent_id} started")
+                    except Exception as e:  # noqa: BLE001 - never let the check end the run
+                        self.say(f"spawn check failed: {e!r}")
+                if now >= next_show:
+                    next_show = now + self.console.interval
+                    try:
+                        snap = await asyncio.to_thread(self._snapshot, launcher, names, view,
+                                                       last_actions, last_t, deadline)
+                    except Exception as e:  # noqa: BLE001 - the display must not end the run
+                        self.say(f"status unavailable: {e!r}")
+                    else:
+                        last_actions, last_t = snap.actions, time.monotonic()
+                        self.console.show(snap)
+                wake = min(0.5, next_show - time.monotonic())
+                if deadline is not None:
+                    wake = min(wake, deadline - time.monotonic())
                 try:
-                    await asyncio.wait_for(stop.wait(), timeout)
+                    await asyncio.wait_for(stop.wait(), max(wake, 0.01))
                 except asyncio.TimeoutError:
                     pass
-                stats = self.server.kernel.stats(self.server.reader)
-                now = time.monotonic()
-                rate = (stats["last_event_seq"] - last_seq) / max(now - last_t, 1e-6)
-                last_seq, last_t = stats["last_event_seq"], now
-                try:
-                    for agent_id in await self.launch_spawned(launcher):
-                        self.say(f"spawned agent {agent_id} started")
-                except Exception as e:  # noqa: BLE001 - never let the check end the run
-                    self.say(f"spawn check failed: {e!r}")
-                alive = sum(1 for s in launcher.status() if s["alive"])
-                scrip = _balances(self.server.reader, names)
-                self.say(f"[{time.strftime('%H:%M:%S')}] agents alive {alive}/{len(names) + len(self.spawned)} | "
-                         f"actions {rate:5.1f}/s (world events) | artifacts {stats['artifacts']} | "
-                         f"scrip min/median/max {_dist(scrip)} | total {stats['total_balances']}")
+            return False
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
+
+    def _snapshot(self, launcher, names, view, last_actions: int, last_t: float, deadline, status=None):
+        """The console's figures (API + launcher); runs in a worker thread."""
+        from server.console import STATES, Snapshot, last_action
+
+        polled = view.poll()
+        stats, agents = polled["stats"], polled["agents"]
+        status = {r["agent_id"]: r for r in (status if status is not None else launcher.status())}
+        ids = list(names) + [a for a in self.spawned if a not in names]
+        actions = view.actions(ids)
+        rows = []
+        for agent_id in ids:
+            st = status.get(agent_id, {})
+            a = agents.get(agent_id, {})
+            compute = a.get("compute")
+            try:
+                last = last_action(launcher.output_tail(agent_id, 80)) if st else None
+            except KeyError:
+                last = None
+            rows.append({
+                "agent_id": agent_id,
+                "state": STATES.get(st.get("state", ""), st.get("state", "-")),
+                "restarts": st.get("restarts", 0),
+                "scrip": a.get("scrip", 0),
+                "compute": f"{compute[0]:.0f}/{compute[1]:.0f}" if compute else "-",
+                "actions": actions[agent_id],
+                "last_action": last[0] if last else view.last_event.get(agent_id, "-"),
+                "outcome": st["failed"] if st.get("failed") else last[1] if last else "-",
+                "failed": st.get("failed"),
+            })
+        total = sum(actions.values())
+        now = time.monotonic()
+        return Snapshot(
+            clock=time.strftime("%H:%M:%S"), rows=rows,
+            alive=sum(1 for r in status.values() if r["alive"]), total=len(ids), actions=total,
+            rate=(total - last_actions) / max(now - last_t, 1e-6), artifacts=stats.artifacts,
+            supply=stats.total_balances, next_mint_in=polled["next_mint_in"],
+            scrip={r["agent_id"]: r["scrip"] for r in rows},
+            remaining=None if deadline is None else max(0.0, deadline - now))
 
     async def launch_spawned(self, launcher) -> list[str]:
         """Start the spawned agents that are ready (see the module docstring). Returns
@@ -196,7 +341,7 @@ class MainJob:
         for (agent_id,) in rows:
             if agent_id in known:
                 continue
-            token = await self._token_for(agent_id)
+            token = self.tokens[agent_id] = await self._token_for(agent_id)
             await asyncio.to_thread(launcher.start, agent_id, token, self.limits_of(agent_id))
             if agent_id not in self.spawned:
                 self.spawned.append(agent_id)
@@ -215,40 +360,66 @@ class MainJob:
             f.write(token)
         return token
 
-    def _summary(self, names, start_stats, elapsed, launcher, status) -> dict:
-        reader = self.server.reader
-        stats = self.server.kernel.stats(reader)
-        invariant = ledger.check_invariants(reader)
-        counts = dict(reader.execute(
-            "SELECT type, COUNT(*) FROM events WHERE seq > ? GROUP BY type", (start_stats["last_event_seq"],)))
-        per_agent = dict(reader.execute(
-            "SELECT principal_id, COUNT(*) FROM events WHERE seq > ? GROUP BY principal_id",
-            (start_stats["last_event_seq"],)))
-        scrip = _balances(reader, names)
+    async def _summary(self, names, elapsed, launcher, view, alive_at_end, stopped_early) -> dict:
+        stats = await asyncio.to_thread(view.admin.get_stats)
+        caught_up = await asyncio.to_thread(view.wait_caught_up, stats.last_event_seq, 10.0)
+        snap = await asyncio.to_thread(self._snapshot, launcher, names, view, 0, time.monotonic() - elapsed,
+                                       None, alive_at_end)
+        try:
+            invariant = ledger.check_invariants(self.server.reader)   # the full audit (I1-I4)
+            holds, broken = True, ""
+        except AssertionError as e:
+            invariant = ledger.totals(self.server.reader)
+            holds, broken = False, str(e)
+        actions_by_agent = {r["agent_id"]: r["actions"] for r in snap.rows}
+        failed = {r["agent_id"]: r["failed"] for r in snap.rows if r["failed"]}
+        problems = []
+        if stopped_early:
+            problems.append("no agent is alive and none can be restarted: "
+                            + "; ".join(f"{a}: {why}" for a, why in failed.items()))
+        if snap.actions == 0:
+            problems.append(f"no agent acted in {elapsed:.0f}s (see the agent lines above and "
+                            f"{self.data_dir / 'server.log'})")
+        if not holds:
+            problems.append(f"ledger invariant BROKEN: {broken}")
+        if not caught_up:
+            problems.append("the event stream did not catch up: action counts may be short")
+        counts = dict(view.by_type)
         summary = {
             "seconds": round(elapsed, 1),
             "backend": launcher.backend_name,
+            "sandbox_isolation": stats.sandbox_isolation,
             "agents": len(names),
             "agents_spawned": list(self.spawned),
-            "agents_alive_at_end": sum(1 for s in status if s["alive"]),
-            "restarts": sum(s["restarts"] for s in status),
-            "events": stats["last_event_seq"] - start_stats["last_event_seq"],
+            "agents_alive_at_end": snap.alive,
+            "agents_failed": failed,
+            "restarts": sum(r["restarts"] for r in snap.rows),
+            "events": stats.last_event_seq - view.start_seq,
             "events_by_type": counts,
-            "actions_by_agent": {n: per_agent.get(n, 0) for n in names},
-            "artifacts": stats["artifacts"],
-            "artifacts_created": stats["artifacts"] - start_stats["artifacts"],
-            "scrip": scrip,
+            "actions": snap.actions,
+            "actions_by_agent": actions_by_agent,
+            "artifacts": stats.artifacts,
+            "artifacts_created": stats.artifacts - self._start_artifacts,
+            "scrip": {a: s for a, s in snap.scrip.items() if a in names},
             "ledger": invariant,
-            "ledger_invariant_holds": invariant["total_balances"] == invariant["minted"] - invariant["burned"],
+            "ledger_invariant_holds": holds,
+            "stopped_early": stopped_early,
+            "ok": not problems,
+            "problems": problems,
         }
         self.say("")
+        self.console.final(snap)
         self.say(f"summary: {summary['seconds']}s, {summary['agents']} agents on {summary['backend']}, "
-                 f"{summary['events']} events ({counts.get('artifact.written', 0)} writes, "
-                 f"{counts.get('ledger.transfer', 0)} transfers, {counts.get('escrow.purchased', 0)} purchases), "
-                 f"{summary['artifacts_created']} artifacts created, restarts {summary['restarts']}")
-        self.say(f"scrip: {_dist(scrip)} (min/median/max); ledger invariant "
-                 f"{'holds' if summary['ledger_invariant_holds'] else 'BROKEN'}: "
+                 f"{summary['actions']} actions by agents, {summary['events']} events "
+                 f"({counts.get('artifact.written', 0)} writes, {counts.get('ledger.transfer', 0)} transfers, "
+                 f"{counts.get('escrow.purchased', 0)} purchases), {summary['artifacts_created']} artifacts "
+                 f"created, restarts {summary['restarts']}, alive at the end {snap.alive}/{snap.total}")
+        self.say(f"scrip: {_dist(summary['scrip'])} (min/median/max); ledger invariant "
+                 f"{'holds' if holds else 'BROKEN'}: "
                  f"sum {invariant['total_balances']} == minted {invariant['minted']} - burned {invariant['burned']}")
+        for p in problems:
+            self.console.warn(f"FAILED: {p}")
+            print(f"ecology run: FAILED: {p}", file=sys.stderr, flush=True)
         self.say("SUMMARY " + json.dumps(summary, sort_keys=True))
         return summary
 
@@ -265,8 +436,17 @@ def _dist(scrip: dict[str, int]) -> str:
     return f"{values[0]}/{int(statistics.median(values))}/{values[-1]}"
 
 
+def _event_line(ev: dict) -> str:
+    from server.console import event_line
+
+    return event_line(ev)
+
+
 def main(args, config: Config) -> int:
+    """Exit status: 0 when agents acted and the ledger invariant holds; 1 when no agent
+    acted, every agent ended before the run did (stopped early), or the invariant is
+    broken; 2 when the run could not start (e.g. the backend asked for is unavailable)."""
     job = MainJob(config, Path(args.data_dir), agents=args.agents, duration=args.duration,
                   backend=args.backend, brain=args.brain, listen=args.listen or [])
     summary = asyncio.run(job.run())
-    return 0 if summary["ledger_invariant_holds"] else 1
+    return 0 if summary["ok"] else summary.get("exit_code", 1)

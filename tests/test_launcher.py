@@ -118,10 +118,44 @@ def test_clean_exit_and_permanent_failures_are_not_restarted(backend, sock_dir, 
     launcher.start("badtoken", "t", command=[sys.executable, "-c", "import sys; sys.exit(3)"])
     launcher.start("crash", "t", command=[sys.executable, "-c", "import sys; sys.exit(1)"])
     wait_until(lambda: row(launcher, "crash")["restarts"] >= 2, 15, "the crashing agent restarted")
-    for aid, exit_ in (("done", "exit 0"), ("badtoken", "exit 3")):
-        r = row(launcher, aid)
-        assert r["state"] == "stopped" and r["restarts"] == 0 and r["last_exit"] == exit_, r
-    assert row(launcher, "crash")["last_exit"] == "exit 1"
+    r = row(launcher, "done")
+    assert r["state"] == "stopped" and r["restarts"] == 0 and r["last_exit"] == "exit 0" and not r["failed"], r
+    r = row(launcher, "badtoken")
+    assert r["state"] == "failed" and r["restarts"] == 0 and r["last_exit"] == "exit 3", r
+    assert r["failed"] == "exit 3: the server does not know its token (UNAUTHENTICATED)"
+    assert row(launcher, "crash")["last_exit"] == "exit 1" and row(launcher, "crash")["state"] != "failed"
+    assert launcher.can_run()                               # the crashing one will be restarted
+    events = launcher.drain_events()
+    kinds = {(e["agent_id"], e["kind"]) for e in events}
+    assert {("done", "exited"), ("badtoken", "failed"), ("crash", "died")} <= kinds, events
+    assert next(e for e in events if e["agent_id"] == "done")["output"] == "bye"
+
+
+def test_an_agent_failing_again_and_again_is_given_up_with_its_output(sock_dir, launchers):
+    launcher = launchers("process", f"unix:{sock_dir}/world.sock", backoff_initial=0.05, backoff_max=0.1,
+                         max_failures=3)
+    launcher.start("flaky", "t", command=[sys.executable, "-c", "print('cannot go on: no luck'); raise SystemExit(1)"])
+    wait_until(lambda: not launcher.can_run(), 20, "the launcher to give the agent up")
+    r = row(launcher, "flaky")
+    assert r["state"] == "failed" and r["restarts"] == 2 and not r["alive"], r
+    assert r["failed"] == "exit 1; gave up after 3 failures in a row"
+    events = launcher.drain_events()
+    assert [e["kind"] for e in events] == ["died", "died", "failed"], events
+    assert all("cannot go on: no luck" in e["output"] for e in events)
+    assert launcher.output_tail("flaky") == "cannot go on: no luck"
+
+
+def test_paths_handed_to_agents_are_absolute(sock_dir, tmp_path, launchers, monkeypatch):
+    """A relative state directory and socket address mean the caller's directory, not the
+    agent's (it runs in its own)."""
+    monkeypatch.chdir(tmp_path)
+    probe = "import os; print(os.environ['ECOLOGY_SERVER'], os.environ['ECOLOGY_TOKEN_FILE'], open(os.environ['ECOLOGY_TOKEN_FILE']).read())"
+    launcher = launchers("process", f"unix:{os.path.relpath(sock_dir, tmp_path)}/world.sock",
+                         state_dir="state", command=[sys.executable, "-c", probe])
+    launcher.start("abs", "tok-abs")
+    wait_until(lambda: row(launcher, "abs")["state"] == "stopped", 15, "the probe to end")
+    assert launcher.output_tail("abs").split() == [f"unix:{sock_dir}/world.sock",
+                                                    str(tmp_path / "state" / "abs" / "token"), "tok-abs"]
 
 
 def test_stop_all_stops_every_agent(sock_dir, launchers):

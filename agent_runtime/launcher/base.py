@@ -80,6 +80,13 @@ class AgentSpec:
     env: dict[str, str] = field(default_factory=dict)
     command: list[str] | None = None         # default: python -m agent_runtime.run
 
+    def __post_init__(self) -> None:
+        # Handed to a process with another working directory, a sandbox or a container:
+        # only absolute paths mean the same thing there.
+        self.token_file = Path(self.token_file).absolute()
+        if self.server.startswith("unix:") and not self.server.startswith("unix:/"):
+            self.server = "unix:" + os.path.abspath(self.server[5:])
+
     @property
     def socket_path(self) -> Path | None:
         return Path(self.server[5:]) if self.server.startswith("unix:") else None

@@ -54,7 +54,8 @@ def available(image: str, build: bool = True) -> tuple[bool, str]:
             image_mod.ensure(tag=image)
             return True, f"image {image} built in {time.monotonic() - t0:.1f}s"
         except BaseException as e:              # SystemExit from the builder too
-            return False, f"image {image} could not be built: {e}"
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            return False, f"image {image} could not be built: {lines[-1] if lines else type(e).__name__}"
     finally:
         c.close()
 

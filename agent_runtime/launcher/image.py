@@ -394,6 +394,26 @@ def _docker(*args: str, input_stream=None, check: bool = True, capture: bool = F
     return subprocess.run(cmd, check=check, capture_output=capture, text=True)
 
 
+NO_ENGINE_FIX = ("start one (as root: scripts/ensure_docker.sh, which installs docker.io if missing) "
+                 "or point DOCKER_HOST at one")
+
+
+def engine_problem() -> str | None:
+    """None when a Docker engine answers the `docker` CLI, else one line saying why not."""
+    if shutil.which("docker") is None:
+        return f"the docker command is not installed (apt-get install docker.io); {NO_ENGINE_FIX}"
+    try:
+        r = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"],
+                           capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        return f"the Docker engine at {os.environ.get('DOCKER_HOST') or 'the default socket'} does not answer"
+    if r.returncode == 0 and r.stdout.strip():
+        return None
+    where = os.environ.get("DOCKER_HOST") or "the default socket (unix:///var/run/docker.sock)"
+    detail = (r.stderr.strip().splitlines() or [""])[-1][:200]
+    return f"no Docker engine answers at {where} ({detail}); {NO_ENGINE_FIX}"
+
+
 def image_exists(name: str) -> bool:
     return subprocess.run(["docker", "image", "inspect", name], capture_output=True).returncode == 0
 
@@ -422,8 +442,15 @@ def build_base(tag: str = BASE_IMAGE, extra: list[str] | None = None) -> float:
             args += ["--change", c]
         args += ["--message", f"ecology agent base from host Python {info['python']}", "-", tag]
         proc = _docker(*args, input_stream=True)
-        size = fs.write_tar(proc.stdin)
-        proc.stdin.close()
+        try:
+            size = fs.write_tar(proc.stdin)
+            proc.stdin.close()
+        except BrokenPipeError:             # docker import ended early: its stderr says why
+            size = 0
+            try:
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass
         err = proc.stderr.read()
         proc.stdout.read()
         proc.wait()
@@ -472,7 +499,9 @@ def build_agent(tag: str = AGENT_IMAGE, base: str = BASE_IMAGE) -> float:
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="ecology-agent-ctx-") as tmp:
         stage_context(Path(tmp))
-        r = subprocess.run(["docker", "build", "-q", "-f", "Dockerfile.agent", "--build-arg", f"BASE={base}",
+        # -f is resolved against the working directory, not the context: give it absolute.
+        r = subprocess.run(["docker", "build", "-q", "-f", str(Path(tmp) / "Dockerfile.agent"),
+                            "--build-arg", f"BASE={base}",
                             "--label", f"ecology.source_hash={source_hash()}",
                             "-t", tag, tmp], capture_output=True, text=True,
                            env={**os.environ, "DOCKER_BUILDKIT": "0"})
@@ -504,6 +533,10 @@ def main(argv: list[str] | None = None) -> int:
     e = sub.add_parser("ensure", help="build whichever of the two images is missing")
     e.add_argument("--rebuild", action="store_true", help="rebuild both")
     args = ap.parse_args(argv)
+    problem = engine_problem()
+    if problem:
+        print(f"[image] {problem}", file=sys.stderr, flush=True)
+        return 1
     if args.cmd == "build-base":
         build_base(args.tag, args.extra)
     elif args.cmd == "build":

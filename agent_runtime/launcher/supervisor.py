@@ -6,11 +6,24 @@ capped; the count resets once a run lasted `stable_seconds`), and the restart is
 (count, last exit reason: "exit 1", "signal 9", "oom-killed" ...). An agent that exits 0 on its
 own is finished and not restarted (policy "on-failure"; "always" restarts it too), and so is
 one that exits with a status the entry point documents as permanent (2 usage, 3 unknown token,
-4 its artifact was deleted: restarting cannot help; see agent_runtime/run.py).
+4 its artifact was deleted: restarting cannot help; see agent_runtime/run.py). With
+`max_failures`, an agent that failed that many times in a row (no run lasting
+`stable_seconds` in between) is given up too. Both end in state "failed".
+
+What happens to agents is also queued as events (`drain_events()`): "died" (restarting in
+N s), "start_failed" (retrying in N s), "failed" (permanent, not restarted), "exited"
+(ended 0 on its own) - each with the agent, the reason and the last lines of its output -
+so a caller can show a failure the moment it happens. `can_run()` is False once every agent
+has ended for good (nothing alive, nothing to restart).
+
+Paths: the state directory (the token files handed to agents) and a unix socket address are
+made absolute here, whatever the caller's working directory: agents run elsewhere (their own
+directory, a sandbox, a container) and must not resolve them against theirs.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import shutil
 import tempfile
@@ -25,6 +38,24 @@ from agent_runtime.launcher.base import (
 
 BACKENDS = ("auto", "docker", "bwrap", "process")
 PERMANENT_EXIT_CODES = frozenset({2, 3, 4})
+# What the agent entry point's permanent exit statuses mean (agent_runtime/run.py).
+EXIT_MEANINGS = {2: "usage: no server address or no readable token",
+                 3: "the server does not know its token (UNAUTHENTICATED)",
+                 4: "its artifact was deleted"}
+
+
+def fix_for(backend: str, why: str) -> str:
+    """The command that would make a passed-over backend available (for the operator)."""
+    if backend == "bwrap":
+        return "apt-get install bubblewrap"
+    if backend == "docker":
+        if "SDK" in why:
+            return "pip install docker"
+        if "image" in why:
+            return "python -m agent_runtime.launcher.image ensure"
+        return ("install and start a Docker engine: apt-get install docker.io, then (as root) "
+                "scripts/ensure_docker.sh")
+    return ""
 
 
 @dataclass
@@ -37,7 +68,8 @@ class AgentHandle:
     failures: int = 0                 # consecutive, for the backoff
     next_start: float | None = None   # set while waiting out a backoff
     stopping: bool = False
-    finished: bool = False            # exited 0 on its own, or stopped
+    finished: bool = False            # exited 0 on its own, stopped, or failed for good
+    failed: str | None = None         # why it was given up (permanent exit, too many failures)
     last_exit: str | None = None
     last_output: str = ""
     history: list[dict] = field(default_factory=list)
@@ -106,7 +138,8 @@ class Launcher:
                  image: str = AGENT_IMAGE, state_dir: str | os.PathLike | None = None,
                  command: list[str] | None = None, env: dict[str, str] | None = None,
                  backoff_initial: float = 1.0, backoff_max: float = 60.0, stable_seconds: float = 60.0,
-                 restart: str = "on-failure", poll_interval: float = 0.25, build_image: bool = True) -> None:
+                 restart: str = "on-failure", poll_interval: float = 0.25, build_image: bool = True,
+                 max_failures: int | None = None) -> None:
         if server_socket is None:
             server_socket = os.environ.get("ECOLOGY_SERVER")
         if not server_socket:
@@ -114,6 +147,8 @@ class Launcher:
         server_socket = str(server_socket)
         if server_socket.startswith("/"):
             server_socket = "unix:" + server_socket
+        if server_socket.startswith("unix:") and not server_socket.startswith("unix:/"):
+            server_socket = "unix:" + os.path.abspath(server_socket[5:])     # see the module docstring
         if restart not in ("on-failure", "always", "never"):
             raise ValueError("restart must be on-failure, always or never")
         self.server = server_socket
@@ -124,12 +159,15 @@ class Launcher:
         self.stable_seconds = stable_seconds
         self.restart_policy = restart
         self.poll_interval = poll_interval
+        self.max_failures = max_failures
         self.id = uuid.uuid4().hex[:12]
         self._own_state_dir = state_dir is None
-        self.state_dir = Path(state_dir or tempfile.mkdtemp(prefix="ecology-launcher-"))
+        self.state_dir = Path(state_dir or tempfile.mkdtemp(prefix="ecology-launcher-")).absolute()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o700)
         self.backend, skipped = make_backend(backend, image, self.id, build_image)
+        self.passed_over = skipped           # stronger backends not used: {name: why}
+        self._image = image
         self.backend_name = self.backend.name
         self.isolated = self.backend.isolated
         (log.warning if not self.backend.isolated else log.info)(
@@ -139,6 +177,7 @@ class Launcher:
         self._lock = threading.RLock()
         self._stop_event = threading.Event()
         self._socket_warned: set = set()
+        self._events: collections.deque[dict] = collections.deque(maxlen=1000)
         self._thread = threading.Thread(target=self._supervise, name="launcher-supervisor", daemon=True)
         self._thread.start()
 
@@ -225,6 +264,59 @@ class Launcher:
     def handle(self, agent_id: str) -> AgentHandle:
         return self._agents[agent_id]
 
+    def stronger(self) -> list[dict]:
+        """The backends stronger than the one in use, each with why it is not in use and
+        the command that would change that: [{backend, why, fix}]. For a backend named
+        explicitly the stronger ones are probed here (docker: engine and image, no build)."""
+        order = ["docker", "bwrap", "process"]
+        out = []
+        for name in order[:order.index(self.backend_name)]:
+            why = self.passed_over.get(name)
+            if why is None:
+                if name == "docker":
+                    try:
+                        from agent_runtime.launcher import docker as docker_mod
+                        ok, why = docker_mod.available(self._image, build=False)
+                    except ImportError as e:
+                        ok, why = False, f"the docker Python SDK is not installed ({e})"
+                else:
+                    from agent_runtime.launcher import bwrap
+                    ok, why = bwrap.available()
+                if ok:
+                    out.append({"backend": name, "why": f"available but not requested ({why})",
+                                "fix": "--backend auto"})
+                    continue
+            out.append({"backend": name, "why": why, "fix": fix_for(name, why)})
+        return out
+
+    def drain_events(self) -> list[dict]:
+        """What happened to agents since the last call (see the module docstring):
+        [{at, agent_id, kind, reason, output, restart_in?}]."""
+        out = []
+        while self._events:
+            out.append(self._events.popleft())
+        return out
+
+    def can_run(self) -> bool:
+        """True while some agent is alive or will be (re)started."""
+        with self._lock:
+            return any(not h.finished for h in self._agents.values())
+
+    def output_tail(self, agent_id: str, lines: int = 20) -> str:
+        """The last lines the agent's current (else last) run wrote."""
+        h = self._agents[agent_id]
+        inst = h.instance
+        if inst is not None and not h.finished and h.next_start is None:
+            try:
+                return inst.output_tail(lines)
+            except Exception:  # noqa: BLE001 - the backend's API may be gone at shutdown
+                return ""
+        return "\n".join(h.last_output.splitlines()[-lines:])
+
+    def _event(self, h: AgentHandle, kind: str, reason: str, **extra) -> None:
+        self._events.append({"at": time.time(), "agent_id": h.agent_id, "kind": kind, "reason": reason,
+                             "output": "\n".join(h.last_output.splitlines()[-20:]), **extra})
+
     def status(self) -> list[dict]:
         out = []
         with self._lock:
@@ -236,7 +328,8 @@ class Launcher:
                     "alive": bool(inst is not None and inst.poll() is None),
                     "restarts": h.restarts,
                     "last_exit": h.last_exit,
-                    "state": ("stopped" if h.finished else "backoff" if h.next_start is not None
+                    "failed": h.failed,
+                    "state": ("failed" if h.failed else "stopped" if h.finished else "backoff" if h.next_start is not None
                               else "running" if inst is not None and inst.poll() is None else "starting"),
                     "uptime": round(time.monotonic() - h.started_at, 1) if inst is not None else 0.0,
                 }
@@ -258,11 +351,23 @@ class Launcher:
             handle.next_start = time.monotonic() + delay
             log.error("agent_start_failed", agent=handle.agent_id, backend=self.backend_name,
                       error=handle.last_exit, retry_in=delay)
+            if self.max_failures is not None and handle.failures >= self.max_failures:
+                self._give_up(handle, f"{handle.last_exit}; gave up after {handle.failures} failures in a row")
+            else:
+                self._event(handle, "start_failed", handle.last_exit, restart_in=delay)
             return
         handle.started_at = time.monotonic()
         handle.next_start = None
         log.info("agent_started", agent=handle.agent_id, backend=self.backend_name,
                  instance=handle.instance.ident, restarts=handle.restarts)
+
+    def _give_up(self, h: AgentHandle, why: str) -> None:
+        h.finished = True
+        h.next_start = None
+        h.failed = why
+        log.error("agent_failed", agent=h.agent_id, backend=self.backend_name, reason=why,
+                  output=h.last_output[-500:])
+        self._event(h, "failed", why)
 
     def _delay(self, handle: AgentHandle) -> float:
         return min(self.backoff_max, self.backoff_initial * 2 ** max(0, handle.failures - 1))
@@ -306,20 +411,26 @@ class Launcher:
                 h.history.append({"at": time.time(), "reason": reason, "ran_seconds": round(ran, 2)})
                 del h.history[:-50]
                 inst.cleanup()
-                if self.restart_policy == "never" or (code == 0 and self.restart_policy == "on-failure"):
+                if code == 0 and self.restart_policy in ("on-failure", "never"):
                     h.finished = True
                     log.info("agent_exited", agent=h.agent_id, backend=self.backend_name, exit=reason)
+                    self._event(h, "exited", reason)
                     continue
                 if code in PERMANENT_EXIT_CODES and reason != "oom-killed":
-                    h.finished = True
-                    log.error("agent_exited_permanently", agent=h.agent_id, backend=self.backend_name,
-                              exit=reason, output=h.last_output[-500:])
+                    self._give_up(h, f"{reason}: {EXIT_MEANINGS[code]}")
+                    continue
+                if self.restart_policy == "never":
+                    self._give_up(h, f"{reason} (restart policy never)")
                     continue
                 if ran >= self.stable_seconds:
                     h.failures = 0
                 h.failures += 1
+                if self.max_failures is not None and h.failures >= self.max_failures:
+                    self._give_up(h, f"{reason}; gave up after {h.failures} failures in a row")
+                    continue
                 delay = self._delay(h)
                 h.next_start = now + delay
                 log.warning("agent_died", agent=h.agent_id, backend=self.backend_name, exit=reason,
                             ran_seconds=round(ran, 2), restart_in=delay, restarts=h.restarts,
                             output=h.last_output[-500:])
+                self._event(h, "died", reason, restart_in=delay)
