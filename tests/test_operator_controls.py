@@ -122,3 +122,11 @@ def test_server_and_client_agree_on_read_only_genesis_methods():
     from server.rpc.pause import READ_ONLY_GENESIS
 
     assert READ_ONLY_GENESIS == READ_ONLY_METHODS
+
+
+def test_a_grant_is_exactly_one_ledger_event(server):
+    alice = server.agent("alice")
+    with server.admin() as admin:
+        admin.grant("alice", scrip=40, memo="once")
+    mints = [e for e in events_of(alice, ["ledger.*"]) if "once" in str(e.data)]
+    assert len(mints) == 1 and mints[0].type == "ledger.mint"

@@ -27,9 +27,7 @@ def grant(conn, agent_id: str, scrip: int, llm_budget: int, memo: str, now: floa
         raise invalid("memo", "at most 200 characters")
     memo = f"grant: {memo}" if memo else "grant"
     if scrip:
-        ledger.mint(conn, agent_id, scrip, now=now, memo=memo)
-        events.append(conn, "ledger.mint", principal_id=SYSTEM_ACCOUNT, artifact_id="genesis_ledger", now=now,
-                      related=[agent_id], data={"to": agent_id, "amount": scrip, "memo": memo})
+        ledger.mint(conn, agent_id, scrip, now=now, memo=memo)  # emits its ledger.mint event
     if llm_budget:
         resources.stock(conn, agent_id, "llm_budget")  # exists, or QUOTA_EXCEEDED names it
         conn.execute("UPDATE stock SET quota = quota + ? WHERE principal_id = ? AND resource = 'llm_budget'",
