@@ -13,7 +13,6 @@ import fcntl
 import json
 import os
 import secrets
-import threading
 import time
 from pathlib import Path
 
@@ -24,7 +23,6 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from ecology.v1 import admin_pb2, admin_pb2_grpc, world_pb2, world_pb2_grpc
 from server.config import Config, ConfigError
-from server.kernel import invocation
 from server.kernel.kernel import Kernel
 from server.llm import reservations
 from server.llm.backend import make_backend
@@ -35,6 +33,7 @@ from server.rpc.admin import AdminService
 from server.rpc.auth import Credentials
 from server.rpc.guard import GuardLimits, RpcGuard
 from server.rpc.event_hub import EventHub
+from server.rpc.outside import Outside
 from server.rpc.world import WorldService
 from server.sandbox import Sandbox, SandboxSettings
 from server.storage import db
@@ -81,7 +80,6 @@ class WorldServer:
         self.clock = clock
         self.addresses: list[str] = []
         self.stopping = False
-        self._thread_readers = threading.local()
         self.agent_backend = ""  # set by `ecology run` once its launcher picked a backend
         self.started = time.monotonic()
         self._tasks: list[asyncio.Task] = []
@@ -106,6 +104,8 @@ class WorldServer:
         self.kernel = Kernel(self.config, clock=self.clock, sandbox=self.sandbox)
         self.executor = Executor(self.writer_conn, max_batch=self.config.server["max_batch"])
         self.executor.run_blocking(self.kernel.bootstrap)
+        # User contracts, code checks and user code run here, never on the writer thread.
+        self.outside = Outside(self.kernel, self.executor)
         # LLM calls a crash interrupted hold budget nobody will settle: give it back.
         released = self.executor.run_blocking(lambda conn: reservations.release_all(conn, self.kernel.clock()))
         if released:
@@ -179,14 +179,6 @@ class WorldServer:
                  schema_version=self.schema_version, sandbox_isolation=self.sandbox.isolation,
                  sandbox_note=ISOLATION_NOTES[self.sandbox.isolation], llm_backend=self.llm.backend.name)
 
-    def speculate(self, caller: str, artifact_id: str, method: str, args: dict):
-        """invocation.speculate on a read connection of this worker thread's own."""
-        local = self._thread_readers
-        conn = getattr(local, "conn", None)
-        if conn is None:
-            conn = local.conn = db.connect(self.data_dir / db.DB_FILE, readonly=True)
-        return invocation.speculate(self.kernel, conn, caller, artifact_id, method, args)
-
     def _rpc_override(self, principal_id: str) -> tuple[float, float] | None:
         override = self.credentials.rpc_limits(principal_id)
         if override is None:
@@ -243,6 +235,7 @@ class WorldServer:
         await self.grpc_server.stop(grace)
         await self.llm.aclose()  # queues the release of calls cut short, before the writer stops
         self.executor.stop()
+        self.outside.close()
         self.sandbox.close()
         self.reader.close()
         self.writer_conn.close()
