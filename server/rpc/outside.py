@@ -118,4 +118,4 @@ class Outside:
         def submit(chain: invocation.Chain) -> Any:
             return asyncio.run_coroutine_threadsafe(self.executor.run(lambda conn: op(conn, chain)), loop).result()
 
-        return await self.off_writer(caller, invocation.Planner(kernel, submit, self.do_work).run)
+        return await self.off_writer(caller, invocation.Planner(kernel, submit, self.do_work, caller, max_spend).run)
