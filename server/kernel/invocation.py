@@ -118,6 +118,23 @@ class Chain:
     def cpu_charges(self) -> list:
         return [(run.payer, run.cpu_seconds) for run in self.root.all_runs()] if self.root else []
 
+    def outcomes(self) -> list:
+        """Frame.outcomes entries for every run that ended, innermost first."""
+        out: list = []
+
+        def walk(run: CodeRun) -> None:
+            for r in run.requests:
+                if r.child is not None:
+                    walk(r.child)
+            if run.outcome is not None:
+                ok = run.outcome[0] == "ok"
+                out.append((run.artifact_id, run.method, run.context.get("caller"), run.context.get("payer"),
+                            ok, None if ok else run.outcome[1]))
+
+        if self.root is not None:
+            walk(self.root)
+        return out
+
 
 class DryRun(Exception):
     """A dry run's answer (rolled back, never committed). Raised through the kernel code,

@@ -329,6 +329,15 @@ class Kernel:
             for payer, cpu in chain.cpu_charges():
                 invocation.charge_cpu(self, conn, payer, cpu, now)
             return Failed(chain.abort)
+        if chain.root is not None and chain.root.outcome is not None and chain.root.outcome[0] == "err":
+            # The top-level code failed: all its effects would be undone, so they are not
+            # replayed (however many there were); the CPU used stands.
+            root = chain.root
+            for payer, cpu in chain.cpu_charges():
+                invocation.charge_cpu(self, conn, payer, cpu, now)
+            invocation.record_outcomes(conn, chain.outcomes(), now)
+            return Failed(KernelError(invocation.code_error_reason(root.outcome[1]),
+                                      f"{root.artifact_id}.{root.method}: {root.outcome[2]}"))
         frame = invocation.Frame(requester=caller, payer=caller, stack=(), deadline=float("inf"),
                                  code=invocation.Replay(chain), spender=caller, now=now,
                                  spend_left=[max_spend or self.config["sandbox"]["default_max_spend"]])
