@@ -7,7 +7,13 @@ KernelError on the way undoes all of it. Read-only queries (`get_state`,
 
 Charging: the caller pays `costs.<verb>` compute (plus `costs.<genesis>.<method>` for a
 genesis method). A call that fails changes nothing - it is not charged either; the RPC
-rate limits bound how often one can fail.
+rate limits bound how often one can fail. Exception: CPU that user code or a user
+contract used is charged however the call ends.
+
+No user code runs here (the writer thread): user contracts are answered from decisions
+made outside (`with_work`, contracts.DecisionTable), user code from its recorded run
+(`op_invoke`, invocation.Replay), code checks from their outcome computed ahead
+(`check_code`). What is missing raises contracts.NeedWork for the RPC layer to do.
 """
 
 from __future__ import annotations
