@@ -20,7 +20,7 @@ import pytest
 
 from agent_runtime import AdminClient, EcologyError, WorldClient
 from server.config import build
-from tests.conftest import ServerProcess, check_ledger
+from tests.conftest import check_ledger
 
 WRITER_THREAD = "kernel-writer"
 ALLOW_LIST = """

@@ -20,7 +20,6 @@ import asyncio
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import Any
 
 from server.errors import KernelError, Reason
@@ -28,6 +27,7 @@ from server.kernel import contracts, invocation
 
 MAX_ROUNDS = 4
 RATE_LIMIT_RETRY_SECONDS = 0.1
+SUBMIT_TIMEOUT_SECONDS = 60.0
 
 
 class Outside:
@@ -46,9 +46,8 @@ class Outside:
         with self._lock:
             return self._in_flight.get(principal, 0)
 
-    @contextmanager
-    def slot(self, principal: str):
-        """One piece of sandbox work on `principal`'s account, or RATE_LIMITED."""
+    def acquire(self, principal: str) -> None:
+        """Take one of `principal`'s sandbox slots, or fail RATE_LIMITED."""
         with self._lock:
             n = self._in_flight.get(principal, 0)
             if n >= self.cap:
@@ -58,15 +57,14 @@ class Outside:
                     f"(sandbox.max_in_flight_per_principal = {self.cap}); retry when one ends",
                     retry_after=RATE_LIMIT_RETRY_SECONDS)
             self._in_flight[principal] = n + 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                left = self._in_flight[principal] - 1
-                if left:
-                    self._in_flight[principal] = left
-                else:
-                    del self._in_flight[principal]
+
+    def release(self, principal: str) -> None:
+        with self._lock:
+            left = self._in_flight[principal] - 1
+            if left:
+                self._in_flight[principal] = left
+            else:
+                del self._in_flight[principal]
 
     def do_work(self, item, work: invocation.Work) -> None:
         """The sandbox work one NeedWork asks for; runs in a worker thread."""
@@ -84,9 +82,23 @@ class Outside:
             raise KernelError(Reason.INTERNAL, "unknown sandbox work")
 
     async def off_writer(self, principal: str, fn: Callable, *args) -> Any:
-        """Run `fn(*args)` in a worker thread on `principal`'s sandbox slot."""
-        with self.slot(principal):
-            return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+        """Run `fn(*args)` in a worker thread on one of `principal`'s sandbox slots. The
+        slot is given back when the thread is done - not when the RPC is cancelled, so a
+        caller cannot dodge the cap by giving up on its calls."""
+        self.acquire(principal)
+
+        def work():
+            try:
+                return fn(*args)
+            finally:
+                self.release(principal)
+
+        try:
+            future = self.pool.submit(work)
+        except BaseException:
+            self.release(principal)
+            raise
+        return await asyncio.wrap_future(future)
 
     async def run(self, principal: str, make_op: Callable[[Any, invocation.Work], Any]) -> Any:
         """Run the kernel operation `make_op(conn, work)` (wrapping its body in
@@ -116,6 +128,7 @@ class Outside:
         loop = asyncio.get_running_loop()
 
         def submit(chain: invocation.Chain) -> Any:
-            return asyncio.run_coroutine_threadsafe(self.executor.run(lambda conn: op(conn, chain)), loop).result()
+            future = asyncio.run_coroutine_threadsafe(self.executor.run(lambda conn: op(conn, chain)), loop)
+            return future.result(timeout=SUBMIT_TIMEOUT_SECONDS)  # the server is stopping if it takes this long
 
         return await self.off_writer(caller, invocation.Planner(kernel, submit, self.do_work, caller, max_spend).run)
