@@ -24,7 +24,6 @@ from grpc_health.v1 import health, health_pb2
 
 from ecology.v1 import admin_pb2, admin_pb2_grpc, world_pb2, world_pb2_grpc
 from server.config import Config, ConfigError
-from server.kernel import invocation
 from server.kernel.kernel import Kernel
 from server.llm import reservations
 from server.llm.backend import make_backend
@@ -37,6 +36,7 @@ from server.rpc.guard import GuardLimits, RpcGuard
 from server.rpc.pause import WorldGate
 from server.rpc.reflection import add_health, add_reflection
 from server.rpc.event_hub import EventHub
+from server.rpc.outside import Outside
 from server.rpc.world import WorldService
 from server.sandbox import Sandbox, SandboxSettings
 from server.sandbox.notice import isolation_note, isolation_warning
@@ -81,7 +81,6 @@ class WorldServer:
         self.clock = clock
         self.addresses: list[str] = []
         self.stopping = False
-        self._thread_readers = threading.local()
         self.agent_backend = ""  # set by `ecology run` once its launcher picked a backend
         self.started = time.monotonic()
         self._tasks: list[asyncio.Task] = []
@@ -115,6 +114,8 @@ class WorldServer:
         self.kernel = Kernel(self.config, clock=self.clock, sandbox=self.sandbox)
         self.executor = Executor(self.writer_conn, max_batch=self.config.server["max_batch"])
         self.executor.run_blocking(self.kernel.bootstrap)
+        # User contracts, code checks and user code run here, never on the writer thread.
+        self.outside = Outside(self.kernel, self.executor)
         # LLM calls a crash interrupted hold budget nobody will settle: give it back.
         released = self.executor.run_blocking(lambda conn: reservations.release_all(conn, self.kernel.clock()))
         if released:
@@ -211,14 +212,6 @@ class WorldServer:
                  schema_version=self.schema_version, sandbox_isolation=self.sandbox.isolation,
                  sandbox_note=isolation_note(self.sandbox.isolation), llm_backend=self.llm.backend.name)
 
-    def speculate(self, caller: str, artifact_id: str, method: str, args: dict):
-        """invocation.speculate on a read connection of this worker thread's own."""
-        local = self._thread_readers
-        conn = getattr(local, "conn", None)
-        if conn is None:
-            conn = local.conn = db.connect(self.data_dir / db.DB_FILE, readonly=True)
-        return invocation.speculate(self.kernel, conn, caller, artifact_id, method, args)
-
     def _rpc_override(self, principal_id: str) -> tuple[float, float] | None:
         override = self.credentials.rpc_limits(principal_id)
         if override is None:
@@ -301,6 +294,7 @@ class WorldServer:
         await self.grpc_server.stop(grace)
         await self.llm.aclose()  # queues the release of calls cut short, before the writer stops
         self.executor.stop()
+        self.outside.close()
         self.sandbox.close()
         if self.metrics is not None:
             self.metrics.close()

@@ -102,6 +102,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         # Scrip one InvokeArtifact may take from its caller (prices + pay()) unless the
         # request sets max_spend.
         "default_max_spend": 100,
+        # Sandbox work (a call's user code with its nested calls, a batch of contract
+        # checks, a code check) one principal may have running at once; over it a call
+        # fails RATE_LIMITED with a RetryInfo (server/rpc/outside.py).
+        "max_in_flight_per_principal": 2,
+        # Nested invoke()/pay() requests one call's code (all levels together) may make;
+        # over it the call fails INVALID_ARGS (server/kernel/invocation.py).
+        "max_effects": 256,
     },
     # Compute charged per verb, and per genesis method ("artifact.method"), in units of
     # the `compute` flow resource. A genesis call pays `invoke` plus its own entry.

@@ -137,7 +137,7 @@ REASON_HELP: dict[Reason, str] = {
     Reason.INSUFFICIENT_RESOURCES: "In debt on a flow resource (RetryInfo says until when), not enough quota to give away, "
                                    "or an llm_budget too small for the call's worst-case cost (no RetryInfo: waiting does not help).",
     Reason.QUOTA_EXCEEDED: "A write would exceed the disk quota. Waiting does not help: delete, shrink, or get quota.",
-    Reason.RATE_LIMITED: "Too many calls for this principal or connection, or the world's LLM tokens-per-minute limit is reached; RetryInfo says when to retry.",
+    Reason.RATE_LIMITED: "Too many calls for this principal or connection, too much sandbox work in flight for it (sandbox.max_in_flight_per_principal), or the world's LLM tokens-per-minute limit is reached; RetryInfo says when to retry.",
     Reason.TOO_MANY_IN_FLIGHT: "Too many concurrent calls from this principal; RetryInfo says when to retry.",
     Reason.TOO_MANY_STREAMS: "Too many open Subscribe streams for this principal.",
     Reason.INVALID_ARGS: "Malformed input; ErrorInfo.metadata['field'] names the field. Nothing changed.",
@@ -145,7 +145,7 @@ REASON_HELP: dict[Reason, str] = {
     Reason.SANDBOX_UNAVAILABLE: "The artifact is user code and this server runs no sandbox for it.",
     Reason.TIMEOUT: "The invoked code ran out of time.",
     Reason.DELETED: "The artifact is a tombstone.",
-    Reason.CONFLICT: "expected_version did not match, or the artifact is already listed in escrow, or a debt is not in the status the call needs.",
+    Reason.CONFLICT: "expected_version did not match, or the artifact is already listed in escrow, or a debt is not in the status the call needs; or (with a RetryInfo) what a contract decision or a call's code depended on changed before the commit.",
     Reason.NOT_LISTED: "genesis_escrow: the artifact is not for sale.",
     Reason.CALL_DEPTH_EXCEEDED: "Nested invoke() calls went deeper than sandbox.max_depth.",
     Reason.CALL_CYCLE: "A nested invoke() would re-enter an artifact already on the call stack.",

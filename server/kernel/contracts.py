@@ -7,9 +7,18 @@ owner bypass: the kernel has no notion of an owner; the built-in contracts read
 
 Contracts are pure functions of their inputs. The four built-ins run in-process (they are
 kernel code, not user code). A user-written contract (any executable artifact with a
-`check_permission` method) is evaluated by a `ContractRunner`; the server plugs in the
-sandboxed runner, and until one is configured user contracts deny (fail closed). Callers
-never change when a runner is added.
+`check_permission` method) is evaluated by a `ContractRunner`.
+
+No user code on the writer thread: inside a kernel operation the runner is a
+`DecisionTable`. It never runs code; it looks the answer up in the decisions handed to
+the operation (the `DECISIONS` context variable, keyed by every input of the check: the
+contract's id and version, the target, the action, the requester and a digest of the
+context - state, metadata, proposed change). A missing decision raises `NeedWork`
+(CONFLICT with a RetryInfo) carrying what to evaluate; the RPC layer
+(server/rpc/outside.py) evaluates it with `SandboxedContracts` in a worker thread, on the
+inputs the transaction saw, and runs the operation again with the decision. So a
+decision is used only if the inputs it was computed from are still current; anything
+that changed makes the key differ and the check is asked for again.
 
 Fail closed: a contract that does not exist, was deleted, errors or times out denies,
 and the reason says so.
@@ -17,8 +26,10 @@ and the reason says so.
 
 from __future__ import annotations
 
+import contextvars
+import hashlib
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from server.errors import KernelError, Reason
@@ -152,6 +163,11 @@ class SandboxedContracts:
         self._timed_out: dict[tuple[str, int], float] = {}
 
     def check(self, contract, artifact_id, action, requester_id, context) -> Decision:
+        return self.check_with_cpu(contract, artifact_id, action, requester_id, context)[0]
+
+    def check_with_cpu(self, contract, artifact_id, action, requester_id, context) -> tuple[Decision, float]:
+        """The decision and the CPU seconds the contract used (0 for a cached answer).
+        Never call this on the writer thread."""
         import time
 
         from server.kernel.artifacts import dumps
@@ -164,13 +180,13 @@ class SandboxedContracts:
                    dumps(context.get("proposed")), context.get("created_by"))
             hit = self._cache.get(key)
             if hit is not None:
-                return hit
+                return hit, 0.0
         version = (contract.id, contract.version)
         until = self._timed_out.get(version)
         if until is not None:
             if time.monotonic() < until:
-                return Decision(False, f"contract {contract.id} timed out recently; denied")
-            del self._timed_out[version]
+                return Decision(False, f"contract {contract.id} timed out recently; denied"), 0.0
+            self._timed_out.pop(version, None)
         impure = []
 
         def refuse(msg: dict) -> dict:
@@ -191,17 +207,81 @@ class SandboxedContracts:
                 if len(self._timed_out) > self.cache_size:
                     self._timed_out.clear()
                 self._timed_out[version] = time.monotonic() + self.TIMEOUT_PENALTY_SECONDS
-            return Decision(False, f"contract {contract.id} failed ({e.reason}: {e.message}); denied")
+            return Decision(False, f"contract {contract.id} failed ({e.reason}: {e.message}); denied"), e.cpu_seconds
+        cpu = result.cpu_seconds
         if impure:
-            return Decision(False, f"contract {contract.id} tried to {impure[0]}; contracts are pure; denied")
+            return Decision(False, f"contract {contract.id} tried to {impure[0]}; contracts are pure; denied"), cpu
         value = result.value
         if not isinstance(value, dict) or not isinstance(value.get("allowed"), bool):
-            return Decision(False, f"contract {contract.id} returned no boolean 'allowed'; denied")
+            return Decision(False, f"contract {contract.id} returned no boolean 'allowed'; denied"), cpu
         decision = Decision(value["allowed"], str(value.get("reason", ""))[:500] or contract.id)
         if key is not None:
             if len(self._cache) >= self.cache_size:
                 self._cache.clear()
             self._cache[key] = decision
+        return decision, cpu
+
+
+# -- decisions made outside the writer ------------------------------------------------------
+
+# The decisions handed to the running kernel operation: key -> Decision. Set by
+# Kernel.with_work around an operation; unset (None) means no decisions at all.
+DECISIONS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("contract_decisions", default=None)
+
+
+def decision_key(contract: Artifact, artifact_id: str, action: str, requester_id: str, context: dict) -> tuple:
+    """Every input of one check. `now` is left out: a contract sees the time at which it
+    was evaluated."""
+    from server.kernel.artifacts import dumps
+
+    digest = hashlib.sha256(dumps({k: v for k, v in context.items() if k != "now"}).encode()).hexdigest()
+    return (contract.id, contract.version, artifact_id, action, requester_id, digest)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One contract check to run outside the writer: the contract as the transaction saw
+    it and the exact inputs."""
+
+    key: tuple
+    contract: Artifact = field(compare=False)
+    artifact_id: str
+    action: str
+    requester_id: str
+    context: dict = field(compare=False)
+
+
+@dataclass(frozen=True)
+class CodeCheck:
+    """A code check (compile + every interface method exists) to run outside the writer."""
+
+    artifact_id: str
+    content: str = field(compare=False)
+    interface: list = field(compare=False)
+
+
+class NeedWork(KernelError):
+    """Raised inside a kernel operation that needs sandbox work it may not do on the
+    writer thread (a user contract's decision, a code check). The operation is rolled
+    back; the RPC layer does the work outside and runs the operation again. A caller that
+    gets it anyway (too many rounds) sees CONFLICT with a RetryInfo."""
+
+    def __init__(self, item, message: str) -> None:
+        super().__init__(Reason.CONFLICT, message, retry_after=0.05)
+        self.item = item
+
+
+class DecisionTable:
+    """The runner inside kernel operations: answers user contracts from DECISIONS only."""
+
+    def check(self, contract, artifact_id, action, requester_id, context) -> Decision:
+        key = decision_key(contract, artifact_id, action, requester_id, context)
+        table = DECISIONS.get()
+        decision = table.get(key) if table is not None else None
+        if decision is None:
+            raise NeedWork(Evaluation(key, contract, artifact_id, action, requester_id, context),
+                           f"the decision of contract {contract.id} on {action} of {artifact_id} is not current; "
+                           "evaluate it and retry")
         return decision
 
 

@@ -7,7 +7,13 @@ KernelError on the way undoes all of it. Read-only queries (`get_state`,
 
 Charging: the caller pays `costs.<verb>` compute (plus `costs.<genesis>.<method>` for a
 genesis method). A call that fails changes nothing - it is not charged either; the RPC
-rate limits bound how often one can fail.
+rate limits bound how often one can fail. Exception: CPU that user code or a user
+contract used is charged however the call ends.
+
+No user code runs here (the writer thread): user contracts are answered from decisions
+made outside (`with_work`, contracts.DecisionTable), user code from its recorded run
+(`op_invoke`, invocation.Replay), code checks from their outcome computed ahead
+(`check_code`). What is missing raises contracts.NeedWork for the RPC layer to do.
 """
 
 from __future__ import annotations
@@ -49,9 +55,13 @@ class Kernel:
         self._prechecked: dict[tuple, tuple[str | None, float]] = {}
         # Signs listing cursors (see `list_artifacts`): a cursor is one this server issued.
         self._cursor_key = secrets.token_bytes(32)
-        self.runner: contracts.ContractRunner = (
+        # Inside operations user contracts are answered from decisions made outside
+        # (contracts.DecisionTable); `contract_evaluator` makes them, off the writer thread.
+        self.contract_evaluator = (
             contracts.SandboxedContracts(sandbox, config["sandbox"]["contract_timeout_seconds"])
-            if sandbox is not None else contracts.NoSandboxRunner())
+            if sandbox is not None else None)
+        self.runner: contracts.ContractRunner = (
+            contracts.DecisionTable() if sandbox is not None else contracts.NoSandboxRunner())
         from server.genesis import build_genesis  # genesis artifacts call back into the kernel
 
         self.genesis = build_genesis(self)
@@ -158,6 +168,8 @@ class Kernel:
             self._remember(conn, caller, request_id, method, False, err.to_dict())
             return Failed(err)
         conn.execute("RELEASE idem")
+        if isinstance(result, invocation.DryRun):  # rolled back, not an outcome
+            return result
         if isinstance(result, Failed):  # failed, but with charges that stand (CPU used)
             if result.error.retry_after is None:
                 self._remember(conn, caller, request_id, method, False, result.error.to_dict())
@@ -339,33 +351,90 @@ class Kernel:
         return {"artifact": tomb.to_dict()}
 
     def op_invoke(self, conn, caller: str, artifact_id: str, method: str, args: dict,
-                  speculation: "invocation.Speculation | None" = None, max_spend: int = 0) -> Any:
-        """Invoke a method (server/kernel/invocation.py). If user code failed after using
-        CPU, everything is undone but the CPU charges, and the error is returned.
-        `speculation`: the top-level code's outcome, computed ahead off the writer thread."""
-        frame = invocation.Frame(requester=caller, payer=caller, stack=(),
-                                 deadline=time.monotonic() + self.config["sandbox"]["timeout_seconds"],
-                                 speculation=speculation, spender=caller,
+                  chain: "invocation.Chain | None" = None, max_spend: int = 0) -> Any:
+        """Invoke a method (server/kernel/invocation.py). User code never runs here: its
+        recorded run (`chain`, phase 1) is replayed. While something in the chain is
+        still pending this is a dry run: everything is rolled back and the DryRun (what
+        must run outside next, or the reply to the pending request) is returned. With
+        nothing pending it is phase 2: it commits, or - if user code ran - fails with
+        everything undone but the CPU charges (Failed)."""
+        chain = chain or invocation.Chain(now=self.clock())
+        final = chain.final
+        now = chain.now
+        if chain.abort is not None:  # phase 1 gave up: the CPU used stands, nothing else
+            for payer, cpu in chain.cpu_charges():
+                invocation.charge_cpu(self, conn, payer, cpu, now)
+            return Failed(chain.abort)
+        if chain.root is not None and chain.root.outcome is not None and chain.root.outcome[0] == "err":
+            # The top-level code failed: all its effects would be undone, so they are not
+            # replayed (however many there were); the CPU used stands.
+            root = chain.root
+            for payer, cpu in chain.cpu_charges():
+                invocation.charge_cpu(self, conn, payer, cpu, now)
+            invocation.record_outcomes(conn, chain.outcomes(), now)
+            return Failed(KernelError(invocation.code_error_reason(root.outcome[1]),
+                                      f"{root.artifact_id}.{root.method}: {root.outcome[2]}"))
+        frame = invocation.Frame(requester=caller, payer=caller, stack=(), deadline=float("inf"),
+                                 code=invocation.Replay(chain), spender=caller, now=now,
                                  spend_left=[max_spend or self.config["sandbox"]["default_max_spend"]])
         conn.execute("SAVEPOINT invoke")
         try:
-            value = invocation.invoke(self, conn, frame, artifact_id, method, args, self.clock())
+            value = invocation.invoke(self, conn, frame, artifact_id, method, args, now)
+            if not final:
+                raise invocation.Mismatch("the call took a different path than its code did")
             if frame.cpu_log:  # user code ran: its result must fit in a reply
                 limit = self.config.server["max_message_bytes"] - 4096
                 if len(dumps(value)) > limit:
                     raise KernelError(Reason.INVALID_ARGS, f"result too large: more than {limit} bytes as JSON",
                                       field="result")
+        except invocation.DryRun as dry:
+            conn.execute("ROLLBACK TO invoke")
+            conn.execute("RELEASE invoke")
+            if not final or not isinstance(dry, invocation.Mismatch):
+                return dry
+            for payer, cpu in chain.cpu_charges():
+                invocation.charge_cpu(self, conn, payer, cpu, now)
+            err = KernelError(Reason.CONFLICT, f"{dry.message}; retry", retry_after=0.05)
+            err.chain_mismatch = True
+            return Failed(err)
         except KernelError as err:
             conn.execute("ROLLBACK TO invoke")
             conn.execute("RELEASE invoke")
-            if not frame.cpu_log:
+            if not final or isinstance(err, contracts.NeedWork) or chain.root is None:
                 raise
-            invocation.recharge_cpu(self, conn, frame.cpu_log, self.clock())
-            invocation.record_outcomes(conn, frame.outcomes, self.clock())
+            # Every run of code in the chain used its CPU, also those the failure kept
+            # the replay from reaching.
+            for payer, cpu in chain.cpu_charges():
+                invocation.charge_cpu(self, conn, payer, cpu, now)
+            invocation.record_outcomes(conn, frame.outcomes, now)
             return Failed(err)
-        invocation.record_outcomes(conn, frame.outcomes, self.clock())
+        invocation.record_outcomes(conn, frame.outcomes, now)
         conn.execute("RELEASE invoke")
         return value
+
+    def with_work(self, conn, caller: str, work: "invocation.Work", op: Callable[[], Any]) -> Any:
+        """Run `op` with the contract decisions made outside for it (contracts.DECISIONS).
+        The CPU those contracts used is charged to `caller` when the operation ends -
+        also when it fails (a denied call changes nothing else, but that charge stands).
+        A NeedWork or a dry run charges nothing: the operation will run again."""
+        token = contracts.DECISIONS.set(work.decisions)
+        conn.execute("SAVEPOINT work")
+        try:
+            try:
+                result = op()
+            except KernelError as err:
+                conn.execute("ROLLBACK TO work")
+                conn.execute("RELEASE work")
+                if isinstance(err, contracts.NeedWork) or work.cpu_seconds <= 0:
+                    raise
+                invocation.charge_cpu(self, conn, caller, work.cpu_seconds, self.clock())
+                return Failed(err)
+            conn.execute("RELEASE work")
+            if work.cpu_seconds > 0 and not isinstance(result, invocation.DryRun):
+                invocation.charge_cpu(self, conn, caller, work.cpu_seconds, self.clock())
+            return result
+        finally:
+            contracts.DECISIONS.reset(token)
 
     def check_code(self, conn, payer: str, artifact_id: str, content: str, interface: list[dict]) -> None:
         """Executable content must compile and define every interface method (checked
@@ -373,16 +442,11 @@ class Kernel:
         charged to `payer` - also when the check fails (see `charged_even_if_failed`)."""
         if not interface or self.sandbox is None:
             return
-        from server.sandbox import CodeError
-
         methods = [m["name"] for m in interface]
         outcome = self._prechecked.pop(self.sandbox.key(artifact_id, content, methods), None)
-        if outcome is None:  # not checked ahead (or a different version won a race): check now
-            try:
-                outcome = (None, self.sandbox.check(artifact_id, content, methods,
-                                                    self.config["sandbox"]["timeout_seconds"]))
-            except CodeError as e:
-                outcome = (e.message, e.cpu_seconds)
+        if outcome is None:  # not checked ahead (or another write used it up): never here
+            raise contracts.NeedWork(contracts.CodeCheck(artifact_id, content, interface),
+                                     f"the code of {artifact_id} must be checked first; retry")
         failure, cpu = outcome
         if failure is not None:
             err = invalid("content", failure)

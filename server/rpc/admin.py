@@ -26,9 +26,11 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         limits = self.rt.config.limits
         metadata = convert.plain_struct(request.metadata, "metadata", limits)
         interface = [convert.method_spec(m, limits, i) for i, m in enumerate(request.interface)]
-        d = await self.rt.executor.run(lambda conn: self.kernel.op_create_agent(
-            conn, request.name, request.config, metadata=metadata, overrides=overrides,
-            access_contract_id=request.access_contract_id, interface=interface))
+        # Executable agent code is checked outside the writer first (server/rpc/outside.py).
+        d = await self.rt.outside.run("admin", lambda conn, work: self.kernel.with_work(
+            conn, "admin", work, lambda: self.kernel.op_create_agent(
+                conn, request.name, request.config, metadata=metadata, overrides=overrides,
+                access_contract_id=request.access_contract_id, interface=interface)))
         self.rt.credentials.add(d["token"], d["agent_id"], d["rpc_rate"], d["rpc_burst"])
         return admin_pb2.CreateAgentResponse(agent_id=d["agent_id"], token=d["token"],
                                              agent=convert.artifact(d["agent"]))

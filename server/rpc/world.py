@@ -1,7 +1,8 @@
 """The World service: thin translation between protobuf and the kernel.
 
 Mutations go to the executor (one writer, group commit, acknowledged after COMMIT);
-queries use the read connection, which sees only committed state.
+queries use the read connection, which sees only committed state. Sandbox work (user
+contracts, code checks, user code) is done outside the writer (server/rpc/outside.py).
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ class WorldService(world_pb2_grpc.WorldServicer):
     async def ReadArtifact(self, request, context):
         caller = caller_id()
         self.kernel.precheck_usable(self.rt.reader, caller)
-        d = await self.rt.executor.run(lambda conn: self.kernel.op_read(conn, caller, request.artifact_id))
+        d = await self.rt.outside.run(caller, lambda conn, work: self.kernel.with_work(
+            conn, caller, work, lambda: self.kernel.op_read(conn, caller, request.artifact_id)))
         return world_pb2.ReadArtifactResponse(artifact=convert.artifact(d))
 
     @translate_errors
@@ -78,22 +80,13 @@ class WorldService(world_pb2_grpc.WorldServicer):
         if request.expected_version < 0:
             raise invalid("expected_version", "must not be negative")
         self.kernel.precheck_usable(self.rt.reader, caller, request.request_id)
-        await self._precheck_code(req)
-        d = await self.rt.executor.run(lambda conn: self.kernel.idempotent(
-            conn, caller, request.request_id, "WriteArtifact", lambda: self.kernel.op_write(conn, caller, req)))
+        await self._precheck_code(caller, req)
+        d = await self.rt.outside.run(caller, lambda conn, work: self.kernel.idempotent(
+            conn, caller, request.request_id, "WriteArtifact", lambda: self.kernel.with_work(
+                conn, caller, work, lambda: self.kernel.op_write(conn, caller, req))))
         return world_pb2.WriteArtifactResponse(artifact=convert.artifact(d["artifact"]), created=d["created"])
 
-    async def _speculate(self, caller: str, artifact_id: str, method: str, args: dict, request_id: str):
-        """Run user code ahead of the transaction in a worker thread (its own read
-        connection), so the writer thread never waits on it (invocation.speculate)."""
-        if artifact_id.startswith("genesis_") or self.kernel.sandbox is None:
-            return None
-        if request_id and self.rt.reader.execute(
-                "SELECT 1 FROM idempotency WHERE principal_id=? AND request_id=?", (caller, request_id)).fetchone():
-            return None  # a retry: the first outcome will be returned, nothing runs
-        return await asyncio.to_thread(self.rt.speculate, caller, artifact_id, method, args)
-
-    async def _precheck_code(self, req: dict) -> None:
+    async def _precheck_code(self, caller: str, req: dict) -> None:
         """Check executable code in a worker thread before the write reaches the writer
         thread (which then only picks up the outcome). Best effort: the write re-checks
         whatever this did not cover."""
@@ -106,7 +99,8 @@ class WorldService(world_pb2_grpc.WorldServicer):
             interface = existing.interface if existing is not None else []
         else:
             interface = artifacts.validate_interface(interface, self.limits)
-        await asyncio.to_thread(self.kernel.precheck_code, req["artifact_id"], req["content"], interface)
+        await self.rt.outside.off_writer(caller, self.kernel.precheck_code, req["artifact_id"], req["content"],
+                                         interface)
 
     @translate_errors
     async def DeleteArtifact(self, request, context):
@@ -114,9 +108,10 @@ class WorldService(world_pb2_grpc.WorldServicer):
         if request.expected_version < 0:
             raise invalid("expected_version", "must not be negative")
         self.kernel.precheck_usable(self.rt.reader, caller, request.request_id)
-        d = await self.rt.executor.run(lambda conn: self.kernel.idempotent(
-            conn, caller, request.request_id, "DeleteArtifact",
-            lambda: self.kernel.op_delete(conn, caller, request.artifact_id, request.expected_version)))
+        d = await self.rt.outside.run(caller, lambda conn, work: self.kernel.idempotent(
+            conn, caller, request.request_id, "DeleteArtifact", lambda: self.kernel.with_work(
+                conn, caller, work, lambda: self.kernel.op_delete(conn, caller, request.artifact_id,
+                                                                  request.expected_version))))
         return world_pb2.DeleteArtifactResponse(artifact=convert.artifact(d["artifact"]))
 
     @translate_errors
@@ -134,11 +129,8 @@ class WorldService(world_pb2_grpc.WorldServicer):
             result = await self.rt.llm.complete(caller, args, request.request_id)
         else:
             self.kernel.precheck_usable(self.rt.reader, caller, request.request_id)
-            spec = await self._speculate(caller, request.artifact_id, request.method, args, request.request_id)
-            result = await self.rt.executor.run(lambda conn: self.kernel.idempotent(
-                conn, caller, request.request_id, f"InvokeArtifact:{request.artifact_id}.{request.method}",
-                lambda: self.kernel.op_invoke(conn, caller, request.artifact_id, request.method, args, spec,
-                                              request.max_spend)))
+            result = await self.rt.outside.invoke(caller, request.artifact_id, request.method, args,
+                                                  request_id=request.request_id, max_spend=request.max_spend)
         return world_pb2.InvokeArtifactResponse(result=convert.value(result))
 
     @translate_errors
