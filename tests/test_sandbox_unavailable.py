@@ -23,7 +23,7 @@ import pytest
 
 from agent_runtime import EcologyError
 from server.sandbox.notice import INSTALL_HINT, isolation_note
-from tests.conftest import ROOT, ServerProcess, check_ledger
+from tests.conftest import ROOT, ServerProcess, check_ledger, fails
 from tests.test_sandbox_hostile import CONTRACTS, PAYLOADS
 
 # Only the interpreter's own directory: `ecology serve` is started by absolute path, and
@@ -153,11 +153,15 @@ def test_user_contract_refuses_every_verb(bare, kind):
         refused(lambda: client.invoke(target, "f"))
         refused(lambda: client.transfer_control(target, other.agent_id))
         refused(lambda: client.escrow_list(target, 5))
-        refused(lambda: client.bid(target, 1))
+        if client is owner:
+            refused(lambda: client.bid(target, 1))
+        else:  # only the controller may bid: the oracle refuses before any contract is asked
+            fails(lambda: client.bid(target, 1), grpc.StatusCode.PERMISSION_DENIED, "ACCESS_DENIED")
         refused(lambda: client.delete(target))
     assert {c.agent_id: c.get_state().scrip for c in (owner, other)} == scrip
     meta = owner.get_metadata(target)  # metadata is public: no contract is consulted
-    assert meta["version"] == 1 and meta["state"]["note"] == "original" and not meta["deleted"]
+    assert meta["version"] == 1 and not meta["deleted"]
+    assert meta["state"] == {"controller": owner.agent_id}  # listings show only the controller of a state
     assert_no_trace(bare)
 
 
