@@ -48,6 +48,8 @@ Configuration of the backend (keyword arguments, else the environment):
     runtime_class   ECOLOGY_K8S_RUNTIME_CLASS   (default none)
     server_labels   ECOLOGY_K8S_SERVER_LABELS   "k=v,k2=v2": the server Pods' labels, for an in-cluster server
     kubeconfig      KUBECONFIG                  (else ~/.kube/config, else the in-cluster service account)
+    tls_files       {"ca": PATH, "cert": PATH, "key": PATH}: PEMs put in each agent's Secret for a
+                    TLS (mutual TLS) server; the Pod's ECOLOGY_CA_FILE etc. point at them
 """
 
 from __future__ import annotations
@@ -78,6 +80,9 @@ DEFAULT_SERVER_LABELS = {LABEL_APP: "ecology-server"}
 DNS_PEER = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
             "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}
 RESTART_POLICIES = ("Never", "OnFailure", "Always")
+# Optional TLS files, also carried by the Secret: kind -> (key in the Secret, variable the agent reads)
+TLS_FILES = {"ca": ("ca.crt", "ECOLOGY_CA_FILE"), "cert": ("tls.crt", "ECOLOGY_CERT_FILE"),
+             "key": ("tls.key", "ECOLOGY_KEY_FILE")}
 
 # Waiting reasons after which a Pod's container will not start without a change: the
 # supervisor treats them as an ended run (and retries with its backoff).
@@ -170,9 +175,21 @@ def _meta(agent_id: str, namespace: str, labels: dict | None) -> dict:
             "annotations": {ANNOTATION_AGENT_ID: agent_id}}
 
 
-def secret_manifest(agent_id: str, token: str, namespace: str = "default", labels: dict | None = None) -> dict:
+def _check_tls(tls: dict | None) -> dict:
+    tls = {k: v for k, v in (tls or {}).items() if v}
+    if set(tls) - set(TLS_FILES):
+        raise ValueError(f"unknown TLS file kinds {sorted(set(tls) - set(TLS_FILES))}")
+    if ("cert" in tls) != ("key" in tls):
+        raise ValueError("a client certificate needs its key (and the key its certificate)")
+    return tls
+
+
+def secret_manifest(agent_id: str, token: str, namespace: str = "default", labels: dict | None = None,
+                    tls: dict[str, str] | None = None) -> dict:
+    """The token (and the optional TLS PEMs: tls = {"ca": ..., "cert": ..., "key": ...})."""
+    data = {TOKEN_KEY: token, **{TLS_FILES[k][0]: v for k, v in _check_tls(tls).items()}}
     return {"apiVersion": "v1", "kind": "Secret", "metadata": _meta(agent_id, namespace, labels),
-            "type": "Opaque", "data": {TOKEN_KEY: base64.b64encode(token.encode()).decode()}}
+            "type": "Opaque", "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}
 
 
 def network_policy_manifest(agent_id: str, server: str, namespace: str = "default",
@@ -197,7 +214,9 @@ def pod_manifest(agent_id: str, server: str, limits: AgentLimits | dict | None =
                  namespace: str = "default", image: str = AGENT_IMAGE, runtime_class: str | None = None,
                  restart_policy: str = "OnFailure", env: dict[str, str] | None = None,
                  command: list[str] | None = None, labels: dict | None = None,
-                 name: str | None = None) -> dict:
+                 name: str | None = None, tls_kinds: tuple[str, ...] = ()) -> dict:
+    """The agent's Pod. `tls_kinds`: which TLS files its Secret holds ("ca", "cert", "key");
+    their variables (ECOLOGY_CA_FILE ...) point into the Secret's mount."""
     if restart_policy not in RESTART_POLICIES:
         raise ValueError(f"restart policy must be one of {', '.join(RESTART_POLICIES)}")
     split_address(server)
@@ -217,6 +236,7 @@ def pod_manifest(agent_id: str, server: str, limits: AgentLimits | dict | None =
             "ECOLOGY_TOKEN_FILE": TOKEN_PATH,
             "ECOLOGY_AGENT_ID": agent_id,
             "ECOLOGY_ISOLATION": "kubernetes",
+            **{TLS_FILES[k][1]: f"{SECRET_DIR}/{TLS_FILES[k][0]}" for k in tls_kinds},
             **(env or {})}.items()],
         "resources": {"limits": dict(resources), "requests": dict(resources)},
         "securityContext": {
@@ -241,7 +261,8 @@ def pod_manifest(agent_id: str, server: str, limits: AgentLimits | dict | None =
         "containers": [container],
         "volumes": [
             {"name": "token", "secret": {"secretName": object_name(agent_id), "defaultMode": 0o440,
-                                         "items": [{"key": TOKEN_KEY, "path": TOKEN_KEY}]}},
+                                         "items": [{"key": key, "path": key} for key in
+                                                   (TOKEN_KEY, *(TLS_FILES[k][0] for k in tls_kinds))]}},
             {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": memory_quantity(limits.tmpfs_bytes)}},
         ],
     }
@@ -254,13 +275,17 @@ def agent_manifests(agent_id: str, token: str, server: str, limits: AgentLimits 
                     namespace: str = "default", image: str = AGENT_IMAGE, runtime_class: str | None = None,
                     server_labels: dict | None = None, restart_policy: str = "OnFailure",
                     env: dict[str, str] | None = None, command: list[str] | None = None,
-                    labels: dict | None = None, pod_name: str | None = None) -> list[dict]:
-    """[NetworkPolicy, Secret, Pod] for one agent, in the order they must be applied."""
+                    labels: dict | None = None, pod_name: str | None = None,
+                    tls: dict[str, str] | None = None) -> list[dict]:
+    """[NetworkPolicy, Secret, Pod] for one agent, in the order they must be applied.
+    `tls`: optional PEM texts {"ca", "cert", "key"} for a TLS / mutual-TLS server."""
+    tls = _check_tls(tls)
     return [
         network_policy_manifest(agent_id, server, namespace, server_labels, labels),
-        secret_manifest(agent_id, token, namespace, labels),
+        secret_manifest(agent_id, token, namespace, labels, tls),
         pod_manifest(agent_id, server, limits, namespace=namespace, image=image, runtime_class=runtime_class,
-                     restart_policy=restart_policy, env=env, command=command, labels=labels, name=pod_name),
+                     restart_policy=restart_policy, env=env, command=command, labels=labels, name=pod_name,
+                     tls_kinds=tuple(k for k in TLS_FILES if k in tls)),
     ]
 
 
@@ -416,7 +441,8 @@ class KubernetesBackend(Backend):
 
     def __init__(self, launcher_id: str, *, namespace: str | None = None, image: str | None = None,
                  runtime_class: str | None = None, server_labels: dict | str | None = None,
-                 kubeconfig: str | None = None, context: str | None = None, grace_seconds: int = 10) -> None:
+                 kubeconfig: str | None = None, context: str | None = None, grace_seconds: int = 10,
+                 tls_files: dict[str, str] | None = None) -> None:
         try:
             from kubernetes import client as k8s_client
         except ImportError as e:          # pragma: no cover - a declared dependency
@@ -432,6 +458,7 @@ class KubernetesBackend(Backend):
         labels = server_labels if server_labels is not None else os.environ.get("ECOLOGY_K8S_SERVER_LABELS")
         self.server_labels = parse_labels(labels) if isinstance(labels, (str, list)) else labels
         self.grace_seconds = grace_seconds
+        self.tls = {k: Path(v).read_text() for k, v in _check_tls(tls_files).items()}
         self.core = k8s_client.CoreV1Api(self.api)
         self.net = k8s_client.NetworkingV1Api(self.api)
         self.selector = f"{LABEL_LAUNCHER}={launcher_id}"
@@ -512,7 +539,8 @@ class KubernetesBackend(Backend):
         netpol, secret, pod = agent_manifests(
             spec.agent_id, token, spec.server, spec.limits, namespace=self.namespace, image=self.image,
             runtime_class=self.runtime_class, server_labels=self.server_labels, restart_policy="Never",
-            env=spec.env, command=spec.command, labels={LABEL_LAUNCHER: self.launcher_id}, pod_name=pod_name)
+            env=spec.env, command=spec.command, labels={LABEL_LAUNCHER: self.launcher_id}, pod_name=pod_name,
+            tls=self.tls)
         self._apply("NetworkPolicy", netpol)     # first: the Pod never runs without it
         self._apply("Secret", secret)
         self.own.add(pod_name)
