@@ -566,7 +566,9 @@ class KubernetesBackend(Backend):
         self._closing.set()
         if self._watch is not None:
             self._watch.stop()
-        self._thread.join(2)
+        # The watch thread may sit in a read until the next event or the watch's timeout; it is a
+        # daemon and ends at its next step (closing is set), so it is not waited for long.
+        self._thread.join(0.2)
         try:
             self.api.close()
         except Exception:  # noqa: BLE001
