@@ -131,6 +131,9 @@ class Launcher:
         server_socket = str(server_socket)
         if server_socket.startswith("/"):
             server_socket = "unix:" + server_socket
+        if backend == "kubernetes":        # Pods reach the server over TCP: refuse a unix socket early
+            from agent_runtime.launcher.kubernetes import split_address
+            split_address(server_socket)
         if restart not in ("on-failure", "always", "never"):
             raise ValueError("restart must be on-failure, always or never")
         self.server = server_socket
