@@ -232,13 +232,37 @@ def test_agent_manifest_errors_are_clear(tmp_path):
     assert r.returncode == 2 and "bad cpu" in r.stderr
 
 
+def run_cli(*args: str, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if k not in ("ECOLOGY_K8S_SERVER", "KUBECONFIG")}
+    return subprocess.run([sys.executable, "-m", "server.cli", *args], capture_output=True, text=True,
+                          cwd=ROOT, env={**base, "PYTHONPATH": str(ROOT), **env}, timeout=timeout)
+
+
 def test_run_with_the_kubernetes_backend_needs_the_agents_server_address(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "ECOLOGY_K8S_SERVER"}
-    r = subprocess.run([sys.executable, "-m", "server.cli", "run", "--backend", "kubernetes", "--agents", "1",
-                        "--duration", "1", "--data-dir", str(tmp_path / "d")], capture_output=True, text=True,
-                       cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)}, timeout=60)
-    assert r.returncode == 2 and "ECOLOGY_K8S_SERVER" in r.stderr
-    assert not (tmp_path / "d").exists()              # refused before anything started
+    for env, words in [({}, "ECOLOGY_K8S_SERVER"), ({"ECOLOGY_K8S_SERVER": "unix:/x.sock"}, "over TCP")]:
+        r = run_cli("run", "--backend", "kubernetes", "--agents", "1", "--duration", "1",
+                    "--data-dir", str(tmp_path / "d"), env=env)
+        assert r.returncode == 2 and words in r.stderr, r.stderr
+        assert not (tmp_path / "d").exists()              # refused before anything started
+
+
+def test_run_with_the_kubernetes_backend_creates_and_removes_the_agents_objects(api, kubeconfig, tmp_path):
+    """The main job's wiring: one Pod (+ Secret + NetworkPolicy) per agent, in the kubeconfig's
+    namespace, pointing at ECOLOGY_K8S_SERVER; all deleted when it stops. (Nothing runs the Pods.)"""
+    r = run_cli("run", "--backend", "kubernetes", "--agents", "2", "--duration", "3", "--data-dir",
+                str(tmp_path / "w"), "--listen", "127.0.0.1:0",
+                env={"KUBECONFIG": kubeconfig, "ECOLOGY_K8S_SERVER": "10.9.8.7:50051"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "on backend 'kubernetes'" in r.stdout
+    summary = json.loads(next(x for x in r.stdout.splitlines() if x.startswith("SUMMARY "))[8:])
+    assert summary["backend"] == "kubernetes" and summary["agents"] == 2
+    pods = [q["body"] for q in api.sent("POST", "pods")]
+    assert sorted(p["metadata"]["annotations"]["ecology.agent/id"] for p in pods) == ["builder-1", "trader-1"]
+    for p in pods:
+        env = {e["name"]: e["value"] for e in p["spec"]["containers"][0]["env"]}
+        assert env["ECOLOGY_SERVER"] == "10.9.8.7:50051" and p["metadata"]["namespace"] == "eco-test"
+    assert len(api.sent("POST", "secrets")) == 2 and len(api.sent("POST", "networkpolicies")) == 2
+    assert api.objects == {}                              # the stop deleted Pods, Secrets, NetworkPolicies
 
 
 # -- the backend against the official client and a minimal API server --------------------
