@@ -47,7 +47,7 @@ Configuration of the backend (keyword arguments, else the environment):
     image           ECOLOGY_K8S_IMAGE           (default ecology-agent:latest; must be pullable by the nodes)
     runtime_class   ECOLOGY_K8S_RUNTIME_CLASS   (default none)
     server_labels   ECOLOGY_K8S_SERVER_LABELS   "k=v,k2=v2": the server Pods' labels, for an in-cluster server
-    kubeconfig      KUBECONFIG                  (else ~/.kube/config, else the in-cluster service account)
+    kubeconfig      KUBECONFIG (its first file) (else ~/.kube/config, else the in-cluster service account)
     tls_files       {"ca": PATH, "cert": PATH, "key": PATH}: PEMs put in each agent's Secret for a
                     TLS (mutual TLS) server; the Pod's ECOLOGY_CA_FILE etc. point at them
 """
@@ -393,6 +393,8 @@ class KubernetesInstance(Instance):
         except ApiException as e:
             if e.status != 404:
                 log.warning("k8s_pod_delete_failed", pod=self.name, status=e.status)
+        except Exception as e:  # noqa: BLE001 - API unreachable: stop goes on, the label finds it later
+            log.warning("k8s_pod_delete_failed", pod=self.name, error=f"{type(e).__name__}: {str(e)[:200]}")
 
     def terminate(self) -> None:
         self._delete(self.backend.grace_seconds)
@@ -561,6 +563,8 @@ class KubernetesBackend(Backend):
             except ApiException as e:
                 if e.status != 404:
                     log.warning("k8s_delete_failed", object=name, status=e.status)
+            except Exception as e:  # noqa: BLE001 - API unreachable
+                log.warning("k8s_delete_failed", object=name, error=f"{type(e).__name__}: {str(e)[:200]}")
 
     def close(self) -> None:
         self._closing.set()
