@@ -416,6 +416,8 @@ class KubernetesInstance(Instance):
             except ApiException as e:
                 if e.status == 404:
                     self._final = {"phase": "Gone", "code": -15, "reason": "deleted", "gone": True}
+            except Exception:  # noqa: BLE001 - API unreachable: keep trying until the deadline
+                pass
             if self._final is not None:
                 return self._final["code"]
             if time.monotonic() >= deadline:
