@@ -1,11 +1,13 @@
 """The `ecology` command.
 
-  ecology run [--agents N] [--duration S] [--backend auto|docker|bwrap|process] [--data-dir DIR]
+  ecology run [--agents N] [--duration S] [--backend auto|docker|bwrap|process|kubernetes] [--data-dir DIR]
   ecology serve --data-dir DIR [--listen ADDR ...] [--config FILE]
   ecology agent create NAME [--config-text JSON] [--endowment N]
   ecology agent list
   ecology agent run [--server ADDR] [--token-file F] [--brain B]   (one agent's loop; see agent_runtime/run.py)
   ecology mcp --server ADDR --token-file F [--expose ID ...]   (one agent's verbs as MCP tools on stdio)
+  ecology agent manifest NAME --server ADDR --token-file F [--namespace NS] [--image IMG] ...
+                                (Kubernetes YAML for one agent; see agent_runtime/launcher/kubernetes.py)
   ecology status
   ecology defaults
 
@@ -265,6 +267,28 @@ def _mcp(args) -> int:
     return mcp_bridge.run(args)
 
 
+def _agent_manifest(args) -> int:
+    """Print the NetworkPolicy, Secret and Pod of one agent as YAML (nothing is applied)."""
+    from agent_runtime.launcher import kubernetes as k8s
+
+    try:
+        token = Path(args.token_file).read_text().strip()
+        if not token:
+            raise ValueError(f"{args.token_file} is empty")
+        limits = {"cpus": k8s.parse_cpu(args.cpu), "memory": args.memory}
+        tls = {k: Path(f).read_text() for k, f in (("ca", args.ca_file), ("cert", args.cert_file),
+                                                    ("key", args.key_file)) if f}
+        objects = k8s.agent_manifests(
+            args.name, token, args.server, limits, namespace=args.namespace, image=args.image,
+            runtime_class=args.runtime_class, server_labels=k8s.parse_labels(args.server_pod_label) or None,
+            restart_policy=args.restart_policy, tls=tls)
+    except (OSError, ValueError) as e:
+        print(f"ecology: {e}", file=sys.stderr)
+        return 2
+    print(k8s.to_yaml(objects), end="")
+    return 0
+
+
 @operator_command
 def _decisions(args, admin) -> int:
     """ecology agent decisions NAME: one JSON line per decision, oldest first."""
@@ -310,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="the main job: a world server and a population of agents")
     run.add_argument("--agents", type=int, default=4, help="number of agents (default 4)")
     run.add_argument("--duration", type=float, default=None, help="seconds to run (default: until Ctrl-C)")
-    run.add_argument("--backend", default="auto", choices=["auto", "docker", "bwrap", "process"])
+    run.add_argument("--backend", default="auto", choices=["auto", "docker", "bwrap", "process", "kubernetes"])
     run.add_argument("--brain", default="scripted", choices=["scripted", "llm"],
                      help="scripted (no LLM) or llm (through genesis_llm; offline model by default)")
     run.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
@@ -341,6 +365,26 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--token-file", help="file holding the agent's token")
     run.add_argument("--brain", choices=("scripted", "llm", "plan"), help="override the configured brain")
     run.set_defaults(fn=_agent_run)
+    man = agent.add_parser("manifest", help="print one agent's Kubernetes objects (NetworkPolicy, Secret, Pod) "
+                                            "as YAML for kubectl apply")
+    man.add_argument("name", help="the agent id")
+    man.add_argument("--server", required=True,
+                     help="the world server as the Pod reaches it: IP:PORT or SERVICE[.NAMESPACE[.svc...]]:PORT")
+    man.add_argument("--token-file", required=True, help="file holding the agent's token (goes into the Secret)")
+    man.add_argument("--namespace", default="default")
+    man.add_argument("--image", default="ecology-agent:latest")
+    man.add_argument("--runtime-class", help="a RuntimeClass for a sandboxed runtime, e.g. gvisor")
+    man.add_argument("--cpu", default="0.5", help="CPU limit: cores (0.5) or millicores (500m)")
+    man.add_argument("--memory", default="256Mi", help="memory limit: 256Mi, 1Gi or bytes (binary units)")
+    man.add_argument("--server-pod-label", action="append", default=[],
+                     help="KEY=VALUE label of the server Pods, for an in-cluster server "
+                          "(default app.kubernetes.io/name=ecology-server; repeatable)")
+    man.add_argument("--restart-policy", default="OnFailure", choices=["OnFailure", "Always", "Never"],
+                     help="OnFailure (default): the kubelet restarts the agent with its backoff")
+    man.add_argument("--ca-file", help="TLS: the server's CA (PEM), put in the Secret")
+    man.add_argument("--cert-file", help="mutual TLS: the agent's client certificate (PEM), put in the Secret")
+    man.add_argument("--key-file", help="mutual TLS: its private key (PEM), put in the Secret")
+    man.set_defaults(fn=_agent_manifest)
 
     decisions = agent.add_parser("decisions", help="an agent's decision traces (JSON lines, oldest first)")
     decisions.add_argument("name")

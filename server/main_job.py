@@ -1,7 +1,7 @@
 """`ecology run`: the main job. A world server on embedded defaults plus a population of
 autonomous agents, each in its own isolated process, until Ctrl-C or --duration.
 
-    ecology run [--agents N] [--duration S] [--backend auto|docker|bwrap|process]
+    ecology run [--agents N] [--duration S] [--backend auto|docker|bwrap|process|kubernetes]
                 [--data-dir DIR] [--brain scripted|llm] [--listen ADDR]
 
 The server runs in this process; agents are started and supervised by
@@ -133,8 +133,8 @@ class MainJob:
 
             try:
                 launcher = await asyncio.to_thread(
-                    Launcher, self.backend, address, state_dir=self.data_dir / "launcher",
-                    max_failures=MAX_FAILURES)
+                    Launcher, self.backend, agent_server_address(self.backend, self.socket),
+                    state_dir=self.data_dir / "launcher", max_failures=MAX_FAILURES)
             except RuntimeError as e:       # the backend asked for is not available
                 return self._setup_failed(str(e))
             server.agent_backend = launcher.backend_name
@@ -424,6 +424,22 @@ class MainJob:
         return summary
 
 
+def agent_server_address(backend: str, socket: Path) -> str:
+    """Where the agents reach the server: its unix socket, except on the kubernetes backend,
+    whose Pods reach it over TCP at $ECOLOGY_K8S_SERVER (IP:PORT or an in-cluster Service; the
+    server must also --listen there, with TLS or server.insecure)."""
+    if backend != "kubernetes":
+        return f"unix:{socket}"
+    address = os.environ.get("ECOLOGY_K8S_SERVER", "").strip()
+    if not address:
+        raise ValueError("--backend kubernetes needs ECOLOGY_K8S_SERVER=IP:PORT: the address the agents' "
+                         "Pods reach this server at (and --listen on it)")
+    from agent_runtime.launcher.kubernetes import server_peer
+
+    server_peer(address, "default")       # ValueError for a unix socket or an address no NetworkPolicy can allow
+    return address
+
+
 def _balances(reader: sqlite3.Connection, names: list[str]) -> dict[str, int]:
     marks = ",".join("?" * len(names))
     return dict(reader.execute(f"SELECT principal_id, scrip FROM balances WHERE principal_id IN ({marks})", names))
@@ -446,6 +462,11 @@ def main(args, config: Config) -> int:
     """Exit status: 0 when agents acted and the ledger invariant holds; 1 when no agent
     acted, every agent ended before the run did (stopped early), or the invariant is
     broken; 2 when the run could not start (e.g. the backend asked for is unavailable)."""
+    try:
+        agent_server_address(args.backend, Path(args.data_dir))
+    except ValueError as e:
+        print(f"ecology: {e}", file=sys.stderr)
+        return 2
     job = MainJob(config, Path(args.data_dir), agents=args.agents, duration=args.duration,
                   backend=args.backend, brain=args.brain, listen=args.listen or [])
     summary = asyncio.run(job.run())

@@ -183,8 +183,10 @@ def test_auto_names_the_backend_and_process_says_development_only(sock_dir, laun
     dev = launchers("auto", f"unix:{sock_dir}/world.sock")
     assert dev.backend_name == "process" and not dev.isolated
     assert "development only" in dev.backend.describe()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="over TCP"):       # Pods cannot reach a unix socket
         launchers("kubernetes", f"unix:{sock_dir}/world.sock")
+    with pytest.raises(ValueError, match="unknown backend"):
+        launchers("swarm", f"unix:{sock_dir}/world.sock")
 
 
 def test_limits_from_configuration():

@@ -140,6 +140,10 @@ class Backend:
     def prepare_token_file(self, path: Path) -> None:
         os.chmod(path, 0o400)
 
+    def release(self, agent_id: str) -> None:
+        """The agent was stopped for good: free what its runs shared (kubernetes: its Secret and
+        NetworkPolicy). Restarts do not call it."""
+
     def close(self) -> None:
         pass
 

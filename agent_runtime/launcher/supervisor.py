@@ -36,7 +36,7 @@ from pathlib import Path
 from agent_runtime.launcher.base import (
     AGENT_IMAGE, AgentLimits, AgentSpec, Backend, Instance, ensure_socket_reachable, log)
 
-BACKENDS = ("auto", "docker", "bwrap", "process")
+BACKENDS = ("auto", "docker", "bwrap", "process", "kubernetes")   # kubernetes: only by name, never auto
 PERMANENT_EXIT_CODES = frozenset({2, 3, 4})
 # What the agent entry point's permanent exit statuses mean (agent_runtime/run.py).
 EXIT_MEANINGS = {2: "usage: no server address or no readable token",
@@ -101,10 +101,24 @@ def _bwrap_backend() -> tuple[Backend | None, str]:
         return None, str(e)
 
 
-def make_backend(name: str, image: str, launcher_id: str, build_image: bool = True) -> tuple[Backend, dict]:
+def _kubernetes_backend(image: str, launcher_id: str, options: dict) -> tuple[Backend | None, str]:
+    from agent_runtime.launcher import kubernetes as k8s_mod
+    try:
+        opts = dict(options)
+        if image != AGENT_IMAGE:
+            opts.setdefault("image", image)
+        return k8s_mod.KubernetesBackend(launcher_id, **opts), "ok"
+    except RuntimeError as e:
+        return None, str(e)
+
+
+def make_backend(name: str, image: str, launcher_id: str, build_image: bool = True,
+                 options: dict | None = None) -> tuple[Backend, dict]:
     """The requested backend, or for "auto" the strongest that works: docker (daemon answers
     and the image exists or can be built), else bwrap, else process. Returns it with the
-    reasons the stronger ones were passed over."""
+    reasons the stronger ones were passed over. "kubernetes" is never chosen by "auto" (it
+    runs agents on a cluster, not on this host); `options` are its keyword arguments
+    (namespace, image, runtime_class, server_labels, kubeconfig, context)."""
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}: one of {', '.join(BACKENDS)}")
     skipped: dict[str, str] = {}
@@ -114,6 +128,8 @@ def make_backend(name: str, image: str, launcher_id: str, build_image: bool = Tr
             backend, why = _docker_backend(image, launcher_id, build_image)
         elif candidate == "bwrap":
             backend, why = _bwrap_backend()
+        elif candidate == "kubernetes":
+            backend, why = _kubernetes_backend(image, launcher_id, options or {})
         else:
             from agent_runtime.launcher.process import ProcessBackend
             backend, why = ProcessBackend(), "ok"
@@ -139,7 +155,7 @@ class Launcher:
                  command: list[str] | None = None, env: dict[str, str] | None = None,
                  backoff_initial: float = 1.0, backoff_max: float = 60.0, stable_seconds: float = 60.0,
                  restart: str = "on-failure", poll_interval: float = 0.25, build_image: bool = True,
-                 max_failures: int | None = None) -> None:
+                 max_failures: int | None = None, backend_options: dict | None = None) -> None:
         if server_socket is None:
             server_socket = os.environ.get("ECOLOGY_SERVER")
         if not server_socket:
@@ -149,6 +165,9 @@ class Launcher:
             server_socket = "unix:" + server_socket
         if server_socket.startswith("unix:") and not server_socket.startswith("unix:/"):
             server_socket = "unix:" + os.path.abspath(server_socket[5:])     # see the module docstring
+        if backend == "kubernetes":        # Pods reach the server over TCP: refuse a unix socket early
+            from agent_runtime.launcher.kubernetes import split_address
+            split_address(server_socket)
         if restart not in ("on-failure", "always", "never"):
             raise ValueError("restart must be on-failure, always or never")
         self.server = server_socket
@@ -165,7 +184,7 @@ class Launcher:
         self.state_dir = Path(state_dir or tempfile.mkdtemp(prefix="ecology-launcher-")).absolute()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o700)
-        self.backend, skipped = make_backend(backend, image, self.id, build_image)
+        self.backend, skipped = make_backend(backend, image, self.id, build_image, backend_options)
         self.passed_over = skipped           # stronger backends not used: {name: why}
         self._image = image
         self.backend_name = self.backend.name
@@ -227,6 +246,7 @@ class Launcher:
             reason = inst.exit_reason()
             handle.last_output = inst.output_tail()
             inst.cleanup()
+        self.backend.release(agent_id)
         with self._lock:
             handle.finished = True
             handle.last_exit = reason or handle.last_exit
