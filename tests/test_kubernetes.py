@@ -253,7 +253,10 @@ def test_run_with_the_kubernetes_backend_creates_and_removes_the_agents_objects(
     r = run_cli("run", "--backend", "kubernetes", "--agents", "2", "--duration", "3", "--data-dir",
                 str(tmp_path / "w"), "--listen", "127.0.0.1:0",
                 env={"KUBECONFIG": kubeconfig, "ECOLOGY_K8S_SERVER": "10.9.8.7:50051"})
-    assert r.returncode == 0, r.stdout + r.stderr
+    # Nothing runs these Pods (the test API server plays no kubelet that starts them), so no agent
+    # acts, and `ecology run` says so and exits 1 - a run where nothing happened is no success.
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "no agent acted" in r.stderr
     assert "on backend 'kubernetes'" in r.stdout
     summary = json.loads(next(x for x in r.stdout.splitlines() if x.startswith("SUMMARY "))[8:])
     assert summary["backend"] == "kubernetes" and summary["agents"] == 2

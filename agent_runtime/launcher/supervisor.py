@@ -290,6 +290,8 @@ class Launcher:
         explicitly the stronger ones are probed here (docker: engine and image, no build)."""
         order = ["docker", "bwrap", "process"]
         out = []
+        if self.backend_name not in order:  # kubernetes: chosen by name, nothing here is stronger
+            return out
         for name in order[:order.index(self.backend_name)]:
             why = self.passed_over.get(name)
             if why is None:
