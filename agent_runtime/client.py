@@ -457,13 +457,7 @@ class WorldClient(_Base):
                **args: Any) -> Any:
         """Call a method with named arguments. `max_spend`: the most scrip the call may take
         from you (prices + tools' pay()); 0 is the server's default."""
-        read_only = (artifact_id, method) in READ_ONLY_METHODS
-        if not read_only:
-            request_id = self._request_id(request_id)
-        req = world_pb2.InvokeArtifactRequest(artifact_id=artifact_id, method=method, args=_struct(args),
-                                              request_id=request_id, max_spend=max_spend)
-        resp = self._unary(self._stub.InvokeArtifact, req, idempotent=read_only or bool(request_id))
-        return to_python(resp.result)
+        return self.invoke_args(artifact_id, method, args, request_id=request_id, max_spend=max_spend)
 
     def invoke_args(self, artifact_id: str, method: str, args: dict | None = None, *, request_id: str = "",
                     max_spend: int = 0) -> Any:
