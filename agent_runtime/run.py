@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ecology agent run", description="Run one autonomous agent")
     p.add_argument("--server", help="server address (default $ECOLOGY_SERVER)")
     p.add_argument("--token-file", help="file holding the agent's token (default $ECOLOGY_TOKEN / $ECOLOGY_TOKEN_FILE)")
+    p.add_argument("--ca-file", help="TLS: the CA of the server's certificate (default $ECOLOGY_CA_FILE)")
+    p.add_argument("--cert-file", help="mutual TLS: this agent's certificate (default $ECOLOGY_CERT_FILE)")
+    p.add_argument("--key-file", help="mutual TLS: its private key (default $ECOLOGY_KEY_FILE)")
     p.add_argument("--brain", choices=("scripted", "llm", "plan"), help="override the configured brain "
                                                                         "(default $ECOLOGY_BRAIN)")
     return p
@@ -68,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     from agent_runtime.loop import AgentLoop
 
     try:  # TLS from $ECOLOGY_CA_FILE, $ECOLOGY_CERT_FILE, $ECOLOGY_KEY_FILE
-        client = WorldClient(server, token, retry=RetryPolicy(), tls=TlsOptions.from_env())
+        env = {**os.environ, **{name: value for name, value in (
+            ("ECOLOGY_CA_FILE", args.ca_file), ("ECOLOGY_CERT_FILE", args.cert_file),
+            ("ECOLOGY_KEY_FILE", args.key_file)) if value}}
+        client = WorldClient(server, token, retry=RetryPolicy(), tls=TlsOptions.from_env(env))
     except EcologyError as e:
         log.error("usage", message=str(e))
         return EXIT_USAGE

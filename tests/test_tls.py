@@ -242,3 +242,26 @@ def test_javascript_agent_over_mutual_tls(tls_server, js_agent):
     # without the CA file the JavaScript agent speaks plaintext to the TLS port: refused
     code, summary, _, _ = run_agent(js_agent, tls_server.tcp, alice["token"], ECOLOGY_TIMEOUT="5")
     assert code == 1 and summary["ok"] is False
+
+
+def test_agent_runtime_takes_tls_files_by_option(tls_server, tmp_path):
+    """`python -m agent_runtime.run --ca-file/--cert-file/--key-file` reaches a mutual-TLS
+    listener and acts (a plan agent writes its tick artifact)."""
+    from tests.conftest import plan_config, tick_version
+
+    alice = create_with_cert(tls_server, "ticker")
+    with tls_server.admin() as admin:
+        admin.grant("ticker", scrip=1)  # any admin call: the server is up
+    with WorldClient(tls_server.socket, alice["token"]) as world:
+        world.write("ticker", plan_config("ticker"))  # its configuration: write ticks
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ECOLOGY_")}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agent_runtime.run", "--server", tls_server.tcp, "--ca-file", alice["ca_file"],
+             "--cert-file", alice["cert_file"], "--key-file", alice["key_file"]],
+            env={**env, "PYTHONPATH": str(ROOT), "ECOLOGY_TOKEN": alice["token"]}, cwd=ROOT,
+            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "agent.log", "wb"))
+        try:
+            wait_until(lambda: tick_version(world, "ticker.tick") >= 2, 30, "the agent to act over mutual TLS")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
