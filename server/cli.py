@@ -340,6 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     run.add_argument("--listen", action="append", help="also listen on host:port (repeatable)")
     run.add_argument("--config", help="TOML configuration file")
+    for flag, what in (("--ca-file", "the CA of the server's TLS certificate ($ECOLOGY_CA_FILE)"),
+                       ("--cert-file", "the agents' client certificate for mutual TLS ($ECOLOGY_CERT_FILE)"),
+                       ("--key-file", "its private key ($ECOLOGY_KEY_FILE)")):
+        run.add_argument(flag, help=f"{what}; used by --backend kubernetes, whose Pods reach the server over TCP")
     run.set_defaults(fn=_run)
 
     def operator(sp):

@@ -73,8 +73,13 @@ def _agent_config(name: str, names: list[str], brain: str) -> str:
 
 class MainJob:
     def __init__(self, config: Config, data_dir: Path, *, agents: int, duration: float | None,
-                 backend: str, brain: str, listen: list[str], out=sys.stdout, live: bool | None = None) -> None:
+                 backend: str, brain: str, listen: list[str], out=sys.stdout, live: bool | None = None,
+                 tls_files: dict[str, str] | None = None) -> None:
         self.config = config
+        # {"ca", "cert", "key"}: PEM files the agents need to reach a TLS listener. Only the
+        # kubernetes backend uses them (its Pods reach the server over TCP; they go into each
+        # agent's Secret); local agents use the unix socket, which is plaintext by design.
+        self.tls_files = {k: str(Path(v).resolve()) for k, v in (tls_files or {}).items() if v}
         # Resolved once, here: every path handed to an agent (token files) or a container
         # (bind mounts of the socket directory) must be absolute; agents run elsewhere.
         self.data_dir = Path(data_dir).resolve()
@@ -134,7 +139,8 @@ class MainJob:
             try:
                 launcher = await asyncio.to_thread(
                     Launcher, self.backend, agent_server_address(self.backend, self.socket),
-                    state_dir=self.data_dir / "launcher", max_failures=MAX_FAILURES)
+                    state_dir=self.data_dir / "launcher", max_failures=MAX_FAILURES,
+                    backend_options={"tls_files": self.tls_files} if self.backend == "kubernetes" else None)
             except RuntimeError as e:       # the backend asked for is not available
                 return self._setup_failed(str(e))
             server.agent_backend = launcher.backend_name
@@ -468,6 +474,9 @@ def main(args, config: Config) -> int:
         print(f"ecology: {e}", file=sys.stderr)
         return 2
     job = MainJob(config, Path(args.data_dir), agents=args.agents, duration=args.duration,
-                  backend=args.backend, brain=args.brain, listen=args.listen or [])
+                  backend=args.backend, brain=args.brain, listen=args.listen or [],
+                  tls_files={"ca": args.ca_file or os.environ.get("ECOLOGY_CA_FILE", ""),
+                             "cert": args.cert_file or os.environ.get("ECOLOGY_CERT_FILE", ""),
+                             "key": args.key_file or os.environ.get("ECOLOGY_KEY_FILE", "")})
     summary = asyncio.run(job.run())
     return 0 if summary["ok"] else summary.get("exit_code", 1)

@@ -250,8 +250,10 @@ def test_run_with_the_kubernetes_backend_needs_the_agents_server_address(tmp_pat
 def test_run_with_the_kubernetes_backend_creates_and_removes_the_agents_objects(api, kubeconfig, tmp_path):
     """The main job's wiring: one Pod (+ Secret + NetworkPolicy) per agent, in the kubeconfig's
     namespace, pointing at ECOLOGY_K8S_SERVER; all deleted when it stops. (Nothing runs the Pods.)"""
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
     r = run_cli("run", "--backend", "kubernetes", "--agents", "2", "--duration", "3", "--data-dir",
-                str(tmp_path / "w"), "--listen", "127.0.0.1:0",
+                str(tmp_path / "w"), "--listen", "127.0.0.1:0", "--ca-file", str(ca),
                 env={"KUBECONFIG": kubeconfig, "ECOLOGY_K8S_SERVER": "10.9.8.7:50051"})
     # Nothing runs these Pods (the test API server plays no kubelet that starts them), so no agent
     # acts, and `ecology run` says so and exits 1 - a run where nothing happened is no success.
@@ -265,6 +267,11 @@ def test_run_with_the_kubernetes_backend_creates_and_removes_the_agents_objects(
     for p in pods:
         env = {e["name"]: e["value"] for e in p["spec"]["containers"][0]["env"]}
         assert env["ECOLOGY_SERVER"] == "10.9.8.7:50051" and p["metadata"]["namespace"] == "eco-test"
+        assert env["ECOLOGY_CA_FILE"].endswith("/ca.crt")     # --ca-file: the CA travels in the Secret
+    for q in api.sent("POST", "secrets"):
+        secret = q["body"]
+        data = secret.get("stringData") or {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+        assert data["ca.crt"] == ca.read_text()
     assert len(api.sent("POST", "secrets")) == 2 and len(api.sent("POST", "networkpolicies")) == 2
     assert api.objects == {}                              # the stop deleted Pods, Secrets, NetworkPolicies
 
