@@ -40,8 +40,16 @@ def test_metrics_count_rpcs_rejections_commits_and_the_world(make_server):
     with WorldClient(server.socket, "eco_not_a_token") as stranger:
         fails(stranger.get_state, grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED")
 
-    s = wait_until(lambda: (lambda m: m if value(m, "ecology_events_total", type="ledger.transfer") >= 3 else None)(
-        scrape(url)), 10, "transfer events to be counted")
+    def settled():
+        # A call is counted just after its answer is sent, and events after their commit: wait
+        # until the last of both shows up.
+        m = scrape(url)
+        done = (value(m, "ecology_events_total", type="ledger.transfer") >= 3
+                and value(m, "grpc_server_handled_total", grpc_type="unary", grpc_service="ecology.v1.World",
+                          grpc_method="GetState", grpc_code="UNAUTHENTICATED") >= 1)
+        return m if done else None
+
+    s = wait_until(settled, 10, "the calls and events to be counted")
     rpc = dict(grpc_type="unary", grpc_service="ecology.v1.World", grpc_method="InvokeArtifact")
     assert value(s, "grpc_server_handled_total", **rpc, grpc_code="OK") == 4  # three transfers, one LLM call
     assert value(s, "grpc_server_handled_total", **rpc, grpc_code="FAILED_PRECONDITION") == 1
