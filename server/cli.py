@@ -80,6 +80,8 @@ def _run(args) -> int:
     except ConfigError as e:
         print(f"ecology: invalid configuration: {e}", file=sys.stderr)
         return 2
+    if args.metrics:
+        config.server["metrics_listen"] = args.metrics
     return main(args, config)
 
 
@@ -340,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     run.add_argument("--listen", action="append", help="also listen on host:port (repeatable)")
     run.add_argument("--config", help="TOML configuration file")
+    run.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics")
     for flag, what in (("--ca-file", "the CA of the server's TLS certificate ($ECOLOGY_CA_FILE)"),
                        ("--cert-file", "the agents' client certificate for mutual TLS ($ECOLOGY_CERT_FILE)"),
                        ("--key-file", "its private key ($ECOLOGY_KEY_FILE)")):

@@ -175,6 +175,8 @@ class MainJob:
 
         self.say(f"world server: {', '.join(server.addresses)} (data {self.data_dir}, "
                  f"logs {self.data_dir / 'server.log'})")
+        if server.metrics_address:
+            self.say(f"metrics: http://{server.metrics_address}/metrics")
         level = stats.sandbox_isolation
         line = f"sandbox: {level} - {isolation_note(level)}"
         if isolation_warning(level) and INSTALL_HINT not in line:

@@ -59,3 +59,38 @@ def test_three_offline_agents_act_trade_and_stop_cleanly(tmp_path):
     assert again["ledger"]["entries"] > s["ledger"]["entries"] - 1
     assert again["artifacts"] >= s["artifacts"]
     assert agent_processes(data / "sock" / "world.sock") == []
+
+
+def test_run_serves_metrics_while_agents_act(tmp_path):
+    """`ecology run --metrics HOST:PORT`: the world's /metrics, scraped while its agents act."""
+    import socket
+    import time
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "run", "--data-dir", str(tmp_path / "w"), "--agents", "2",
+         "--duration", "20", "--backend", "process", "--metrics", f"127.0.0.1:{port}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        deadline, seen = time.monotonic() + 60, {}
+        while time.monotonic() < deadline:
+            try:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            except OSError:
+                time.sleep(0.5)
+                continue
+            seen = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples
+                    if not s.labels}
+            if seen.get("ecology_agents_active", 0) == 2 and seen.get("ecology_agents") == 2:
+                break
+            time.sleep(0.5)
+        assert seen.get("ecology_agents_active") == 2 and seen.get("ecology_scrip_supply", 0) >= 2000, seen
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=60)
+    assert f"metrics: http://127.0.0.1:{port}/metrics" in out, out + err
