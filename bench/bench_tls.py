@@ -52,7 +52,7 @@ def ecology(*args: str, env: dict | None = None) -> str:
 
 
 class World:
-    def __init__(self, work: Path, name: str, tls: dict | None, mutual: bool) -> None:
+    def __init__(self, work: Path, name: str, tls: dict | None, mutual: bool, extra: list[str] = ()) -> None:
         self.name = name
         self.data = work / name
         self.data.mkdir(parents=True)
@@ -61,7 +61,7 @@ class World:
         self.sock = work / f"{name}.sock"
         argv = [sys.executable, "-m", "server.cli", "serve", "--data-dir", str(self.data), "--config",
                 str(work / f"{name}.toml"), "--listen", "127.0.0.1:0", "--listen", f"unix:{self.sock}",
-                "--log-level", "warning"]
+                "--log-level", "warning", *extra]
         if tls:
             argv += ["--tls-cert", tls["cert_file"], "--tls-key", tls["key_file"]]
             if mutual:

@@ -54,6 +54,7 @@ class Metrics:
                                 registry=r)
         # per (method, code): the label children, looked up once
         self._rpc: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._event_children: dict[str, Any] = {}
         self._sources: dict[str, Any] = {}
         self.registry.register(_StateCollector(self._sources))
         self._http = None
@@ -81,8 +82,14 @@ class Metrics:
         self.commit_seconds.observe(seconds)
 
     def observe_events(self, new: list[dict]) -> None:
+        children = self._event_children
         for ev in new:
-            self.events.labels(ev["type"]).inc()
+            child = children.get(ev["type"])
+            if child is None:
+                child = self.events.labels(ev["type"])
+                if len(children) < 1000:  # event types are the kernel's own, a few dozen
+                    children[ev["type"]] = child
+            child.inc()
             if ev["type"] == "llm.completed":
                 data = ev.get("data") or {}
                 self.llm_tokens.labels("prompt").inc(int(data.get("prompt_tokens") or 0))
