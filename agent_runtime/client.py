@@ -347,9 +347,8 @@ class Subscription:
         remaining = self._remaining()
         if remaining is not None and remaining <= 0:
             raise EcologyError(grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED", "subscription timed out")
-        call = self._client._stub.Subscribe(
-            world_pb2.SubscribeRequest(after_seq=self.last_seq, **self._filters), metadata=self._client._md,
-            timeout=remaining, wait_for_ready=self.resume and self.reconnects > 0 or None)
+        call = self._client._open_events(self.last_seq, self._filters, timeout=remaining,
+                                         wait_for_ready=self.resume and self.reconnects > 0 or None)
         with self._lock:
             if self._closed.is_set():
                 call.cancel()
@@ -483,6 +482,10 @@ class WorldClient(_Base):
         DEADLINE_EXCEEDED). With `resume` (default), a broken stream is reopened from the
         last delivered event, so a server restart loses nothing."""
         return Subscription(self, after_seq, types, artifact_ids, principal_ids, timeout, resume)
+
+    def _open_events(self, after_seq: int, filters: dict, **kw):
+        return self._stub.Subscribe(world_pb2.SubscribeRequest(after_seq=after_seq, **filters),
+                                    metadata=self._md, **kw)
 
     # -- genesis helpers ---------------------------------------------------------------
 
@@ -671,3 +674,13 @@ class AdminClient(_Base):
         """A page of an agent's decision traces, oldest first (next page: after_seq=next_after_seq)."""
         return self._unary(self._stub.ListDecisions, admin_pb2.ListDecisionsRequest(
             agent_id=agent_id, after_seq=after_seq, limit=limit))
+
+    def watch_events(self, after_seq: int = 0, *, types=(), artifact_ids=(), principal_ids=(),
+                     timeout: float | None = None, resume: bool = True) -> Subscription:
+        """The world's events (Admin.WatchEvents): like WorldClient.subscribe, with the same
+        filters, iterator, `.close()` and resume after a broken stream."""
+        return Subscription(self, after_seq, types, artifact_ids, principal_ids, timeout, resume)
+
+    def _open_events(self, after_seq: int, filters: dict, **kw):
+        return self._stub.WatchEvents(admin_pb2.WatchEventsRequest(after_seq=after_seq, **filters),
+                                      metadata=self._md, **kw)

@@ -217,3 +217,15 @@ class ListDecisionsResponse(_message.Message):
     decisions: _containers.RepeatedCompositeFieldContainer[Decision]
     next_after_seq: int
     def __init__(self, decisions: _Optional[_Iterable[_Union[Decision, _Mapping]]] = ..., next_after_seq: _Optional[int] = ...) -> None: ...
+
+class WatchEventsRequest(_message.Message):
+    __slots__ = ("after_seq", "types", "artifact_ids", "principal_ids")
+    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    TYPES_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_IDS_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_IDS_FIELD_NUMBER: _ClassVar[int]
+    after_seq: int
+    types: _containers.RepeatedScalarFieldContainer[str]
+    artifact_ids: _containers.RepeatedScalarFieldContainer[str]
+    principal_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, after_seq: _Optional[int] = ..., types: _Optional[_Iterable[str]] = ..., artifact_ids: _Optional[_Iterable[str]] = ..., principal_ids: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from ecology.v1 import admin_pb2 as ecology_dot_v1_dot_admin__pb2
+from ecology.v1 import world_pb2 as ecology_dot_v1_dot_world__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -75,6 +76,11 @@ class AdminStub:
                 request_serializer=ecology_dot_v1_dot_admin__pb2.ListDecisionsRequest.SerializeToString,
                 response_deserializer=ecology_dot_v1_dot_admin__pb2.ListDecisionsResponse.FromString,
                 _registered_method=True)
+        self.WatchEvents = channel.unary_stream(
+                '/ecology.v1.Admin/WatchEvents',
+                request_serializer=ecology_dot_v1_dot_admin__pb2.WatchEventsRequest.SerializeToString,
+                response_deserializer=ecology_dot_v1_dot_world__pb2.Event.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -138,6 +144,13 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchEvents(self, request, context):
+        """The world's events, filtered like World.Subscribe, then live ones until cancelled.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -180,6 +193,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListDecisions,
                     request_deserializer=ecology_dot_v1_dot_admin__pb2.ListDecisionsRequest.FromString,
                     response_serializer=ecology_dot_v1_dot_admin__pb2.ListDecisionsResponse.SerializeToString,
+            ),
+            'WatchEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEvents,
+                    request_deserializer=ecology_dot_v1_dot_admin__pb2.WatchEventsRequest.FromString,
+                    response_serializer=ecology_dot_v1_dot_world__pb2.Event.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -399,6 +417,33 @@ class Admin:
             '/ecology.v1.Admin/ListDecisions',
             ecology_dot_v1_dot_admin__pb2.ListDecisionsRequest.SerializeToString,
             ecology_dot_v1_dot_admin__pb2.ListDecisionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ecology.v1.Admin/WatchEvents',
+            ecology_dot_v1_dot_admin__pb2.WatchEventsRequest.SerializeToString,
+            ecology_dot_v1_dot_world__pb2.Event.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,7 +7,7 @@ import time
 from ecology.v1 import admin_pb2, admin_pb2_grpc
 from server.kernel import grants, traces
 from server.rpc import convert
-from server.rpc.world import translate_errors
+from server.rpc.world import event_stream, translate_errors
 from server.storage.db import SCHEMA_VERSION
 
 
@@ -90,3 +90,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             llm=[admin_pb2.LlmExchange(request_id=x["request_id"], model=x["model"], prompt=convert.value(x["prompt"]),
                                        answer=x["answer"], truncated=x["truncated"], at=convert.timestamp(x["at"]))
                  for x in d["llm"]]) for d in items], next_after_seq=nxt)
+
+    async def WatchEvents(self, request, context):
+        """World.Subscribe's stream for the operator (server/rpc/world.py event_stream)."""
+        async for message in event_stream(self.rt, request, context):
+            yield message

@@ -41,6 +41,38 @@ def translate_errors(fn):
     return wrapper
 
 
+async def event_stream(rt, request, context):
+    """The event stream of World.Subscribe and Admin.WatchEvents: validate the filters
+    (after_seq, types, artifact_ids, principal_ids), then yield matching events after
+    `after_seq` from the EventHub, then live ones, until the client cancels or the server
+    stops."""
+    try:
+        max_filters = rt.config.limits["max_subscribe_filters"]
+        for name in ("types", "artifact_ids", "principal_ids"):
+            if len(getattr(request, name)) > max_filters:
+                raise invalid(name, f"at most {max_filters} entries")
+        if request.after_seq < 0:
+            raise invalid("after_seq", "must not be negative")
+    except KernelError as err:
+        await abort(context, err)
+    after = request.after_seq
+    hub: EventHub = rt.hub
+    types = tuple(request.types)
+    artifact_set, principal_set = frozenset(request.artifact_ids), frozenset(request.principal_ids)
+    while True:
+        wake = hub.current()
+        found, after = hub.after(after, types, artifact_set, principal_set)
+        for message in found:
+            yield message
+        if not found and after >= hub.last_seq:
+            if rt.stopping:
+                return
+            try:
+                await asyncio.wait_for(wake.wait(), timeout=5.0)
+            except asyncio.TimeoutError:
+                pass
+
+
 class WorldService(world_pb2_grpc.WorldServicer):
     def __init__(self, runtime) -> None:
         self.rt = runtime
@@ -148,30 +180,10 @@ class WorldService(world_pb2_grpc.WorldServicer):
     async def Subscribe(self, request, context):
         try:
             caller_id()
-            max_filters = self.limits["max_subscribe_filters"]
-            for name in ("types", "artifact_ids", "principal_ids"):
-                if len(getattr(request, name)) > max_filters:
-                    raise invalid(name, f"at most {max_filters} entries")
-            if request.after_seq < 0:
-                raise invalid("after_seq", "must not be negative")
         except KernelError as err:
             await abort(context, err)
-        after = request.after_seq
-        hub: EventHub = self.rt.hub
-        types = tuple(request.types)
-        artifact_set, principal_set = frozenset(request.artifact_ids), frozenset(request.principal_ids)
-        while True:
-            wake = hub.current()
-            found, after = hub.after(after, types, artifact_set, principal_set)
-            for message in found:
-                yield message
-            if not found and after >= hub.last_seq:
-                if self.rt.stopping:
-                    return
-                try:
-                    await asyncio.wait_for(wake.wait(), timeout=5.0)
-                except asyncio.TimeoutError:
-                    pass
+        async for message in event_stream(self.rt, request, context):
+            yield message
 
     @translate_errors
     async def RecordDecision(self, request, context):
