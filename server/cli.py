@@ -309,6 +309,24 @@ def _decisions(args, admin) -> int:
     return 0
 
 
+@operator_command
+def _dashboard(args, admin) -> int:
+    """The live web dashboard (server/dashboard): a client of the gRPC API only."""
+    from server import dashboard
+
+    try:
+        admin.get_stats()  # fail now, in operator terms, if the server or the token is wrong
+        host = args.listen.rpartition(":")[0].strip("[]")
+        scheme_note = "" if dashboard.is_loopback(host) else " (admin token required: Bearer or ?token=)"
+        print(f"dashboard: http://{args.listen}/{scheme_note}", flush=True)
+        dashboard.serve(admin, _admin_token(args), args.listen)
+    except ValueError as e:
+        raise OperatorError(str(e)) from None
+    except OSError as e:
+        raise OperatorError(f"cannot listen on {args.listen}: {e.strerror or e}") from None
+    return 0
+
+
 def _defaults(args) -> int:
     from server.config import defaults_toml
 
@@ -343,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--listen", action="append", help="also listen on host:port (repeatable)")
     run.add_argument("--config", help="TOML configuration file")
     run.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics")
+    run.add_argument("--dashboard", metavar="HOST:PORT", help="serve the live web dashboard at http://HOST:PORT/")
     for flag, what in (("--ca-file", "the CA of the server's TLS certificate ($ECOLOGY_CA_FILE)"),
                        ("--cert-file", "the agents' client certificate for mutual TLS ($ECOLOGY_CERT_FILE)"),
                        ("--key-file", "its private key ($ECOLOGY_KEY_FILE)")):
@@ -420,6 +439,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     mcp_arguments(mcp)
     mcp.set_defaults(fn=_mcp)
+
+    dash = sub.add_parser("dashboard", help="live web dashboard of a running world (a client of its API)")
+    operator(dash)
+    dash.add_argument("--listen", default="127.0.0.1:8765", metavar="HOST:PORT",
+                      help="default 127.0.0.1:8765; a non-loopback address requires the admin token of every request")
+    dash.set_defaults(fn=_dashboard)
 
     status = sub.add_parser("status", help="server statistics and the ledger invariant")
     operator(status)

@@ -74,7 +74,7 @@ def _agent_config(name: str, names: list[str], brain: str) -> str:
 class MainJob:
     def __init__(self, config: Config, data_dir: Path, *, agents: int, duration: float | None,
                  backend: str, brain: str, listen: list[str], out=sys.stdout, live: bool | None = None,
-                 tls_files: dict[str, str] | None = None) -> None:
+                 tls_files: dict[str, str] | None = None, dashboard: str | None = None) -> None:
         self.config = config
         # {"ca", "cert", "key"}: PEM files the agents need to reach a TLS listener. Only the
         # kubernetes backend uses them (its Pods reach the server over TCP; they go into each
@@ -94,6 +94,7 @@ class MainJob:
         self.spawned: list[str] = []
         self.socket = self.data_dir / "sock" / "world.sock"
         self.tokens: dict[str, str] = {}
+        self.dashboard = dashboard  # HOST:PORT of the web dashboard (server/dashboard), or None
 
     def say(self, text: str) -> None:
         console = getattr(self, "console", None)
@@ -126,7 +127,10 @@ class MainJob:
 
         address = f"unix:{self.socket}"
         view = WorldView(address, resolve_admin_token(self.config, self.data_dir), 0)
+        dash = None
         try:
+            if self.dashboard:  # a client of this job's own socket, in its own thread and loop
+                dash = await asyncio.to_thread(self._start_dashboard, address)
             stats = await asyncio.to_thread(view.admin.get_stats)
             view.start_seq = view.seen_seq = stats.last_event_seq
             self._start_artifacts = stats.artifacts
@@ -168,7 +172,18 @@ class MainJob:
             return await self._summary(names, time.monotonic() - t0, launcher, view, alive_at_end,
                                        stopped_early)
         finally:
+            if dash is not None:
+                await asyncio.to_thread(dash.stop)
             await asyncio.to_thread(view.close)
+
+    def _start_dashboard(self, address: str):
+        from agent_runtime.client import AdminClient
+        from server.dashboard.app import Background
+
+        token = resolve_admin_token(self.config, self.data_dir)
+        dash = Background(AdminClient(address, token), token, self.dashboard)
+        self.say(f"dashboard: http://{self.dashboard}/")
+        return dash
 
     def _header_server(self, server, stats) -> None:
         from server.sandbox.notice import INSTALL_HINT, isolation_note, isolation_warning
@@ -477,6 +492,7 @@ def main(args, config: Config) -> int:
         return 2
     job = MainJob(config, Path(args.data_dir), agents=args.agents, duration=args.duration,
                   backend=args.backend, brain=args.brain, listen=args.listen or [],
+                  dashboard=getattr(args, "dashboard", None),
                   tls_files={"ca": args.ca_file or os.environ.get("ECOLOGY_CA_FILE", ""),
                              "cert": args.cert_file or os.environ.get("ECOLOGY_CERT_FILE", ""),
                              "key": args.key_file or os.environ.get("ECOLOGY_KEY_FILE", "")})
