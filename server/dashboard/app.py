@@ -41,11 +41,27 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _ints(v):
+    """Struct numbers are doubles: show 1000 rather than 1000.0."""
+    if isinstance(v, float) and v.is_integer() and abs(v) < 2 ** 53:
+        return int(v)
+    if isinstance(v, dict):
+        return {k: _ints(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_ints(x) for x in v]
+    return v
+
+
+def clock(at: str) -> str:
+    """HH:MM:SS.mmm of an RFC 3339 time (the full time is the cell's title)."""
+    return at[11:23] if len(at) >= 23 else at
+
+
 def event_dict(ev) -> dict:
     return {"seq": ev.seq, "at": ev.at.ToJsonString() if ev.HasField("at") else "", "type": ev.type,
             "principal_id": ev.principal_id, "artifact_id": ev.artifact_id,
             "related_ids": list(ev.related_ids),
-            "data": json_format.MessageToDict(ev.data) if ev.HasField("data") else {}}
+            "data": _ints(json_format.MessageToDict(ev.data)) if ev.HasField("data") else {}}
 
 
 def agent_dict(a) -> dict:
@@ -261,8 +277,12 @@ def build_app(feed: Feed, admin, *, admin_token: str, require_token: bool) -> St
                  ("Last event", "lastseq", s.get("last_event_seq", "?")),
                  ("Isolation", "isolation", s.get("isolation", "?")),
                  ("World", "paused", "paused" if s.get("paused") else "running")]
+        def cls(i):
+            return {"invariant": " ok" if inv else " bad" if inv is False else "",
+                    "paused": " bad" if s.get("paused") else ""}.get(i, "")
+
         body = "<h1>World</h1><div class=cards>" + "".join(
-            f'<div class=card><div class=k>{k}</div><div class=v id="{i}">{html.escape(str(v))}</div></div>'
+            f'<div class=card><div class=k>{k}</div><div class="v{cls(i)}" id="{i}">{html.escape(str(v))}</div></div>'
             for k, i, v in cards) + "</div>"
         body += (f'<h2 style="font-size:16px">Events per second, last {RATE_WINDOW} s</h2>'
                  f'<div id="sparkbox">{sparkline(s["rates"])}</div>'
@@ -273,7 +293,7 @@ es.addEventListener('stats',function(m){var s=JSON.parse(m.data);
  setText('invariant',s.invariant_holds?'holds':'BROKEN');
  document.getElementById('invariant').className='v '+(s.invariant_holds?'ok':'bad');
  setText('mintburn',s.minted+' / '+s.burned);setText('rate',s.rate);setText('lastseq',s.last_event_seq);
- setText('isolation',s.isolation);setText('paused',s.paused?'paused':'running');setText('error',s.error||'');
+ setText('isolation',s.isolation);setText('paused',s.paused?'paused':'running');document.getElementById('paused').className='v'+(s.paused?' bad':'');setText('error',s.error||'');
  var r=s.rates,top=Math.max.apply(null,r.concat([1])),w=360,h=48,st=w/Math.max(1,r.length-1);
  var pts=r.map(function(v,i){return (i*st).toFixed(1)+','+(h-2-(v/top)*(h-4)).toFixed(1);}).join(' ');
  document.querySelector('#spark polyline').setAttribute('points',pts);});
@@ -322,13 +342,13 @@ es.addEventListener('agents',function(m){var a=JSON.parse(m.data);
                 f'{me["llm_budget"]} µ$</p>') if me else ""
         rows = []
         for d in decisions:
-            action, outcome = json_format.MessageToDict(d.action), json_format.MessageToDict(d.outcome)
+            action, outcome = _ints(json_format.MessageToDict(d.action)), _ints(json_format.MessageToDict(d.outcome))
             llm = "".join(f"<div class=muted>{html.escape(x.model)} ({html.escape(x.request_id)})</div>"
                           f"<b>prompt</b><pre>{fmt_value(json_format.MessageToDict(x.prompt))}</pre>"
                           f"<b>answer</b><pre>{html.escape(x.answer)}</pre>" for x in d.llm)
             if not llm and d.llm_request_ids:
                 llm = "<span class=muted>no gateway record: " + html.escape(", ".join(d.llm_request_ids)) + "</span>"
-            rows.append(f'<tr class=decision><td class=num>{d.step}</td><td>{html.escape(d.at.ToJsonString())}</td>'
+            rows.append(f'<tr class=decision><td class=num>{d.step}</td><td>{html.escape(d.at.ToJsonString()[:19].replace("T", " "))}</td>'
                         f'<td><b>{html.escape(short(action))}</b><pre>{fmt_value(action)}</pre></td>'
                         f'<td><b>{html.escape(short(outcome))}</b><pre>{fmt_value(outcome)}</pre></td>'
                         f'<td>{llm}</td></tr>')
@@ -348,7 +368,7 @@ es.addEventListener('agents',function(m){JSON.parse(m.data).forEach(function(x){
 
     def event_row(e: dict) -> str:
         data = json.dumps(e["data"], ensure_ascii=False)
-        return (f'<tr><td class=num>{e["seq"]}</td><td>{html.escape(e["at"])}</td><td>{html.escape(e["type"])}</td>'
+        return (f'<tr><td class=num>{e["seq"]}</td><td title="{html.escape(e["at"])}">{html.escape(clock(e["at"]))}</td><td>{html.escape(e["type"])}</td>'
                 f'<td>{html.escape(e["principal_id"])}</td><td>{html.escape(e["artifact_id"])}</td>'
                 f'<td>{html.escape(", ".join(e["related_ids"]))}</td><td><code>{html.escape(data)}</code></td></tr>')
 
@@ -364,7 +384,7 @@ es.addEventListener('agents',function(m){JSON.parse(m.data).forEach(function(x){
                 f'<th>Related</th><th>Data</th></tr></thead><tbody id="events">{rows}</tbody></table>')
         script = """
 es.addEventListener('event',function(m){var e=JSON.parse(m.data);var tb=document.getElementById('events');
- var tr=document.createElement('tr');tr.innerHTML='<td class=num>'+e.seq+'</td><td>'+esc(e.at)+'</td><td>'+esc(e.type)+'</td><td>'+
+ var tr=document.createElement('tr');tr.innerHTML='<td class=num>'+e.seq+'</td><td title="'+esc(e.at)+'">'+esc(e.at.substring(11,23))+'</td><td>'+esc(e.type)+'</td><td>'+
   esc(e.principal_id)+'</td><td>'+esc(e.artifact_id)+'</td><td>'+esc(e.related_ids.join(', '))+'</td><td><code>'+esc(JSON.stringify(e.data))+'</code></td>';
  tb.insertBefore(tr,tb.firstChild);while(tb.rows.length>500)tb.deleteRow(-1);});
 """
