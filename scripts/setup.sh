@@ -33,6 +33,7 @@ need_cmd docker docker.io
 if [ "$purpose" = test ]; then
   need_cmd node nodejs
   need_cmd npm npm
+  need_cmd chromium chromium   # tests/test_dashboard.py: headless screenshots and live updates
 fi
 # unique
 if [ ${#missing[@]} -gt 0 ]; then

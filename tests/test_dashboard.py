@@ -270,3 +270,32 @@ def test_chromium_renders_pages_and_live_updates(server, dash_factory, tmp_path)
         assert png.stat().st_size > 10_000
     finally:
         page.close()
+
+
+def test_run_serves_the_dashboard_while_agents_act(tmp_path):
+    """`ecology run --dashboard HOST:PORT`: the URL first, then the job's agents on /agents."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "run", "--data-dir", str(tmp_path / "w"), "--agents", "2",
+         "--duration", "30", "--backend", "process", "--dashboard", f"127.0.0.1:{port}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        def agents_page():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/agents", timeout=5) as r:
+                    body = r.read().decode()
+            except OSError:
+                return None
+            return body if "/agents/builder-1" in body and "/agents/trader-1" in body else None
+        body = wait_for(agents_page, 60)
+        assert body, "the dashboard of `ecology run` did not list its agents"
+        got = sse_events(f"http://127.0.0.1:{port}", "/stream", lambda evs: any(k == "event" for k, _ in evs))
+        assert any(k == "event" for k, _ in got)
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=60)
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert any(f"dashboard: http://127.0.0.1:{port}/" in line for line in lines[:3]), out + err
+    with pytest.raises(OSError):  # stopped with the job
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
