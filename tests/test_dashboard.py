@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -108,6 +109,31 @@ def sse_events(base: str, path: str, want, timeout: float = 10.0) -> list[tuple[
                 if want(got):
                     return got
     return got
+
+
+def test_watch_events_is_subscribe_for_the_operator(server):
+    """Admin.WatchEvents: World.Subscribe's filters and validation; admin token only."""
+    from agent_runtime import AdminClient, EcologyError
+
+    alice, bob = server.agent("alice"), server.agent("bob")
+    alice.transfer("bob", 5)
+    bob.transfer("alice", 2)
+    admin = server.admin()
+    with admin.watch_events(types=["ledger.transfer"], principal_ids=["bob"]) as sub:
+        first, second = next(sub), next(sub)
+    assert [first.type, second.type] == ["ledger.transfer", "ledger.transfer"]
+    assert first.principal_id == "alice" and second.principal_id == "bob"
+    with alice.subscribe(types=["ledger.transfer"], principal_ids=["bob"]) as sub:
+        assert [next(sub).seq, next(sub).seq] == [first.seq, second.seq]  # the same stream
+    with admin.watch_events(after_seq=second.seq) as sub:
+        threading.Timer(0.5, lambda: alice.transfer("bob", 1)).start()
+        assert next(sub).seq > second.seq  # then live ones
+    with pytest.raises(EcologyError) as e:
+        next(admin.watch_events(after_seq=-1, resume=False))
+    assert e.value.reason == "INVALID_ARGS"
+    with pytest.raises(EcologyError) as e:
+        next(AdminClient(server.socket, alice.token).watch_events(resume=False))
+    assert e.value.reason == "ADMIN_ONLY"
 
 
 def test_pages_show_the_world_agents_and_decisions(server, dash_factory):

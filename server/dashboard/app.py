@@ -106,10 +106,12 @@ class Feed:
         self._listeners: set = set()  # (loop, queue)
         self._stop = threading.Event()
         self._sub = None
+        self._live_after = 0
 
     def start(self) -> "Feed":
         self._poll_once()
-        after = max(0, (self.stats or {}).get("last_event_seq", 0) - 100)  # some history for /events
+        self._live_after = (self.stats or {}).get("last_event_seq", 0)  # older ones are history, not rate
+        after = max(0, self._live_after - 100)  # some history for /events
         self._sub = self.admin.watch_events(after_seq=after)
         for target in (self._watch, self._poll):
             threading.Thread(target=target, daemon=True, name=f"dashboard{target.__name__}").start()
@@ -128,7 +130,8 @@ class Feed:
                 d = event_dict(ev)
                 with self._lock:
                     self.events.append(d)
-                    self._counts[int(time.time())] += 1
+                    if ev.seq > self._live_after:
+                        self._counts[int(time.time())] += 1
                 self._publish("event", d)
         except Exception as e:  # noqa: BLE001 - shown on the pages
             self.error = f"event stream ended: {e}"
