@@ -191,6 +191,9 @@ def test_stream_delivers_an_event_after_a_transfer(server, dash_factory):
     assert events and all(e["type"] == "ledger.transfer" for e in events)
     assert any(memo in json.dumps(e) for e in events), got
     assert time.monotonic() - t0 < 5
+    # The transfer (an event after the dashboard started) shows in the event rate.
+    got = sse_events(dash.base, "/stream", lambda evs: any(k == "stats" and sum(d["rates"]) >= 1 for k, d in evs))
+    assert any(k == "stats" and sum(d["rates"]) >= 1 and d["invariant_holds"] for k, d in got), got
 
 
 def test_non_loopback_listen_requires_the_admin_token(server, dash_factory):
