@@ -237,7 +237,7 @@ class Page:
     page holds its EventSource open, so the live check evaluates in the running page)."""
 
     def __init__(self, url: str, profile: Path) -> None:
-        import websocket  # websocket-client (a dependency of the kubernetes client)
+        import websocket  # websocket-client (dev dependency)
 
         self.proc = subprocess.Popen(
             [chromium(), "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
