@@ -238,7 +238,7 @@ def fmt_value(v) -> str:
 def short(v) -> str:
     """A one-line name of a decision's action or outcome: its kind/verb if it has one."""
     if isinstance(v, dict):
-        for key in ("kind", "verb", "type", "action", "status", "result"):
+        for key in ("action", "kind", "verb", "type", "status", "result"):
             if isinstance(v.get(key), (str, int, float, bool)):
                 return f"{key}={v[key]}"
     text = json.dumps(v, ensure_ascii=False) if v not in (None, {}) else "-"
