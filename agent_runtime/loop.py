@@ -521,7 +521,6 @@ class AgentLoop:
         self._tracer.put(record)
 
     def _record(self, action: dict, *, ok: bool, ms: float, result: Any = None, error: dict | None = None) -> None:
-        self._trace(action, ok, result, error)
         shown = {k: (clip(v, 200) if k == "content" else v) for k, v in action.items()}
         entry = {"at": iso(time.time()), "action": shown, "ok": ok}
         if ok:
@@ -540,6 +539,7 @@ class AgentLoop:
         if isinstance(result, dict) and "woke" in result:
             fields["woke"] = result["woke"]
         self.log.info("action", **fields)
+        self._trace(action, ok, result, error)
 
     def _failed(self, action: dict, err: EcologyError, *, wait_config: bool = True) -> None:
         """After a failure: wait out a RetryInfo exactly, else back off (and report)."""

@@ -186,6 +186,7 @@ def test_an_agent_asleep_until_a_transfer_wakes_within_a_second(make_server, spa
     assert 0 < delay < 1.0, delay
     # Woken by the Subscribe stream, not by polling: the agent made no call while asleep
     # (its only action before the note was the sleep itself).
+    agent.wait_log(lambda r: r.get("event") == "action" and r.get("action") == "note")  # logged after the write
     acts = [r for r in agent.lines() if r.get("event") == "action"]
     assert [a["action"] for a in acts] == ["sleep_until_event", "note"]
     assert acts[0]["woke"] == "event"
