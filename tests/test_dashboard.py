@@ -125,9 +125,12 @@ def test_watch_events_is_subscribe_for_the_operator(server):
     assert first.principal_id == "alice" and second.principal_id == "bob"
     with alice.subscribe(types=["ledger.transfer"], principal_ids=["bob"]) as sub:
         assert [next(sub).seq, next(sub).seq] == [first.seq, second.seq]  # the same stream
-    with admin.watch_events(after_seq=second.seq) as sub:
-        threading.Timer(0.5, lambda: alice.transfer("bob", 1)).start()
-        assert next(sub).seq > second.seq  # then live ones
+    with admin.watch_events(after_seq=second.seq, types=["ledger.transfer"]) as sub:
+        later = threading.Timer(0.5, lambda: alice.transfer("bob", 1, memo="live"))
+        later.start()
+        live = next(sub)  # then live ones: the transfer made after the stream opened
+        later.join()
+    assert live.seq > second.seq and live.principal_id == "alice" and live.data["memo"] == "live"
     with pytest.raises(EcologyError) as e:
         next(admin.watch_events(after_seq=-1, resume=False))
     assert e.value.reason == "INVALID_ARGS"
