@@ -155,15 +155,17 @@ class _StateCollector:
                                     value=guard.active_principals(ACTIVE_SECONDS))
         sandbox = self.sources.get("sandbox")
         if sandbox is not None:
-            pool = sandbox.pool
+            # isolation "none" has no pool: no worker ever starts
+            st = sandbox.pool.stats() if sandbox.pool is not None else {
+                "warm": 0, "idle": 0, "started": 0, "killed_spinning": 0}
             workers = GaugeMetricFamily("ecology_sandbox_workers", "Sandbox worker processes, by state.",
                                         labels=["state"])
-            workers.add_metric(["warm"], len(getattr(pool, "_spares", ())))
-            workers.add_metric(["idle"], len(getattr(pool, "_idle", ())))
+            workers.add_metric(["warm"], st["warm"])
+            workers.add_metric(["idle"], st["idle"])
             yield workers
             yield CounterMetricFamily("ecology_sandbox_workers_started", "Sandbox workers started.",
-                                      value=getattr(pool, "started", 0))
+                                      value=st["started"])
             killed = CounterMetricFamily("ecology_sandbox_workers_killed", "Sandbox workers killed, by why.",
                                          labels=["why"])
-            killed.add_metric(["spinning_while_idle"], getattr(pool, "killed_spinning", 0))
+            killed.add_metric(["spinning_while_idle"], st["killed_spinning"])
             yield killed

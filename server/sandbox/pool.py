@@ -429,6 +429,12 @@ class WorkerPool:
                         cpu_seconds=round(grown, 4))
         w.kill()
 
+    def stats(self) -> dict[str, int]:
+        """Worker counts for monitoring (server/metrics.py)."""
+        with self._lock:
+            return {"warm": len(self._spares), "idle": len(self._idle), "started": self.started,
+                    "killed_spinning": self.killed_spinning}
+
     def acquire(self, key: tuple[str, int]) -> tuple[Worker, bool]:
         """A worker for this artifact version; `fresh` is True when code must be loaded."""
         with self._lock:
