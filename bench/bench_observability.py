@@ -145,9 +145,20 @@ async def client_main(sock: str, tokens: list[tuple[str, str]], peers: list[str]
 # ----------------------------------------------------------------- the servers
 
 
+VARIANTS = {  # name: (log level info, --metrics + scraper, dashboard + SSE reader)
+    "baseline": (False, False, False),
+    "observed": (True, True, True),
+    "log": (True, False, False),
+    "metrics": (False, True, False),
+    "dashboard": (False, False, True),
+}
+
+
 class Served:
-    def __init__(self, work: Path, name: str, args, observed: bool) -> None:
-        self.name, self.work, self.observed = name, work, observed
+    def __init__(self, work: Path, name: str, args) -> None:
+        log_info, metrics, dashboard = VARIANTS[name]
+        observed = name == "observed"
+        self.name, self.work = name, work
         self.data = work / name
         self.data.mkdir(parents=True)
         self.sock = f"unix:{work / (name + '.sock')}"
@@ -157,8 +168,9 @@ class Served:
         if observed and args.profile:
             argv += ["-m", "cProfile", "-o", str(Path(args.profile) / "observed.pstats")]
         argv += ["-m", "server.cli", "serve", "--data-dir", str(self.data), "--listen", self.sock,
-                 "--log-level", "info" if observed else "warning"]
-        if observed:
+                 "--log-level", "info" if log_info else "warning"]
+        self.metrics_port = None
+        if metrics:
             self.metrics_port = free_port()
             argv += ["--metrics", f"127.0.0.1:{self.metrics_port}"]
         self.log = open(work / f"{name}.log", "wb")
@@ -180,16 +192,26 @@ class Served:
         self.stop_flag = threading.Event()
         self.scrapes = 0
         self.sse_bytes = 0
-        if observed:
-            self._watch(env)
+        self._watch(env, dashboard)
 
-    def _watch(self, env) -> None:
+    def _watch(self, env, dashboard: bool) -> None:
+        def scrape() -> None:
+            while not self.stop_flag.wait(1.0):
+                urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read()
+                self.scrapes += 1
+
+        if self.metrics_port:
+            self.threads.append(threading.Thread(target=scrape, daemon=True))
+        if not dashboard:
+            for t in self.threads:
+                t.start()
+            return
         port = free_port()
         (self.work / f"{self.name}.admin").write_text(self.admin_token)
         self.dashboard = subprocess.Popen(
             [sys.executable, "-m", "server.cli", "dashboard", "--server", self.sock, "--admin-token-file",
              str(self.work / f"{self.name}.admin"), "--listen", f"127.0.0.1:{port}"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(self.work / "dashboard.log", "wb"))
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(self.work / f"{self.name}-dashboard.log", "wb"))
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -208,12 +230,7 @@ class Served:
                         return
                     self.sse_bytes += len(chunk)
 
-        def scrape() -> None:
-            while not self.stop_flag.wait(1.0):
-                urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read()
-                self.scrapes += 1
-
-        self.threads = [threading.Thread(target=f, daemon=True) for f in (sse, scrape)]
+        self.threads.append(threading.Thread(target=sse, daemon=True))
         for t in self.threads:
             t.start()
 
@@ -280,13 +297,16 @@ def main() -> int:
     ap.add_argument("--steps-per-second", type=float, default=2.0, help="per agent (3 calls per step)")
     ap.add_argument("--clients", type=int, default=4, help="load client processes per server")
     ap.add_argument("--no-traces", dest="traces", action="store_false", help="steps without RecordDecision")
+    ap.add_argument("--split", action="store_true",
+                    help="also measure log only, metrics only and dashboard only (five servers)")
     ap.add_argument("--profile", metavar="DIR", help="cProfile the observed server into DIR")
     ap.add_argument("--keep", action="store_true", help="keep the working directory (logs, databases)")
     args = ap.parse_args()
     if args.profile:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-observability-"))
-    servers = [Served(work, "baseline", args, False), Served(work, "observed", args, True)]
+    names = ["baseline", "observed"] + (["log", "metrics", "dashboard"] if args.split else [])
+    servers = [Served(work, name, args) for name in names]
     loads = [Load(s, args) for s in servers]
     per_call: dict[str, list[float]] = {s.name: [] for s in servers}
     rates: dict[str, list[float]] = {s.name: [] for s in servers}
@@ -296,14 +316,13 @@ def main() -> int:
         time.sleep(2)  # the dashboard's first polls, the servers settle
         for r in range(args.rounds):
             order = list(zip(servers, loads))
-            if r % 2:
-                order.reverse()
+            order = order[r % len(order):] + order[:r % len(order)]  # rotate: each goes first in turn
             for s, load in order:
                 c0, t0 = cpu_seconds(s.proc.pid), time.monotonic()
-                d0 = cpu_seconds(s.dashboard.pid) if s.dashboard else 0.0
+                d0 = cpu_seconds(s.dashboard.pid) if s.dashboard else 0.0  # the observed one's is reported
                 got = load.run(args.duration)
                 cpu, wall = cpu_seconds(s.proc.pid) - c0, time.monotonic() - t0
-                if s.dashboard:
+                if s.dashboard and s.name == "observed":
                     dash_cpu += cpu_seconds(s.dashboard.pid) - d0
                 us = cpu / max(got["calls"], 1) * 1e6
                 per_call[s.name].append(us)
@@ -330,11 +349,14 @@ def main() -> int:
         best[name] = min(xs)
         print(f"{name:<10} {statistics.median(rates[name]):8.0f} {min(xs):13.1f} {statistics.median(xs):8.1f} "
               f"{min(xs):9.1f}..{max(xs):<9.1f}  errors {errors[name] or '-'}")
-    b, o = best["baseline"], best["observed"]
-    med = statistics.median(per_call["observed"]) / statistics.median(per_call["baseline"])
-    paired = [ob / ba for ba, ob in zip(per_call["baseline"], per_call["observed"])]
-    print(f"observed / baseline CPU per call: best {o / b:.3f} ({100 * (o / b - 1):+.1f}%), median {med:.3f} "
-          f"({100 * (med - 1):+.1f}%), per round {', '.join(f'{x:.3f}' for x in paired)}  (goal <= 1.05)")
+    b = best["baseline"]
+    for name in names[1:]:
+        o = best[name]
+        med = statistics.median(per_call[name]) / statistics.median(per_call["baseline"])
+        paired = [ob / ba for ba, ob in zip(per_call["baseline"], per_call[name])]
+        print(f"{name} / baseline CPU per call: best {o / b:.3f} ({100 * (o / b - 1):+.1f}%), median {med:.3f} "
+              f"({100 * (med - 1):+.1f}%), per round {', '.join(f'{x:.3f}' for x in paired)}"
+              + ("  (goal <= 1.05)" if name == "observed" else ""))
     if args.profile:
         print_profile(Path(args.profile) / "observed.pstats")
     if args.keep:
