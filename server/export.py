@@ -12,7 +12,11 @@ Decisions, in one place:
   every table is read inside ONE read transaction, so the files are a single snapshot of
   the world even while a server keeps writing to it (SQLite WAL: readers never block the
   writer, nor it them). It works after a SIGKILL too: the committed transactions are in
-  the WAL file, which the reader sees.
+  the WAL file, which the reader sees. (On a cleanly stopped world SQLite still opens the
+  WAL index, so world.sqlite3-wal / -shm may appear beside the database; they are empty
+  and the next server start removes them. The database file itself is never written.)
+* `--force` overwrites the tables' files and manifest.json in a non-empty --out; other files
+  there are left alone.
 * All reading is in `SqliteSource`, whose methods yield plain rows per table; everything
   else (the derived `agents` table, types, writing) only consumes those iterators, so
   another storage backend (PostgreSQL) feeds the export by providing the same methods.
