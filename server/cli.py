@@ -9,6 +9,7 @@
   ecology agent manifest NAME --server ADDR --token-file F [--namespace NS] [--image IMG] ...
                                 (Kubernetes YAML for one agent; see agent_runtime/launcher/kubernetes.py)
   ecology status
+  ecology export --data-dir DIR --format parquet|csv --out DIR [--force]   (see server/export.py)
   ecology defaults
 
 Operator commands (agent create, agent list, status) find the server with --server
@@ -327,6 +328,24 @@ def _dashboard(args, admin) -> int:
     return 0
 
 
+def _export(args) -> int:
+    """Tables of the world as Parquet or CSV files (server/export.py): reads the database
+    read-only, so it works with a server running on it or after a crash."""
+    from server.export import ExportError, export
+
+    try:
+        manifest = export(args.data_dir, args.format, args.out, force=args.force)
+    except ExportError as e:
+        print(f"ecology: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"ecology: cannot write to {args.out}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    print(json.dumps({"out": str(Path(args.out).resolve()), "format": args.format,
+                      "rows": {t: v["rows"] for t, v in manifest["tables"].items()}}))
+    return 0
+
+
 def _defaults(args) -> int:
     from server.config import defaults_toml
 
@@ -449,6 +468,14 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="server statistics and the ledger invariant")
     operator(status)
     status.set_defaults(fn=_status)
+
+    exp = sub.add_parser("export", help="write the world's tables (ledger, events, artifacts, agents, "
+                                        "decisions) as Parquet or CSV files")
+    exp.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="the world's data directory (read-only)")
+    exp.add_argument("--format", default="parquet", help="parquet (default) or csv")
+    exp.add_argument("--out", required=True, help="directory for the files (created; must be empty)")
+    exp.add_argument("--force", action="store_true", help="overwrite the files of a non-empty --out")
+    exp.set_defaults(fn=_export)
 
     defaults = sub.add_parser("defaults", help="print every configuration key with its default (TOML)")
     defaults.set_defaults(fn=_defaults)

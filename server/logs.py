@@ -1,8 +1,14 @@
 """structlog configured for JSON lines on stderr (one per event), and everything else
 that logs routed into the same JSON lines.
 
-The access log writes a line per RPC, so rendering is on the hot path: orjson renders
-the event dict to bytes and the line goes straight to the binary stream.
+The access log writes a line per RPC, so rendering is on the hot path. It does not go
+through the structlog pipeline: `access_writer()` returns a pre-bound writer that renders
+the same JSON line (the same fields, in the same order, the same ISO timestamp) with one
+orjson call and one write + flush of the binary stream; the timestamp's date-and-seconds
+prefix is formatted once per second. Measured: ~3.5 us per line (half of it the write and flush) instead of ~7.5 us through
+structlog's processors (bench/bench_observability.py). Lines are still flushed one by one,
+so a `kill -9` loses none that was written. A line is a single write() of the buffered
+stream, whose own lock keeps it whole next to structlog's lines from other threads.
 
 Every line on the server's stderr is one JSON object, tracebacks included:
 * structlog events: an exception (`log.exception`, `exc_info=True`) becomes an
@@ -22,6 +28,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 import traceback
 from datetime import datetime, timezone
 
@@ -79,9 +86,61 @@ def _print_exception(exc_type, exc, tb, thread_name=None) -> None:
     traceback.print_exception(exc_type, exc, tb, file=sys.stderr)
 
 
+_STATE: dict = {"stream": None, "level": logging.INFO}
+
+
+def _iso_timestamps():
+    """time -> the ISO 8601 UTC string of structlog's TimeStamper(fmt="iso", utc=True)
+    (datetime.isoformat: microseconds, omitted when 0; 'Z' for +00:00), with the
+    strftime part cached per second."""
+    cache = [-1, ""]
+    gmtime, strftime = time.gmtime, time.strftime
+
+    def stamp(now: float) -> str:
+        sec = int(now)
+        usec = int(round((now - sec) * 1e6))
+        if usec >= 1_000_000:
+            sec, usec = sec + 1, usec - 1_000_000
+        if sec != cache[0]:
+            cache[0], cache[1] = sec, strftime("%Y-%m-%dT%H:%M:%S", gmtime(sec))
+        return f"{cache[1]}.{usec:06d}Z" if usec else f"{cache[1]}Z"
+
+    return stamp
+
+
+def configured() -> bool:
+    return _STATE["stream"] is not None
+
+
+def access_writer():
+    """The access log's writer: `write(principal, method, code, duration_ms, request_id)`
+    writes the line structlog would write for `log.info("rpc", principal=..., method=...,
+    code=..., duration_ms=..., request_id=...)` (request_id only when not None) to the
+    configured stream, or None when info lines are filtered out (--log-level warning or
+    above) or logging was never configured. Bound to the configuration at call time."""
+    stream = _STATE["stream"]
+    if stream is None or _STATE["level"] > logging.INFO:
+        return None
+    dumps, stamp, clock = orjson.dumps, _iso_timestamps(), time.time
+    write, flush = stream.write, stream.flush
+
+    def access(principal, method, code, duration_ms, request_id=None) -> None:
+        if request_id is None:
+            line = {"principal": principal, "method": method, "code": code, "duration_ms": duration_ms,
+                    "event": "rpc", "level": "info", "timestamp": stamp(clock())}
+        else:
+            line = {"principal": principal, "method": method, "code": code, "duration_ms": duration_ms,
+                    "request_id": request_id, "event": "rpc", "level": "info", "timestamp": stamp(clock())}
+        write(dumps(line, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS))
+        flush()
+
+    return access
+
+
 def configure(level: str = "info", file=None) -> None:
     """`file`: a binary stream for the JSON lines (default: stderr)."""
     stream = file or sys.stderr.buffer
+    _STATE.update(stream=stream, level=getattr(logging, level.upper()))
     handler = logging.StreamHandler(_TextOver(stream))
     handler.terminator = ""  # the formatter ends the line: one write per line
     handler.setFormatter(JsonFormatter())

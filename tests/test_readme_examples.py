@@ -199,13 +199,44 @@ def check_js_agent(view: View, code: str, blocks) -> None:
         assert bob.get_state().scrip == 1005
 
 
+def check_export(view: View, code: str, blocks) -> None:
+    """The export command, then the DuckDB query of the block after it, over a world where
+    alice paid bob 300 and 100: the printed Gini and top earners are computed here again
+    from the server's own balances and journal."""
+    view.agents("alice", "bob", "carol")
+    with view.server.client(view.tokens["alice"]) as alice:
+        alice.transfer("bob", 300)
+        alice.transfer("bob", 100)
+    out = view.run("sh", code)
+    assert out.returncode == 0, out.stderr
+    assert (view.dir / "export" / "agents.parquet").exists() and (view.dir / "export" / "manifest.json").exists()
+    query = blocks["export-duckdb"][1]
+    out = view.run("python", query)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    with view.server.admin() as admin:
+        balances = [a.scrip for a in admin.list_agents() if not a.deleted]
+    n, mean = len(balances), sum(balances) / len(balances)
+    gini = sum(abs(x - y) for x in balances for y in balances) / (2 * n * n * mean)
+    assert lines[0] == f"gini {gini:.3f} over {n} agents" == comment_of(query, "print(f\"gini")
+    conn = view.server.db()
+    try:
+        earned = conn.execute("SELECT credit, SUM(amount), COUNT(*) FROM ledger_entries WHERE memo != 'endowment' "
+                              "AND credit IN ('alice', 'bob', 'carol') GROUP BY credit ORDER BY 2 DESC").fetchall()
+    finally:
+        conn.close()
+    assert lines[1:] == [f"{a} {e} {c}" for a, e, c in earned] == [comment_of(query, "print(agent_id")]
+
+
 CHECKS = {
     "operator-commands": check_operator_commands,
     "python-sdk": check_python_sdk,
     "buf-curl": check_buf_curl,
     "js-agent": check_js_agent,
+    "export": check_export,
 }
-OUTPUTS = {"buf-curl-error"}  # sample output, compared by the check of the block it belongs to
+# Sample output, or a follow-on example, used by the check of the block it belongs to.
+OUTPUTS = {"buf-curl-error", "export-duckdb"}
 
 
 # ----------------------------------------------------------------- the tests

@@ -79,7 +79,8 @@ held. Such a record is indistinguishable from a fresh one, so eviction never res
 limit. Principals are bounded by the number of valid tokens; connections by the number of
 connections used recently.
 
-Logging: one structlog line per call on logger "rpc" (event "rpc") with principal (the
+Logging: one JSON line per call, as structlog would write it on logger "rpc" (event "rpc";
+written by server.logs.access_writer, a pre-bound writer, not structlog's pipeline) with principal (the
 agent id; "<admin>" for the operator, which no agent id can spell; None when anonymous or
 refused before authentication), method, code (status code name), duration_ms, and
 request_id when the request has a non-empty `request_id` field. The codes of aborts done
@@ -89,8 +90,8 @@ records abort/abort_with_status/set_code and forwards everything else).
 Performance: handlers are wrapped once per method and cached; per call the guard reads the
 metadata tuple directly (no regex), makes a couple of dict look-ups and bucket updates and
 allocates only the small context proxy. Measured on the development box: ~5 us per call
-for the guard itself plus ~10-15 us for the log line (structlog with ISO timestamps and
-JSONRenderer), against ~300 us of CPU that grpc.aio itself spends per unary call.
+for the guard itself plus ~3.5 us for the log line (server.logs.access_writer; ~7.5 us through
+structlog's processors), against ~300 us of CPU that grpc.aio itself spends per unary call.
 
 Servicer behaviours should be coroutines / async generators (as grpc.aio servicers are):
 a synchronous behaviour is called on the event loop thread, since the wrapper is async.
@@ -109,6 +110,7 @@ from typing import Any, Callable
 import grpc
 import structlog
 
+from server import logs
 from server.errors import KernelError, Reason
 from server.kernel.buckets import TokenBucket
 from server.rpc import status as rpc_status
@@ -277,6 +279,24 @@ class _Ctx:
 
     def time_remaining(self):
         return self._ctx.time_remaining()
+
+
+class _FastLog:
+    """The access log through server.logs.access_writer()."""
+
+    __slots__ = ("write",)
+
+    def __init__(self, write) -> None:
+        self.write = write
+
+
+class _NoLog:
+    """Info lines are filtered out: the access log costs nothing."""
+
+    __slots__ = ()
+
+    def info(self, event, **fields) -> None:
+        pass
 
 
 def _unauthenticated(message: str) -> KernelError:
@@ -585,19 +605,26 @@ class RpcGuard(grpc.aio.ServerInterceptor):
 
     def _log_call(self, caller: Caller | None, method: str, code: str, t0: float, request) -> None:
         ms = round((time.perf_counter() - t0) * 1000.0, 3)
-        log = self._log
-        if log is None:
-            # Bound on first use (after the server configured structlog): skips the lazy
-            # proxy's per-call re-binding.
-            log = self._log = structlog.get_logger("rpc").bind()
         if caller is None:
             principal = None
         elif caller is ADMIN:
             principal = "<admin>"
         else:
             principal = caller.principal_id
-        rid = getattr(request, "request_id", None)
-        if rid:
+        rid = getattr(request, "request_id", None) or None
+        log = self._log
+        if log is None:
+            # Bound on first use (after the server configured logging): server.logs's
+            # pre-bound line writer (the same JSON line as structlog's, at half the
+            # cost), or nothing at all when info lines are filtered out.
+            if not logs.configured():
+                log = self._log = structlog.get_logger("rpc").bind()  # structlog's defaults (tests in-process)
+            else:
+                writer = logs.access_writer()
+                log = self._log = _FastLog(writer) if writer is not None else _NoLog()
+        if isinstance(log, _FastLog):
+            log.write(principal, method, code, ms, rid)
+        elif rid:
             log.info("rpc", principal=principal, method=method, code=code, duration_ms=ms, request_id=rid)
         else:
             log.info("rpc", principal=principal, method=method, code=code, duration_ms=ms)
