@@ -11,6 +11,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from server.storage.sqlite import SqliteStore
+
 DB_FILE = "world.sqlite3"
 
 MIGRATIONS: list[str] = [
@@ -198,9 +200,10 @@ MIGRATIONS: list[str] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+def connect(path: Path, *, readonly: bool = False) -> SqliteStore:
+    """A store (server/storage/store.py) on the SQLite file: the writer's, or a reader's."""
     uri = f"file:{path}?mode={'ro' if readonly else 'rwc'}"
-    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, factory=SqliteStore)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA busy_timeout = 10000")
     if not readonly:
