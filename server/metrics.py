@@ -132,7 +132,7 @@ class _StateCollector:
         if self._reader is None and self.sources.get("db_path") is not None:
             from server.storage import db
 
-            self._reader = db.connect(self.sources["db_path"], readonly=True)
+            self._reader = db.open_store(self.sources["db_path"], readonly=True)
         return self._reader
 
     def describe(self):

@@ -89,3 +89,21 @@ def test_every_store_method_is_implemented_by_sqlite():
     missing = [name for name, fn in vars(Store).items()
                if callable(fn) and not name.startswith("_") and getattr(SqliteStore, name) is fn]
     assert not missing, f"SqliteStore does not implement: {missing}"
+
+
+def test_postgres_migrations_match_sqlite():
+    """Every schema version exists on both backends (a new db.MIGRATIONS entry needs its
+    PostgreSQL twin in server/storage/postgres.py PG_MIGRATIONS)."""
+    from server.storage import db
+    from server.storage.postgres import PG_MIGRATIONS
+
+    assert len(PG_MIGRATIONS) == len(db.MIGRATIONS)
+
+
+def test_every_store_method_is_implemented_by_postgres():
+    from server.storage.postgres import PostgresStore
+    from server.storage.store import Store
+
+    missing = [name for name, fn in vars(Store).items()
+               if callable(fn) and not name.startswith("_") and getattr(PostgresStore, name) is fn]
+    assert not missing, f"PostgresStore does not implement: {missing}"
