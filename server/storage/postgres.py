@@ -181,13 +181,15 @@ class PostgresStore(Store):
     # -- schema ----------------------------------------------------------------------
 
     def schema_version(self) -> int:
-        self.conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        if self._one("SELECT to_regclass('schema_version')")[0] is None:
+            return 0
         row = self._one("SELECT version FROM schema_version")
         return row[0] if row else 0
 
     def migrate(self, target: int) -> int:
         """Bring the schema up to `target` (each migration in its own transaction); refuses
         a newer database than this code."""
+        self.conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         version = self.schema_version()
         if version > target:
             raise RuntimeError(f"database schema version {version} is newer than this server ({target})")
