@@ -34,6 +34,7 @@ if [ "$purpose" = test ]; then
   need_cmd node nodejs
   need_cmd npm npm
   need_cmd chromium chromium   # tests/test_dashboard.py: headless screenshots and live updates
+  [ -n "$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null)" ] || missing+=(postgresql)  # tests/pg.py: a real PostgreSQL server
 fi
 # unique
 if [ ${#missing[@]} -gt 0 ]; then

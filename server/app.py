@@ -95,8 +95,8 @@ class WorldServer:
         admin_token = resolve_admin_token(self.config, self.data_dir)
         llm_backend = make_backend(self.config.llm)  # a missing API key stops the start here
 
-        path = self.data_dir / db.DB_FILE
-        self.writer_conn = db.connect(path)
+        path = self.config.storage["url"] or self.data_dir / db.DB_FILE  # a PostgreSQL URL or the SQLite file
+        self.writer_conn = db.open_store(path)
         self.schema_version = db.migrate(self.writer_conn)
         sb = self.config["sandbox"]
         # [sandbox] also holds kernel policy (max_depth, default_max_spend): pass on only
@@ -126,7 +126,7 @@ class WorldServer:
             self.kernel.genesis["genesis_oracle"].scorer = LlmScorer(
                 self.kernel, self.executor, llm_backend, oracle_cfg["llm_model"])
         self.mint = MintRunner(self.kernel, self.executor)
-        self.reader = db.connect(path)
+        self.reader = db.open_store(path)
         self.credentials = Credentials(admin_token)
         self.credentials.load(self.reader)
         self.hub = EventHub(self.reader)

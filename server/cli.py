@@ -51,6 +51,11 @@ def _serve(args) -> int:
         config.server["insecure"] = True
     if getattr(args, "metrics", None):
         config.server["metrics_listen"] = args.metrics
+    if getattr(args, "database", None):
+        if not args.database.startswith(("postgresql://", "postgres://")):
+            print("ecology: invalid configuration: --database takes postgresql://USER@HOST:PORT/DB", file=sys.stderr)
+            return 2
+        config.storage["url"] = args.database
 
     async def main() -> int:
         server = WorldServer(config, args.data_dir, args.listen or None)
@@ -361,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     serve.add_argument("--listen", action="append", help="host:port or unix:PATH (repeatable)")
     serve.add_argument("--config", help="TOML configuration file")
+    serve.add_argument("--database", metavar="URL",
+                       help="keep the world's state in PostgreSQL (postgresql://USER@HOST:PORT/DB) instead of "
+                            "SQLite in the data directory ([storage] url)")
     serve.add_argument("--log-level", default="info")
     serve.add_argument("--tls-cert", help="PEM certificate: TLS on every TCP listener")
     serve.add_argument("--tls-key", help="PEM private key of --tls-cert")

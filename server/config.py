@@ -151,6 +151,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     # The mint, genesis_oracle (server/genesis/oracle.py, server/oracle/). Rounds resolve
     # at epoch-aligned times: floor(now / interval_seconds) * interval_seconds + interval_seconds.
+    "storage": {
+        # Where the world's state lives: "" = SQLite in <data-dir>/world.sqlite3; or a
+        # PostgreSQL URL, postgresql://USER@HOST:PORT/DB (`--database`; server/storage/postgres.py).
+        "url": "",
+    },
     "traces": {
         # Largest stored size of one field of a decision trace or LLM exchange, bytes of
         # JSON; larger ones are truncated and marked (server/kernel/traces.py).
@@ -207,6 +212,10 @@ class Config:
         return self.data["rate_limits"]
 
     @property
+    def storage(self) -> dict[str, Any]:
+        return self.data["storage"]
+
+    @property
     def llm(self) -> dict[str, Any]:
         return self.data["llm"]
 
@@ -258,6 +267,9 @@ def build(overrides: dict[str, Any] | None = None) -> Config:
         raise ConfigError("config key sandbox.isolation: one of auto, bwrap, process")
     if data["server"]["max_batch"] < 1:
         raise ConfigError("config key server.max_batch: must be at least 1")
+    url = data["storage"]["url"]
+    if url and not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("config key storage.url: \"\" (SQLite in the data directory) or postgresql://USER@HOST:PORT/DB")
     _check_llm(data["llm"])
     _check_oracle(data["oracle"], data["llm"])
     return Config(data)

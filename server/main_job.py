@@ -35,7 +35,6 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import statistics
 import sys
 import time
@@ -52,6 +51,7 @@ from server.app import WorldServer, resolve_admin_token  # noqa: E402
 from server.config import Config  # noqa: E402
 from server.kernel import artifacts, ledger  # noqa: E402
 from server.kernel.artifacts import SYSTEM_ACCOUNT  # noqa: E402
+from server.storage.store import Store  # noqa: E402
 
 PERSONALITIES = ("builder", "trader", "tester", "coordinator")
 PROGRESS_SECONDS = 3.0
@@ -355,13 +355,9 @@ class MainJob:
         """Start the spawned agents that are ready (see the module docstring). Returns
         the ids started now."""
         known = {s["agent_id"] for s in launcher.status()}
-        rows = self.server.reader.execute(
-            "SELECT a.id FROM artifacts a JOIN flow f ON f.principal_id = a.id AND f.resource = 'compute' "
-            "WHERE a.has_standing = 1 AND a.can_execute = 1 AND a.deleted = 0 "
-            "AND substr(a.id, 1, 8) != 'genesis_' AND a.created_by != ? AND f.rate > 0 ORDER BY a.id",
-            (SYSTEM_ACCOUNT,)).fetchall()
+        rows = self.server.reader.agents_with_compute_rate(not_created_by=SYSTEM_ACCOUNT)
         started = []
-        for (agent_id,) in rows:
+        for agent_id in rows:
             if agent_id in known:
                 continue
             token = self.tokens[agent_id] = await self._token_for(agent_id)
@@ -463,9 +459,8 @@ def agent_server_address(backend: str, socket: Path) -> str:
     return address
 
 
-def _balances(reader: sqlite3.Connection, names: list[str]) -> dict[str, int]:
-    marks = ",".join("?" * len(names))
-    return dict(reader.execute(f"SELECT principal_id, scrip FROM balances WHERE principal_id IN ({marks})", names))
+def _balances(reader: Store, names: list[str]) -> dict[str, int]:
+    return reader.balances_of(names)
 
 
 def _dist(scrip: dict[str, int]) -> str:

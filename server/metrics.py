@@ -132,7 +132,7 @@ class _StateCollector:
         if self._reader is None and self.sources.get("db_path") is not None:
             from server.storage import db
 
-            self._reader = db.connect(self.sources["db_path"], readonly=True)
+            self._reader = db.open_store(self.sources["db_path"], readonly=True)
         return self._reader
 
     def describe(self):
@@ -141,12 +141,10 @@ class _StateCollector:
     def collect(self):
         reader = self._read()
         if reader is not None:
-            minted, burned = reader.execute("SELECT minted, burned FROM ledger_totals").fetchone()
+            minted, burned = reader.ledger_issued()
             yield GaugeMetricFamily("ecology_scrip_supply", "Scrip in existence: minted - burned.",
                                     value=minted - burned)
-            agents = reader.execute(
-                "SELECT COUNT(*) FROM artifacts WHERE has_standing = 1 AND can_execute = 1 AND deleted = 0 "
-                "AND substr(id, 1, 8) != 'genesis_'").fetchone()[0]
+            agents = reader.artifact_counts()[2]
             yield GaugeMetricFamily("ecology_agents", "Agents in the world (not deleted).", value=agents)
         guard = self.sources.get("guard")
         if guard is not None:

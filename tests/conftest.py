@@ -20,6 +20,26 @@ from server.storage import db
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# ECOLOGY_TEST_DATABASE=postgresql: every ServerProcess keeps its state in its own database
+# of one real PostgreSQL server started for the session (tests/pg.py); default: SQLite.
+TEST_DATABASE = os.environ.get("ECOLOGY_TEST_DATABASE", "sqlite")
+_pg_server = None
+
+
+def pg_server():
+    """The session's PostgreSQL server, started on first use."""
+    global _pg_server
+    if _pg_server is None:
+        from tests.pg import PgServer
+
+        _pg_server = PgServer()
+    return _pg_server
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _pg_server is not None:
+        _pg_server.stop()
+
 
 class ServerProcess:
     """`ecology serve` as a child process. `config` is TOML text; `env` overrides
@@ -36,6 +56,7 @@ class ServerProcess:
         self.proc: subprocess.Popen | None = None
         self.tcp: str | None = None
         self._clients: list = []
+        self.database = pg_server().new_database() if TEST_DATABASE == "postgresql" else ""
 
     def start(self, timeout: float = 20.0) -> "ServerProcess":
         ready = self.data_dir / "server.json"
@@ -45,7 +66,7 @@ class ServerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "server.cli", "serve", "--data-dir", str(self.data_dir),
              "--listen", self.socket, "--listen", "127.0.0.1:0", "--config", str(self.config_path),
-             "--log-level", "warning"],
+             "--log-level", "warning", *(["--database", self.database] if self.database else [])],
             env=env, stdout=self.log, stderr=self.log, cwd=ROOT)
         deadline = time.monotonic() + timeout
         while not ready.exists():
@@ -109,7 +130,9 @@ class ServerProcess:
         self._clients.clear()
 
     def db(self):
-        """A read-only connection to the server's SQLite file."""
+        """A read-only store on the server's database (SQLite file or PostgreSQL)."""
+        if self.database:
+            return db.open_store(self.database, readonly=True)
         return db.connect(self.data_dir / db.DB_FILE, readonly=True)
 
 

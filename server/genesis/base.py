@@ -4,10 +4,11 @@ check, same charging) - no mechanical privilege a user artifact could not be giv
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from server.storage.store import Store
 
 if TYPE_CHECKING:
     from server.kernel.kernel import Kernel
@@ -24,7 +25,7 @@ LIMIT = {"type": "integer", "minimum": 1, "maximum": 500}
 class Call:
     """Everything a genesis method gets: the transaction, who calls, and when."""
 
-    conn: sqlite3.Connection
+    conn: Store
     caller: str
     now: float
 
@@ -68,8 +69,8 @@ class Genesis:
     def content(self) -> str:
         return self.description
 
-    def setup(self, conn: sqlite3.Connection, now: float) -> None:
+    def setup(self, conn: Store, now: float) -> None:
         """Run at every start, after the artifact exists (idempotent): own tables' rows."""
 
-    def call(self, conn: sqlite3.Connection, caller: str, name: str, args: dict, now: float) -> Any:
+    def call(self, conn: Store, caller: str, name: str, args: dict, now: float) -> Any:
         return self._methods[name](Call(conn, caller, now), **args)

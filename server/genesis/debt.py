@@ -79,19 +79,14 @@ class DebtArtifact(Genesis):
 
     def _sweep(self, call: Call) -> None:
         """Mark every active debt that is past due as defaulted."""
-        rows = call.conn.execute(
-            "SELECT id FROM artifacts WHERE created_by = ? AND deleted = 0 "
-            "AND json_extract(state, '$.status') = 'active' AND json_extract(state, '$.due_at') <= ?",
-            (self.id, call.now)).fetchall()
-        for (debt_id,) in rows:
+        for debt_id in call.conn.artifacts_state_due(self.id, "active", call.now):
             self._load(call, debt_id)
 
     def _holder(self, call: Call, art: Artifact) -> str:
         """Who is paid now: the controller, or the seller while it is listed in escrow."""
         holder = art.controller or art.state.get("lender")
         if holder == ESCROW_ID:
-            row = call.conn.execute("SELECT seller FROM escrow_listings WHERE artifact_id = ?",
-                                    (art.id,)).fetchone()
+            row = call.conn.escrow_get(art.id)
             if row is not None:
                 holder = row[0]
         return holder
@@ -111,7 +106,7 @@ class DebtArtifact(Genesis):
         return bool(art and art.has_standing and not art.deleted and ledger.balance(call.conn, pid) is not None)
 
     def _next_id(self, call: Call) -> str:
-        n = call.conn.execute("SELECT COUNT(*) FROM artifacts WHERE created_by = ?", (self.id,)).fetchone()[0] + 1
+        n = call.conn.artifacts_created_by_count(self.id) + 1
         while artifacts.get(call.conn, f"debt:{n}") is not None:
             n += 1
         return f"debt:{n}"
@@ -227,10 +222,5 @@ class DebtArtifact(Genesis):
     def list(self, call: Call, principal_id: str | None = None) -> dict:
         pid = principal_id or call.caller
         self._sweep(call)
-        rows = call.conn.execute(
-            "SELECT a.id FROM artifacts a LEFT JOIN escrow_listings e ON e.artifact_id = a.id "
-            "WHERE a.created_by = ? AND a.deleted = 0 AND (json_extract(a.state, '$.lender') = ? "
-            "OR json_extract(a.state, '$.borrower') = ? OR json_extract(a.state, '$.controller') = ? "
-            "OR e.seller = ?) ORDER BY a.created_at, a.id",
-            (self.id, pid, pid, pid, pid)).fetchall()
-        return {"principal_id": pid, "debts": [self._view(call, self._load(call, r[0])) for r in rows]}
+        rows = call.conn.artifacts_state_involving(self.id, pid)
+        return {"principal_id": pid, "debts": [self._view(call, self._load(call, debt_id)) for debt_id in rows]}

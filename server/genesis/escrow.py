@@ -30,8 +30,7 @@ class EscrowArtifact(Genesis):
                    "seller and hands control to the buyer in one transaction; cancel returns it.")
 
     def _listing(self, call: Call, artifact_id: str):
-        row = call.conn.execute("SELECT seller, price, listed_at FROM escrow_listings WHERE artifact_id=?",
-                                (artifact_id,)).fetchone()
+        row = call.conn.escrow_get(artifact_id)
         if row is None:
             raise KernelError(Reason.NOT_LISTED, f"{artifact_id} is not listed", field="artifact_id")
         return row
@@ -42,11 +41,11 @@ class EscrowArtifact(Genesis):
         art = artifacts.require(call.conn, artifact_id)
         if artifact_id.startswith(artifacts.RESERVED_PREFIX):
             raise KernelError(Reason.ACCESS_DENIED, "genesis artifacts cannot be sold")
-        if call.conn.execute("SELECT 1 FROM escrow_listings WHERE artifact_id=?", (artifact_id,)).fetchone():
+        if call.conn.escrow_get(artifact_id) is not None:
             raise KernelError(Reason.CONFLICT, f"{artifact_id} is already listed", field="artifact_id")
         self.kernel.authorize(call.conn, art, "transfer", call.caller, call.now)
         set_controller(call, art, self.id)
-        call.conn.execute("INSERT INTO escrow_listings VALUES (?,?,?,?)", (artifact_id, call.caller, price, call.now))
+        call.conn.escrow_insert(artifact_id, call.caller, price, call.now)
         events.append(call.conn, "escrow.listed", principal_id=call.caller, artifact_id=artifact_id,
                       now=call.now, data={"price": price, "seller": call.caller})
         return {"artifact_id": artifact_id, "seller": call.caller, "price": price}
@@ -62,7 +61,7 @@ class EscrowArtifact(Genesis):
         entry = ledger.transfer(call.conn, call.caller, seller, price, now=call.now,
                                 memo=f"escrow purchase {artifact_id}", artifact_id=artifact_id) if price > 0 else None
         set_controller(call, art, call.caller)
-        call.conn.execute("DELETE FROM escrow_listings WHERE artifact_id=?", (artifact_id,))
+        call.conn.escrow_delete(artifact_id)
         events.append(call.conn, "escrow.purchased", principal_id=call.caller, artifact_id=artifact_id,
                       now=call.now, related=[seller], data={"price": price, "seller": seller,
                                                             "buyer": call.caller, "entry": entry})
@@ -75,14 +74,11 @@ class EscrowArtifact(Genesis):
             raise KernelError(Reason.ACCESS_DENIED, "only the seller may cancel a listing", field="artifact_id")
         art = artifacts.require(call.conn, artifact_id)
         set_controller(call, art, seller)
-        call.conn.execute("DELETE FROM escrow_listings WHERE artifact_id=?", (artifact_id,))
+        call.conn.escrow_delete(artifact_id)
         events.append(call.conn, "escrow.cancelled", principal_id=call.caller, artifact_id=artifact_id,
                       now=call.now, data={"price": price})
         return {"artifact_id": artifact_id, "cancelled": True}
 
     @method("Every open listing.")
     def listings(self, call: Call) -> dict:
-        rows = call.conn.execute(
-            "SELECT artifact_id, seller, price, listed_at FROM escrow_listings ORDER BY listed_at, artifact_id"
-        ).fetchall()
-        return {"listings": [dict(r) for r in rows]}
+        return {"listings": call.conn.escrow_all()}

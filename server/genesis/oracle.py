@@ -37,13 +37,11 @@ Invariant (tested): balance(genesis_oracle) == sum(held bids) + carry.
 
 from __future__ import annotations
 
-import json
 import math
 
 from server.errors import KernelError, Reason, invalid
 from server.genesis.base import AMOUNT, COUNT, ID, Call, Genesis, method
 from server.kernel import artifacts, events, ledger
-from server.kernel.artifacts import dumps
 from server.oracle import auction
 from server.oracle.scoring import OfflineScorer, Score, ScoreError, Scorer, evidence_dict, gather
 
@@ -53,10 +51,10 @@ ORACLE_ID = "genesis_oracle"
 def refund_on_control_change(conn, artifact_id: str, new_controller: str, by: str, now: float) -> None:
     """Control of `artifact_id` moves to `new_controller` (in the caller's transaction):
     refund the open bid on it, unless the new controller placed it."""
-    row = conn.execute("SELECT bidder, amount FROM oracle_bids WHERE artifact_id=?", (artifact_id,)).fetchone()
+    row = conn.oracle_bid_get(artifact_id)
     if row is None or row["bidder"] == new_controller:
         return
-    conn.execute("DELETE FROM oracle_bids WHERE artifact_id = ?", (artifact_id,))
+    conn.oracle_bid_delete(artifact_id)
     ledger.transfer(conn, ORACLE_ID, row["bidder"], row["amount"], now=now,
                     memo=f"oracle bid on {artifact_id} refunded: control changed", artifact_id=artifact_id)
     events.append(conn, "oracle.bid_cancelled", principal_id=by, artifact_id=artifact_id, now=now,
@@ -90,17 +88,14 @@ class OracleArtifact(Genesis):
 
     def setup(self, conn, now: float) -> None:
         """At every start (idempotent): the schedule's origin and the mint's llm_budget."""
-        conn.execute("INSERT OR IGNORE INTO oracle_state VALUES (1, ?, 0, 0)", (now,))
-        conn.execute("INSERT OR IGNORE INTO stock VALUES (?, 'llm_budget', ?, 0)",
-                     (self.id, self.settings["llm_budget_micro_usd"]))
+        conn.oracle_init(now)
+        conn.stock_create(self.id, "llm_budget", self.settings["llm_budget_micro_usd"], if_missing=True)
 
     def _state(self, conn) -> tuple[float, int, int]:
-        row = conn.execute("SELECT start_at, carry, bid_seq FROM oracle_state WHERE id = 1").fetchone()
-        return row[0], row[1], row[2]
+        return conn.oracle_state()
 
     def _last_round(self, conn) -> tuple[int, float | None]:
-        row = conn.execute("SELECT round, at FROM oracle_rounds ORDER BY round DESC LIMIT 1").fetchone()
-        return (row[0], row[1]) if row else (0, None)
+        return conn.oracle_last_round()
 
     # -- holds ---------------------------------------------------------------------------
 
@@ -113,8 +108,7 @@ class OracleArtifact(Genesis):
             ledger.transfer(conn, self.id, to, amount, now=now, memo=memo, artifact_id=artifact_id)
 
     def _bid_row(self, conn, artifact_id: str):
-        return conn.execute("SELECT artifact_id, bidder, amount, placed_at, seq FROM oracle_bids WHERE artifact_id=?",
-                            (artifact_id,)).fetchone()
+        return conn.oracle_bid_get(artifact_id)
 
     # -- methods -------------------------------------------------------------------------
 
@@ -156,9 +150,8 @@ class OracleArtifact(Genesis):
                               data={"bidder": row["bidder"], "refunded": row["amount"], "replaced_by": call.caller})
             self._hold(call, artifact_id, amount, f"oracle bid on {artifact_id}")
         _, _, seq = self._state(call.conn)
-        call.conn.execute("UPDATE oracle_state SET bid_seq = ? WHERE id = 1", (seq + 1,))
-        call.conn.execute("INSERT OR REPLACE INTO oracle_bids VALUES (?,?,?,?,?)",
-                          (artifact_id, call.caller, amount, call.now, seq + 1))
+        call.conn.oracle_set(bid_seq=seq + 1)
+        call.conn.oracle_bid_put(artifact_id, call.caller, amount, call.now, seq + 1)
         new = self._bid_row(call.conn, artifact_id)
         view = self._bid_view(new, self._since(call.conn))
         events.append(call.conn, "oracle.bid", principal_id=call.caller, artifact_id=artifact_id, now=call.now,
@@ -187,7 +180,7 @@ class OracleArtifact(Genesis):
         row = self._bid_row(call.conn, artifact_id)
         if row is None or row["bidder"] != call.caller:
             raise KernelError(Reason.NOT_FOUND, f"you have no bid on {artifact_id!r}", field="artifact_id")
-        call.conn.execute("DELETE FROM oracle_bids WHERE artifact_id = ?", (artifact_id,))
+        call.conn.oracle_bid_delete(artifact_id)
         self._refund(call.conn, artifact_id, call.caller, row["amount"], call.now, f"oracle bid on {artifact_id} cancelled")
         events.append(call.conn, "oracle.bid_cancelled", principal_id=call.caller, artifact_id=artifact_id,
                       now=call.now, data={"bidder": call.caller, "refunded": row["amount"]})
@@ -205,14 +198,12 @@ class OracleArtifact(Genesis):
         due_at = auction.last_boundary(call.now, self.interval)
         pending = cfg["enabled"] and due_at > (last_at if last_at is not None else start_at)
         wanted = round or last
-        rec = conn.execute("SELECT result FROM oracle_rounds WHERE round = ?", (wanted,)).fetchone()
+        rec = conn.oracle_round_result(wanted)
         if round and rec is None:
             raise KernelError(Reason.NOT_FOUND, f"no resolved round {round}", field="round")
         since = last_at if last_at is not None else start_at
-        bids = [self._bid_view(r, since) for r in conn.execute(
-            "SELECT artifact_id, bidder, amount, placed_at, seq FROM oracle_bids WHERE bidder = ? ORDER BY seq",
-            (call.caller,))]
-        open_bids, held = conn.execute("SELECT COUNT(*), COALESCE(SUM(amount), 0) FROM oracle_bids").fetchone()
+        bids = [self._bid_view(r, since) for r in conn.oracle_bids(bidder=call.caller)]
+        open_bids, held = conn.oracle_bids_total()
         return {
             "enabled": cfg["enabled"], "now": call.now,
             "next_resolution_at": self.next_resolution_at(call.now),
@@ -221,7 +212,7 @@ class OracleArtifact(Genesis):
             "mint_ratio": cfg["mint_ratio"], "scorer": cfg["scorer"],
             "round": last, "next_round": last + 1,
             "bids": bids, "open_bids": open_bids, "held": held, "carry": carry,
-            "last": json.loads(rec[0]) if rec else None,
+            "last": rec,
         }
 
     # -- resolution (one kernel op; server/oracle/runner.py) -----------------------------
@@ -246,8 +237,7 @@ class OracleArtifact(Genesis):
 
         # Read phase: nothing is written until every winner has a score.
         withdrawn, bids = [], []
-        for r in conn.execute("SELECT artifact_id, bidder, amount, placed_at, seq FROM oracle_bids "
-                              "WHERE placed_at <= ? ORDER BY seq", (at,)).fetchall():
+        for r in conn.oracle_bids(placed_until=at):
             art = artifacts.get(conn, r["artifact_id"])
             if art is None or art.deleted:
                 withdrawn.append((r, "deleted"))
@@ -284,17 +274,17 @@ class OracleArtifact(Genesis):
 
         # Write phase.
         for r, why in withdrawn:
-            conn.execute("DELETE FROM oracle_bids WHERE artifact_id = ?", (r["artifact_id"],))
+            conn.oracle_bid_delete(r["artifact_id"])
             self._refund(conn, r["artifact_id"], r["bidder"], r["amount"], now,
                          f"oracle bid on {r['artifact_id']} refunded: {why}")
         losers = []
         for b in outcome.losers:
-            conn.execute("DELETE FROM oracle_bids WHERE artifact_id = ?", (b.artifact_id,))
+            conn.oracle_bid_delete(b.artifact_id)
             self._refund(conn, b.artifact_id, b.bidder, b.amount, now, f"oracle bid on {b.artifact_id} lost: refunded")
             losers.append({"artifact_id": b.artifact_id, "bidder": b.bidder, "bid": b.amount, "refunded": b.amount})
         winners, pool, minted_total, mints = [], 0, 0, []
         for b, price, art, ev, result in scored:
-            conn.execute("DELETE FROM oracle_bids WHERE artifact_id = ?", (b.artifact_id,))
+            conn.oracle_bid_delete(b.artifact_id)
             w = {"artifact_id": b.artifact_id, "bidder": b.bidder, "bid": b.amount, "price": price,
                  "evidence": evidence_dict(ev)}
             if isinstance(result, ScoreError):
@@ -316,14 +306,12 @@ class OracleArtifact(Genesis):
                 w.update(scored=True, paid=price, refunded=b.amount - price, score=result.score, reason=result.reason,
                          minted=minted, minted_to=to)
             winners.append(w)
-        agents = [r[0] for r in conn.execute(
-            "SELECT id FROM artifacts WHERE has_standing = 1 AND can_execute = 1 AND deleted = 0 "
-            "AND substr(id, 1, 8) != 'genesis_' ORDER BY id")]
+        agents = conn.live_agent_ids()
         share, carry_out = auction.split_income(pool + carry_in, len(agents))
         if share > 0:
             for a in agents:
                 ledger.transfer(conn, self.id, a, share, now=now, memo="oracle basic income", artifact_id=self.id)
-        conn.execute("UPDATE oracle_state SET carry = ? WHERE id = 1", (carry_out,))
+        conn.oracle_set(carry=carry_out)
         number = last + 1
         record = {
             "round": number, "at": at, "resolved_at": now, "missed_boundaries": missed,
@@ -338,7 +326,7 @@ class OracleArtifact(Genesis):
                        "paid": share * len(agents), "carry_out": carry_out},
             "recipients": agents,
         }
-        conn.execute("INSERT INTO oracle_rounds VALUES (?,?,?,?)", (number, at, now, dumps(record)))
+        conn.oracle_round_add(number, at, now, record)
         events.append(conn, "oracle.resolved", principal_id=self.id, artifact_id=self.id, now=now,
                       related=sorted({*agents, *(w["bidder"] for w in winners), *(m[0] for m in mints)}),
                       data=record)

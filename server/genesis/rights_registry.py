@@ -38,7 +38,7 @@ class RightsRegistryArtifact(Genesis):
         art = artifacts.require(call.conn, artifact_id)
         if artifact_id.startswith(artifacts.RESERVED_PREFIX):
             raise KernelError(Reason.ACCESS_DENIED, "genesis artifacts cannot change hands")
-        if call.conn.execute("SELECT 1 FROM escrow_listings WHERE artifact_id=?", (artifact_id,)).fetchone():
+        if call.conn.escrow_get(artifact_id) is not None:
             raise KernelError(Reason.CONFLICT, f"{artifact_id} is listed in escrow", field="artifact_id")
         target = artifacts.get(call.conn, to)
         if target is None or not target.has_standing:

@@ -1,10 +1,9 @@
-"""The artifact model: validation of ids and fields, and its rows in SQLite."""
+"""The artifact model: validation of ids and fields (stored through server/storage)."""
 
 from __future__ import annotations
 
 import json
 import re
-import sqlite3
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -106,38 +105,11 @@ class Artifact:
         return d
 
 
-_COLUMNS = (
-    "id, content, created_by, access_contract_id, has_standing, can_execute, interface, "
-    "metadata, state, version, created_at, updated_at, size_bytes, deleted, billed_to"
-)
+def get(conn, artifact_id: str) -> Artifact | None:
+    return conn.artifact_get(artifact_id)
 
 
-def from_row(row: sqlite3.Row) -> Artifact:
-    return Artifact(
-        id=row["id"],
-        content=row["content"],
-        created_by=row["created_by"],
-        access_contract_id=row["access_contract_id"],
-        has_standing=bool(row["has_standing"]),
-        can_execute=bool(row["can_execute"]),
-        interface=json.loads(row["interface"]),
-        metadata=json.loads(row["metadata"]),
-        state=json.loads(row["state"]),
-        version=row["version"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        size_bytes=row["size_bytes"],
-        deleted=bool(row["deleted"]),
-        billed_to=row["billed_to"],
-    )
-
-
-def get(conn: sqlite3.Connection, artifact_id: str) -> Artifact | None:
-    row = conn.execute(f"SELECT {_COLUMNS} FROM artifacts WHERE id = ?", (artifact_id,)).fetchone()
-    return from_row(row) if row else None
-
-
-def require(conn: sqlite3.Connection, artifact_id: str, *, allow_deleted: bool = False) -> Artifact:
+def require(conn, artifact_id: str, *, allow_deleted: bool = False) -> Artifact:
     art = get(conn, artifact_id)
     if art is None:
         raise KernelError(Reason.NOT_FOUND, f"no artifact {artifact_id!r}", field="artifact_id")
@@ -146,29 +118,13 @@ def require(conn: sqlite3.Connection, artifact_id: str, *, allow_deleted: bool =
     return art
 
 
-def insert(conn: sqlite3.Connection, art: Artifact) -> None:
-    conn.execute(
-        f"INSERT INTO artifacts ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        (
-            art.id, art.content, art.created_by, art.access_contract_id, int(art.has_standing),
-            int(art.can_execute), dumps(art.interface), dumps(art.metadata), dumps(art.state),
-            art.version, art.created_at, art.updated_at, art.size_bytes, int(art.deleted),
-            art.billed_to,
-        ),
-    )
+def insert(conn, art: Artifact) -> None:
+    conn.artifact_insert(art)
 
 
-def save(conn: sqlite3.Connection, art: Artifact) -> None:
+def save(conn, art: Artifact) -> None:
     """Write back a changed artifact (caller bumps version and updated_at)."""
-    conn.execute(
-        "UPDATE artifacts SET content=?, access_contract_id=?, interface=?, metadata=?, state=?, "
-        "version=?, updated_at=?, size_bytes=?, deleted=?, billed_to=? WHERE id=?",
-        (
-            art.content, art.access_contract_id, dumps(art.interface), dumps(art.metadata),
-            dumps(art.state), art.version, art.updated_at, art.size_bytes, int(art.deleted),
-            art.billed_to, art.id,
-        ),
-    )
+    conn.artifact_save(art)
 
 
 def bump(art: Artifact, now: float, **changes: Any) -> Artifact:

@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import contextvars
 import hashlib
-import sqlite3
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from server.errors import KernelError, Reason
 from server.kernel import artifacts
 from server.kernel.artifacts import Artifact
+from server.storage.store import Store
 
 ACTIONS = ("read", "write", "invoke", "delete", "transfer")
 
@@ -305,7 +305,7 @@ def is_contract(art: Artifact | None) -> bool:
     return bool(art and not art.deleted and art.can_execute and art.method(CONTRACT_METHOD))
 
 
-def evaluate(conn: sqlite3.Connection, runner: ContractRunner, target: Artifact, action: str,
+def evaluate(conn: Store, runner: ContractRunner, target: Artifact, action: str,
              requester_id: str, now: float, proposed: dict | None = None, loader=None) -> Decision:
     contract_id = target.access_contract_id
     try:
@@ -323,7 +323,7 @@ def evaluate(conn: sqlite3.Connection, runner: ContractRunner, target: Artifact,
     return runner.check(contract, target.id, action, requester_id, ctx)
 
 
-def authorize(conn: sqlite3.Connection, runner: ContractRunner, target: Artifact, action: str,
+def authorize(conn: Store, runner: ContractRunner, target: Artifact, action: str,
               requester_id: str, now: float, proposed: dict | None = None, loader=None) -> None:
     """The single permission gate. Raises ACCESS_DENIED with the contract's reason.
     `loader(conn, id)` fetches the contract artifact (the kernel's, which keeps genesis

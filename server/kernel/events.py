@@ -2,31 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import sqlite3
 
-from server.kernel.artifacts import dumps
-
-
-def append(conn: sqlite3.Connection, type_: str, *, principal_id: str, now: float,
+def append(conn, type_: str, *, principal_id: str, now: float,
            artifact_id: str = "", related: list[str] | tuple = (), data: dict | None = None) -> int:
-    cur = conn.execute(
-        "INSERT INTO events (at, type, principal_id, artifact_id, related, data) VALUES (?,?,?,?,?,?)",
-        (now, type_, principal_id, artifact_id, dumps(list(related)), dumps(data or {})),
-    )
-    return cur.lastrowid
+    return conn.event_append(now, type_, principal_id, artifact_id, list(related), data or {})
 
 
-def last_seq(conn: sqlite3.Connection) -> int:
-    return conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
-
-
-def _row(r) -> dict:
-    return {
-        "seq": r["seq"], "at": r["at"], "type": r["type"], "principal_id": r["principal_id"],
-        "artifact_id": r["artifact_id"], "related_ids": json.loads(r["related"]),
-        "data": json.loads(r["data"]),
-    }
+def last_seq(conn) -> int:
+    return conn.events_last_seq()
 
 
 def type_matches(patterns, type_: str) -> bool:
@@ -50,44 +33,37 @@ def matches(ev: dict, types=(), artifact_set: frozenset | set = frozenset(),
     return True
 
 
-def since(conn: sqlite3.Connection, after: int, limit: int = 5000) -> list[dict]:
+def since(conn, after: int, limit: int = 5000) -> list[dict]:
     """Every event with seq > after, oldest first (at most `limit`)."""
-    rows = conn.execute(
-        "SELECT seq, at, type, principal_id, artifact_id, related, data FROM events "
-        "WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)).fetchall()
-    return [_row(r) for r in rows]
+    return conn.events_page(after, limit)[0]
 
 
-def read(conn: sqlite3.Connection, *, after: int = 0, limit: int = 100,
+def read(conn, *, after: int = 0, limit: int = 100,
          types=(), artifact_ids=(), principal_ids=()) -> list[dict]:
     """Events with seq > after matching every given filter, oldest first."""
     return scan(conn, after=after, limit=limit, types=types, artifact_ids=artifact_ids,
                 principal_ids=principal_ids)[0]
 
 
-def scan(conn: sqlite3.Connection, *, after: int = 0, limit: int = 100,
+def scan(conn, *, after: int = 0, limit: int = 100,
          types=(), artifact_ids=(), principal_ids=(), max_rows: int = 10_000) -> tuple[list[dict], int]:
     """Like `read`, also returning the last seq examined (resume the scan from there)."""
     out: list[dict] = []
     artifact_set, principal_set = set(artifact_ids), set(principal_ids)
     cursor = after
     scanned = 0
+    keep = (lambda t: type_matches(types, t)) if types else None  # cheap pre-filter before JSON decoding
     while len(out) < limit and scanned < max_rows:
-        rows = conn.execute(
-            "SELECT seq, at, type, principal_id, artifact_id, related, data FROM events "
-            "WHERE seq > ? ORDER BY seq LIMIT 1000", (cursor,)
-        ).fetchall()
-        if not rows:
+        page, last, examined = conn.events_page(cursor, 1000, keep)
+        if not examined:
             break
-        scanned += len(rows)
-        for r in rows:
-            cursor = r["seq"]
-            if not type_matches(types, r["type"]):  # cheap pre-filter before JSON decoding
-                continue
-            ev = _row(r)
+        scanned += examined
+        cursor = last
+        for ev in page:
             if not matches(ev, (), artifact_set, principal_set):
                 continue
             out.append(ev)
             if len(out) >= limit:
+                cursor = ev["seq"]
                 break
     return out, cursor

@@ -30,8 +30,7 @@ def grant(conn, agent_id: str, scrip: int, llm_budget: int, memo: str, now: floa
         ledger.mint(conn, agent_id, scrip, now=now, memo=memo)  # emits its ledger.mint event
     if llm_budget:
         resources.stock(conn, agent_id, "llm_budget")  # exists, or QUOTA_EXCEEDED names it
-        conn.execute("UPDATE stock SET quota = quota + ? WHERE principal_id = ? AND resource = 'llm_budget'",
-                     (llm_budget, agent_id))
+        conn.stock_add(agent_id, "llm_budget", quota=llm_budget)
         events.append(conn, "quota.granted", principal_id=SYSTEM_ACCOUNT, artifact_id=agent_id, now=now,
                       related=[agent_id], data={"to": agent_id, "resource": "llm_budget", "amount": llm_budget,
                                                 "memo": memo})

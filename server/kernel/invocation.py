@@ -45,7 +45,6 @@ through the RPC layer, which runs `admit` below and the LLM steps outside the wr
 from __future__ import annotations
 
 import math
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -53,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 from server.errors import KernelError, Reason
 from server.kernel import artifacts, contracts, events, ledger, resources
 from server.kernel.artifacts import Artifact
+from server.storage.store import Store
 
 if TYPE_CHECKING:
     from server.kernel.kernel import Kernel
@@ -244,7 +244,7 @@ def price_of(art: Artifact) -> int:
     return p if isinstance(p, int) and not isinstance(p, bool) and p > 0 else 0
 
 
-def invoke(kernel: "Kernel", conn: sqlite3.Connection, frame: Frame, artifact_id: str, method: str,
+def invoke(kernel: "Kernel", conn: Store, frame: Frame, artifact_id: str, method: str,
            args: dict, now: float) -> Any:
     target, _cost = admit(kernel, conn, frame, artifact_id, method, args, now)
     g = kernel.genesis.get(artifact_id)
@@ -253,7 +253,7 @@ def invoke(kernel: "Kernel", conn: sqlite3.Connection, frame: Frame, artifact_id
     return run_code(kernel, conn, frame, target, method, args, now)
 
 
-def admit(kernel: "Kernel", conn: sqlite3.Connection, frame: Frame, artifact_id: str, method: str,
+def admit(kernel: "Kernel", conn: Store, frame: Frame, artifact_id: str, method: str,
           args: dict, now: float) -> tuple[Artifact, float]:
     """Everything before a method runs: the target, its interface and JSON Schema, the
     access contract, and the compute charge. Returns the target and the compute charged.
@@ -272,7 +272,7 @@ def admit(kernel: "Kernel", conn: sqlite3.Connection, frame: Frame, artifact_id:
     return target, cost
 
 
-def run_code(kernel: "Kernel", conn: sqlite3.Connection, frame: Frame, target: Artifact, method: str,
+def run_code(kernel: "Kernel", conn: Store, frame: Frame, target: Artifact, method: str,
              args: dict, now: float) -> Any:
     """A call of user code inside the writer: every check before it runs, then its
     recorded run (frame.code, never the sandbox), its CPU and its price."""
@@ -350,13 +350,13 @@ def charge_cpu(kernel: "Kernel", conn, payer: str, cpu_seconds: float, now: floa
         resources.charge(conn, payer, "compute", units, now, force=True)
 
 
-def _serve_nested(kernel: "Kernel", conn: sqlite3.Connection, frame: Frame, msg: dict) -> dict:
+def _serve_nested(kernel: "Kernel", conn: Store, frame: Frame, msg: dict) -> dict:
     """Answer one request from running code. Identity and payer come from `frame`."""
     from server.kernel.contracts import NeedWork
 
     now = frame.now
     mark = len(frame.cpu_log)
-    conn.execute("SAVEPOINT nested")
+    conn.savepoint("nested")
     try:
         if msg.get("type") == "invoke":
             artifact_id, method, args = msg.get("artifact_id"), msg.get("method"), msg.get("args")
@@ -372,15 +372,15 @@ def _serve_nested(kernel: "Kernel", conn: sqlite3.Connection, frame: Frame, msg:
             take_spend(frame, frame.payer, amount)  # after the transfer's own checks; a failure rolls it back
             value = {"paid": amount, "to": to, "from": frame.payer}
     except NeedWork:
-        conn.execute("ROLLBACK TO nested")
-        conn.execute("RELEASE nested")
+        conn.rollback_to("nested")
+        conn.release("nested")
         raise
     except KernelError as err:
-        conn.execute("ROLLBACK TO nested")
-        conn.execute("RELEASE nested")
+        conn.rollback_to("nested")
+        conn.release("nested")
         recharge_cpu(kernel, conn, frame.cpu_log[mark:], now)
         return {"type": "error", "reason": err.reason.value, "message": err.message}
-    conn.execute("RELEASE nested")
+    conn.release("nested")
     return {"type": "result", "value": value}
 
 

@@ -22,9 +22,7 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
@@ -68,7 +66,7 @@ class Kernel:
 
     # -- bootstrap -----------------------------------------------------------------
 
-    def bootstrap(self, conn: sqlite3.Connection) -> None:
+    def bootstrap(self, conn) -> None:
         """Create (or refresh) the genesis artifacts. Idempotent; run at every start."""
         now = self.clock()
         self._genesis_artifacts = {}
@@ -131,8 +129,7 @@ class Kernel:
         if b is None:
             return
         wait = b.seconds_until_usable(self.clock())
-        if wait > 0 and not (request_id and reader.execute(
-                "SELECT 1 FROM idempotency WHERE principal_id=? AND request_id=?", (caller, request_id)).fetchone()):
+        if wait > 0 and not (request_id and reader.idem_exists(caller, request_id)):
             raise KernelError(Reason.INSUFFICIENT_RESOURCES,
                               f"{caller} is in compute debt; usable again in {wait:.3f}s", retry_after=wait)
 
@@ -146,28 +143,25 @@ class Kernel:
             return op()
         if len(request_id) > 128:
             raise invalid("request_id", "at most 128 characters")
-        row = conn.execute(
-            "SELECT method, ok, outcome FROM idempotency WHERE principal_id=? AND request_id=?",
-            (caller, request_id),
-        ).fetchone()
+        row = conn.idem_get(caller, request_id)
         if row is not None:
-            if row["method"] != method:
-                raise invalid("request_id", f"already used for {row['method']}")
-            outcome = json.loads(row["outcome"])
-            if row["ok"]:
+            used_for, ok, outcome = row
+            if used_for != method:
+                raise invalid("request_id", f"already used for {used_for}")
+            if ok:
                 return outcome
             raise KernelError.from_dict(outcome)
-        conn.execute("SAVEPOINT idem")
+        conn.savepoint("idem")
         try:
             result = op()
         except KernelError as err:
-            conn.execute("ROLLBACK TO idem")
-            conn.execute("RELEASE idem")
+            conn.rollback_to("idem")
+            conn.release("idem")
             if err.retry_after is not None:
                 raise
             self._remember(conn, caller, request_id, method, False, err.to_dict())
             return Failed(err)
-        conn.execute("RELEASE idem")
+        conn.release("idem")
         if isinstance(result, invocation.DryRun):  # rolled back, not an outcome
             return result
         if isinstance(result, Failed):  # failed, but with charges that stand (CPU used)
@@ -178,14 +172,11 @@ class Kernel:
         return result
 
     def _remember(self, conn, caller, request_id, method, ok, outcome) -> None:
-        conn.execute(
-            "INSERT INTO idempotency VALUES (?,?,?,?,?,?)",
-            (caller, request_id, method, int(ok), dumps(outcome), self.clock()),
-        )
+        conn.idem_put(caller, request_id, method, ok, outcome, self.clock())
 
     def purge_idempotency(self, conn) -> int:
         cutoff = self.clock() - self.config.server["idempotency_window_seconds"]
-        return conn.execute("DELETE FROM idempotency WHERE at < ?", (cutoff,)).rowcount
+        return conn.idem_purge(cutoff)
 
     # -- verbs ---------------------------------------------------------------------
 
@@ -343,7 +334,7 @@ class Kernel:
             raise KernelError(Reason.ACCESS_DENIED, "genesis artifacts cannot be deleted")
         self.charge(conn, caller, "delete", now)
         resources.adjust_disk(conn, target.billed_to, -target.size_bytes)
-        conn.execute("DELETE FROM escrow_listings WHERE artifact_id = ?", (artifact_id,))
+        conn.escrow_delete(artifact_id)
         tomb = artifacts.bump(target, now, content="", size_bytes=0, deleted=True)
         artifacts.save(conn, tomb)
         events.append(conn, "artifact.deleted", principal_id=caller, artifact_id=artifact_id, now=now,
@@ -377,7 +368,7 @@ class Kernel:
         frame = invocation.Frame(requester=caller, payer=caller, stack=(), deadline=float("inf"),
                                  code=invocation.Replay(chain), spender=caller, now=now,
                                  spend_left=[max_spend or self.config["sandbox"]["default_max_spend"]])
-        conn.execute("SAVEPOINT invoke")
+        conn.savepoint("invoke")
         try:
             value = invocation.invoke(self, conn, frame, artifact_id, method, args, now)
             if not final:
@@ -388,8 +379,8 @@ class Kernel:
                     raise KernelError(Reason.INVALID_ARGS, f"result too large: more than {limit} bytes as JSON",
                                       field="result")
         except invocation.DryRun as dry:
-            conn.execute("ROLLBACK TO invoke")
-            conn.execute("RELEASE invoke")
+            conn.rollback_to("invoke")
+            conn.release("invoke")
             if not final or not isinstance(dry, invocation.Mismatch):
                 return dry
             for payer, cpu in chain.cpu_charges():
@@ -398,8 +389,8 @@ class Kernel:
             err.chain_mismatch = True
             return Failed(err)
         except KernelError as err:
-            conn.execute("ROLLBACK TO invoke")
-            conn.execute("RELEASE invoke")
+            conn.rollback_to("invoke")
+            conn.release("invoke")
             if not final or isinstance(err, contracts.NeedWork) or chain.root is None:
                 raise
             # Every run of code in the chain used its CPU, also those the failure kept
@@ -409,7 +400,7 @@ class Kernel:
             invocation.record_outcomes(conn, frame.outcomes, now)
             return Failed(err)
         invocation.record_outcomes(conn, frame.outcomes, now)
-        conn.execute("RELEASE invoke")
+        conn.release("invoke")
         return value
 
     def with_work(self, conn, caller: str, work: "invocation.Work", op: Callable[[], Any]) -> Any:
@@ -418,18 +409,18 @@ class Kernel:
         also when it fails (a denied call changes nothing else, but that charge stands).
         A NeedWork or a dry run charges nothing: the operation will run again."""
         token = contracts.DECISIONS.set(work.decisions)
-        conn.execute("SAVEPOINT work")
+        conn.savepoint("work")
         try:
             try:
                 result = op()
             except KernelError as err:
-                conn.execute("ROLLBACK TO work")
-                conn.execute("RELEASE work")
+                conn.rollback_to("work")
+                conn.release("work")
                 if isinstance(err, contracts.NeedWork) or work.cpu_seconds <= 0:
                     raise
                 invocation.charge_cpu(self, conn, caller, work.cpu_seconds, self.clock())
                 return Failed(err)
-            conn.execute("RELEASE work")
+            conn.release("work")
             if work.cpu_seconds > 0 and not isinstance(result, invocation.DryRun):
                 invocation.charge_cpu(self, conn, caller, work.cpu_seconds, self.clock())
             return result
@@ -476,18 +467,18 @@ class Kernel:
     def charged_even_if_failed(self, conn, op: Callable[[], Any]) -> Any:
         """Run `op` in a savepoint. If it fails after running user code (the error has
         `cpu_used`), undo everything but that CPU charge and return Failed(err)."""
-        conn.execute("SAVEPOINT charged")
+        conn.savepoint("charged")
         try:
             result = op()
         except KernelError as err:
-            conn.execute("ROLLBACK TO charged")
-            conn.execute("RELEASE charged")
+            conn.rollback_to("charged")
+            conn.release("charged")
             used = getattr(err, "cpu_used", None)
             if used is None:
                 raise
             invocation.charge_cpu(self, conn, *used, self.clock())
             return Failed(err)
-        conn.execute("RELEASE charged")
+        conn.release("charged")
         return result
 
     # -- operators -------------------------------------------------------------------
@@ -537,10 +528,9 @@ class Kernel:
         resources.adjust_disk(conn, agent_id, size)
         endowment = int(o.get("endowment", d["endowment"]))
         if "rpc_rate" in o or "rpc_burst" in o:
-            conn.execute("INSERT INTO rpc_limits VALUES (?,?,?)",
-                         (agent_id, o.get("rpc_rate"), o.get("rpc_burst")))
+            conn.rpc_limits_set(agent_id, o.get("rpc_rate"), o.get("rpc_burst"))
         token = "eco_" + secrets.token_urlsafe(32)
-        conn.execute("INSERT INTO credentials VALUES (?,?,?)", (hash_token(token), agent_id, now))
+        conn.credential_add(hash_token(token), agent_id, now)
         events.append(conn, "agent.created", principal_id=SYSTEM_ACCOUNT, artifact_id=agent_id, now=now,
                       related=[agent_id], data={"endowment": endowment})
         if endowment > 0:  # after agent.created, as before; with its ledger.mint event (ledger.py)
@@ -557,7 +547,7 @@ class Kernel:
         if agent_id.startswith(artifacts.RESERVED_PREFIX) or not (art.has_standing and art.can_execute):
             raise invalid("agent_id", f"{agent_id} is not an agent")
         token = "eco_" + secrets.token_urlsafe(32)
-        conn.execute("INSERT INTO credentials VALUES (?,?,?)", (hash_token(token), agent_id, self.clock()))
+        conn.credential_add(hash_token(token), agent_id, self.clock())
         return token
 
     # -- read-only queries (read connection) -------------------------------------------
@@ -631,63 +621,30 @@ class Kernel:
         if kind:
             has_standing = kind in ("agent", "account")
             can_execute = kind in ("agent", "tool")
-        where, params = ["id > ?"], [after]
-        if created_by:
-            where.append("created_by = ?")
-            params.append(created_by)
-        if has_standing is not None:
-            where.append("has_standing = ?")
-            params.append(int(has_standing))
-        if can_execute is not None:
-            where.append("can_execute = ?")
-            params.append(int(can_execute))
-        if not include_deleted:
-            where.append("deleted = 0")
-        for key, value in (metadata_equals or {}).items():
-            path = "$." + json.dumps(key)
-            if isinstance(value, bool):  # JSON true/false, which SQLite extracts as 1/0
-                where.append("json_type(metadata, ?) = ?")
-                params.extend([path, "true" if value else "false"])
-                continue
-            where.append("json_extract(metadata, ?) IS NOT NULL AND json(json_extract(metadata, ?)) = json(?)"
-                         if isinstance(value, (dict, list)) else
-                         "json_type(metadata, ?) NOT IN ('true', 'false') AND json_extract(metadata, ?) IS ?")
-            params.extend([path, path, dumps(value) if isinstance(value, (dict, list)) else value])
-        if query:
-            like = "%" + query.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            where.append("(lower(id) LIKE ? ESCAPE '\\' OR lower(metadata) LIKE ? ESCAPE '\\' "
-                         "OR lower(interface) LIKE ? ESCAPE '\\')")
-            params.extend([like, like, like])
-        sql = (f"SELECT * FROM artifacts WHERE {' AND '.join(where)} ORDER BY id LIMIT ?")
-        rows = conn.execute(sql, (*params, page_size + 1)).fetchall()
-        items = [artifacts.from_row(r).summary() for r in rows[:page_size]]
+        rows = conn.artifacts_page(after=after, limit=page_size + 1, created_by=created_by,
+                                   has_standing=has_standing, can_execute=can_execute,
+                                   include_deleted=include_deleted, metadata_equals=metadata_equals, query=query)
+        items = [r.summary() for r in rows[:page_size]]
         next_cursor = self.issue_cursor(items[-1]["id"]) if len(rows) > page_size else ""
         return items, next_cursor
 
     def stats(self, conn) -> dict:
         t = ledger.totals(conn)
-        counts = conn.execute(
-            "SELECT SUM(deleted = 0), SUM(deleted = 1), SUM(has_standing AND can_execute AND deleted = 0 AND substr(id, 1, 8) != 'genesis_') "
-            "FROM artifacts"
-        ).fetchone()
+        counts = conn.artifact_counts()
         return {
-            "now": self.clock(), "artifacts": counts[0] or 0, "tombstones": counts[1] or 0,
-            "agents": counts[2] or 0, "minted": t["minted"], "burned": t["burned"],
+            "now": self.clock(), "artifacts": counts[0], "tombstones": counts[1],
+            "agents": counts[2], "minted": t["minted"], "burned": t["burned"],
             "total_balances": t["total_balances"], "ledger_entries": t["entries"],
             "last_event_seq": events.last_seq(conn),
         }
 
     def list_agents(self, conn, page_size: int, cursor: str) -> tuple[list[dict], str]:
         page_size = min(max(page_size or 100, 1), self.config.limits["max_page_size"])
-        rows = conn.execute(
-            "SELECT id, deleted FROM artifacts WHERE has_standing = 1 AND can_execute = 1 AND id > ? "
-            "AND substr(id, 1, 8) != 'genesis_' "
-            "ORDER BY id LIMIT ?", (cursor, page_size + 1)
-        ).fetchall()
+        rows = conn.agents_page(cursor, page_size + 1)
         now = self.clock()
         out = []
-        for r in rows[:page_size]:
-            snap = resources.snapshot(conn, r["id"], now)
-            out.append({"agent_id": r["id"], "scrip": ledger.balance(conn, r["id"]) or 0,
-                        "deleted": bool(r["deleted"]), **snap})
+        for agent_id, deleted in rows[:page_size]:
+            snap = resources.snapshot(conn, agent_id, now)
+            out.append({"agent_id": agent_id, "scrip": ledger.balance(conn, agent_id) or 0,
+                        "deleted": deleted, **snap})
         return out, (out[-1]["agent_id"] if len(rows) > page_size else "")

@@ -28,8 +28,6 @@ Callers must not append ledger.* events of their own.
 
 from __future__ import annotations
 
-import sqlite3
-
 from server.errors import KernelError, Reason
 from server.kernel import events
 from server.kernel.artifacts import SYSTEM_ACCOUNT
@@ -49,41 +47,36 @@ def _check_amount(amount: object) -> int:
     return amount
 
 
-def open_account(conn: sqlite3.Connection, principal_id: str) -> None:
-    conn.execute("INSERT OR IGNORE INTO balances VALUES (?, 0)", (principal_id,))
+def open_account(conn, principal_id: str) -> None:
+    conn.balance_open(principal_id)
 
 
-def balance(conn: sqlite3.Connection, principal_id: str) -> int | None:
+def balance(conn, principal_id: str) -> int | None:
     """Balance of a principal, or None if it has no account."""
-    row = conn.execute("SELECT scrip FROM balances WHERE principal_id = ?", (principal_id,)).fetchone()
-    return row[0] if row else None
+    return conn.balance_get(principal_id)
 
 
 def _entry(conn, now, debit, credit, amount, kind, memo) -> int:
-    cur = conn.execute(
-        "INSERT INTO ledger_entries (at, debit, credit, amount, kind, memo) VALUES (?,?,?,?,?,?)",
-        (now, debit, credit, amount, kind, memo[:200]),
-    )
-    return cur.lastrowid
+    return conn.ledger_entry(now, debit, credit, amount, kind, memo[:200])
 
 
 def _credit(conn, principal_id: str, amount: int) -> None:
-    cur = conn.execute(
-        "UPDATE balances SET scrip = scrip + ? WHERE principal_id = ?", (amount, principal_id)
-    )
-    if cur.rowcount != 1:
+    if not conn.balance_credit(principal_id, amount):
         raise KernelError(Reason.NOT_FOUND, f"{principal_id!r} is not a principal", field="to")
 
 
-def _debit(conn, principal_id: str, amount: int) -> None:
+def _debit(conn, principal_id: str, amount: int) -> int:
+    """Take `amount` from a balance that has it; returns the new balance. One statement
+    when it succeeds; the balance is read again only to say why it failed."""
+    left = conn.balance_debit(principal_id, amount)
+    if left is not None:
+        return left
     have = balance(conn, principal_id)
     if have is None:
         raise KernelError(Reason.NOT_FOUND, f"{principal_id!r} is not a principal")
-    if have < amount:
-        raise KernelError(
-            Reason.INSUFFICIENT_FUNDS, f"{principal_id} has {have} scrip, needs {amount}"
-        )
-    conn.execute("UPDATE balances SET scrip = scrip - ? WHERE principal_id = ?", (amount, principal_id))
+    raise KernelError(
+        Reason.INSUFFICIENT_FUNDS, f"{principal_id} has {have} scrip, needs {amount}"
+    )
 
 
 def _event(conn, kind: str, by: str, artifact_id: str, now: float, src: str, dst: str, amount: int,
@@ -117,7 +110,7 @@ def mint(conn, to: str, amount: int, *, now: float, memo: str = "", artifact_id:
     `ledger.mint` event."""
     _check_amount(amount)
     _credit(conn, to, amount)
-    conn.execute("UPDATE ledger_totals SET minted = minted + ? WHERE id = 1", (amount,))
+    conn.ledger_totals_add(minted=amount)
     entry = _entry(conn, now, SYSTEM_ACCOUNT, to, amount, "mint", memo)
     _event(conn, "mint", by, artifact_id, now, SYSTEM_ACCOUNT, to, amount, entry, memo)
     return entry
@@ -128,48 +121,36 @@ def burn(conn, src: str, amount: int, *, now: float, memo: str = "", artifact_id
     """Destroy scrip held by `src`, with its `ledger.burn` event."""
     _check_amount(amount)
     _debit(conn, src, amount)
-    conn.execute("UPDATE ledger_totals SET burned = burned + ? WHERE id = 1", (amount,))
+    conn.ledger_totals_add(burned=amount)
     entry = _entry(conn, now, src, SYSTEM_ACCOUNT, amount, "burn", memo)
     _event(conn, "burn", by or src, artifact_id, now, src, SYSTEM_ACCOUNT, amount, entry, memo)
     return entry
 
 
 def history(conn, principal_id: str, *, after: int = 0, limit: int = 100) -> list[dict]:
-    rows = conn.execute(
-        "SELECT seq, at, debit, credit, amount, kind, memo FROM ledger_entries "
-        "WHERE seq > ? AND (debit = ? OR credit = ?) ORDER BY seq LIMIT ?",
-        (after, principal_id, principal_id, limit),
-    ).fetchall()
-    return [dict(r) for r in rows]
+    return conn.ledger_history(principal_id, after, limit)
 
 
 def totals(conn) -> dict:
-    minted, burned = conn.execute("SELECT minted, burned FROM ledger_totals").fetchone()
-    total = conn.execute("SELECT COALESCE(SUM(scrip), 0) FROM balances").fetchone()[0]
-    entries = conn.execute("SELECT COUNT(*) FROM ledger_entries").fetchone()[0]
-    return {"minted": minted, "burned": burned, "total_balances": total, "entries": entries}
+    return conn.ledger_totals()
 
 
 def check_invariants(conn) -> dict:
     """Assert I1-I4 over the whole database; returns the totals. Used by tests and
     `ecology status`."""
     t = totals(conn)
-    negative = conn.execute("SELECT COUNT(*) FROM balances WHERE scrip < 0").fetchone()[0]
-    assert negative == 0, "I1: negative balance"
+    audit = conn.ledger_audit()
+    assert audit["negative"] == 0, "I1: negative balance"
     assert t["total_balances"] == t["minted"] - t["burned"], f"I2 broken: {t}"
-    sums = dict(
-        conn.execute(
-            "SELECT kind, COALESCE(SUM(amount),0) FROM ledger_entries GROUP BY kind"
-        ).fetchall()
-    )
+    sums = audit["sums"]
     assert sums.get("mint", 0) == t["minted"], "I4: minted total differs from the journal"
     assert sums.get("burn", 0) == t["burned"], "I4: burned total differs from the journal"
     # Replaying the journal gives every balance exactly.
     replay: dict[str, int] = {}
-    for debit, credit, amount in conn.execute("SELECT debit, credit, amount FROM ledger_entries"):
+    for debit, credit, amount in audit["entries"]:
         replay[debit] = replay.get(debit, 0) - amount
         replay[credit] = replay.get(credit, 0) + amount
     replay.pop(SYSTEM_ACCOUNT, None)
-    for pid, scrip in conn.execute("SELECT principal_id, scrip FROM balances"):
+    for pid, scrip in audit["balances"].items():
         assert replay.get(pid, 0) == scrip, f"I3: journal replay of {pid} gives {replay.get(pid, 0)}, balance {scrip}"
     return t

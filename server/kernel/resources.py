@@ -23,29 +23,18 @@ TRANSFERABLE = ("disk_bytes", "llm_budget", "compute_rate", "compute_capacity")
 
 def create_principal(conn, principal_id: str, *, now: float, compute_rate: float,
                      compute_capacity: float, disk_quota: int, llm_budget: int) -> None:
-    conn.execute(
-        "INSERT INTO flow VALUES (?, 'compute', ?, ?, ?, ?)",
-        (principal_id, compute_rate, compute_capacity, compute_capacity, now),
-    )
-    conn.executemany(
-        "INSERT INTO stock VALUES (?, ?, ?, 0)",
-        [(principal_id, "disk_bytes", disk_quota), (principal_id, "llm_budget", llm_budget)],
-    )
+    conn.flow_create(principal_id, "compute", compute_rate, compute_capacity, compute_capacity, now)
+    conn.stock_create(principal_id, "disk_bytes", disk_quota)
+    conn.stock_create(principal_id, "llm_budget", llm_budget)
 
 
 def load_bucket(conn, principal_id: str, resource: str) -> TokenBucket | None:
-    row = conn.execute(
-        "SELECT rate, capacity, balance, updated_at FROM flow WHERE principal_id=? AND resource=?",
-        (principal_id, resource),
-    ).fetchone()
+    row = conn.flow_get(principal_id, resource)
     return TokenBucket(*row) if row else None
 
 
 def _store_bucket(conn, principal_id: str, resource: str, b: TokenBucket) -> None:
-    conn.execute(
-        "UPDATE flow SET rate=?, capacity=?, balance=?, updated_at=? WHERE principal_id=? AND resource=?",
-        (b.rate, b.capacity, b.balance, b.updated_at, principal_id, resource),
-    )
+    conn.flow_put(principal_id, resource, b.rate, b.capacity, b.balance, b.updated_at)
 
 
 def require_usable(conn, principal_id: str, resource: str, now: float) -> None:
@@ -103,9 +92,7 @@ def refund(conn, principal_id: str, resource: str, amount: float, now: float) ->
 
 
 def stock(conn, principal_id: str, resource: str) -> tuple[int, int]:
-    row = conn.execute(
-        "SELECT quota, used FROM stock WHERE principal_id=? AND resource=?", (principal_id, resource)
-    ).fetchone()
+    row = conn.stock_get(principal_id, resource)
     if row is None:
         raise KernelError(Reason.QUOTA_EXCEEDED, f"{principal_id} has no {resource} quota")
     return row[0], row[1]
@@ -122,17 +109,12 @@ def adjust_disk(conn, principal_id: str, delta: int) -> None:
             Reason.QUOTA_EXCEEDED,
             f"{principal_id} would use {new_used} disk bytes of a {quota}-byte quota",
         )
-    conn.execute(
-        "UPDATE stock SET used=? WHERE principal_id=? AND resource='disk_bytes'", (new_used, principal_id)
-    )
+    conn.stock_set_used(principal_id, "disk_bytes", new_used)
 
 
 def snapshot(conn, principal_id: str, now: float) -> dict:
     flow = []
-    for name, rate, capacity, balance, updated_at in conn.execute(
-        "SELECT resource, rate, capacity, balance, updated_at FROM flow WHERE principal_id=? ORDER BY resource",
-        (principal_id,),
-    ):
+    for name, rate, capacity, balance, updated_at in conn.flow_all(principal_id):
         b = TokenBucket(rate, capacity, balance, updated_at)
         wait = b.seconds_until_usable(now)
         flow.append({
@@ -141,9 +123,7 @@ def snapshot(conn, principal_id: str, now: float) -> dict:
         })
     stocks = [
         {"name": name, "quota": quota, "used": used}
-        for name, quota, used in conn.execute(
-            "SELECT resource, quota, used FROM stock WHERE principal_id=? ORDER BY resource", (principal_id,)
-        )
+        for name, quota, used in conn.stock_all(principal_id)
     ]
     return {"flow": flow, "stock": stocks}
 
@@ -163,10 +143,10 @@ def transfer_quota(conn, src: str, dst: str, resource: str, amount: int | float,
         free = quota - used if resource == "disk_bytes" else quota
         if amount > free:
             raise KernelError(Reason.INSUFFICIENT_RESOURCES, f"{src} can give at most {free} {resource}")
-        if conn.execute("SELECT 1 FROM stock WHERE principal_id=? AND resource=?", (dst, resource)).fetchone() is None:
+        if conn.stock_get(dst, resource) is None:
             raise KernelError(Reason.NOT_FOUND, f"{dst!r} is not a principal with a {resource} quota", field="to")
-        conn.execute("UPDATE stock SET quota=quota-? WHERE principal_id=? AND resource=?", (amount, src, resource))
-        conn.execute("UPDATE stock SET quota=quota+? WHERE principal_id=? AND resource=?", (amount, dst, resource))
+        conn.stock_add(src, resource, quota=-amount)
+        conn.stock_add(dst, resource, quota=amount)
         return
     field = "rate" if resource == "compute_rate" else "capacity"
     a, b = load_bucket(conn, src, "compute"), load_bucket(conn, dst, "compute")

@@ -15,8 +15,6 @@ report about itself, recorded durably like everything else, and cost no compute.
 
 from __future__ import annotations
 
-import json
-
 from server.errors import invalid
 from server.kernel import artifacts
 from server.kernel.artifacts import dumps
@@ -55,10 +53,7 @@ def record_decision(conn, agent_id: str, *, step: int, observed: dict, action: d
         bounded, was_cut = _bounded(value, max_bytes)
         cut |= was_cut
         fields.append(dumps(bounded))
-    cur = conn.execute(
-        "INSERT INTO decisions (agent_id, at, step, observed, action, outcome, llm_request_ids, truncated) "
-        "VALUES (?,?,?,?,?,?,?,?)", (agent_id, now, step, *fields, dumps(list(llm_request_ids)), int(cut)))
-    return cur.lastrowid
+    return conn.decision_add(agent_id, now, step, *fields, list(llm_request_ids), cut)
 
 
 def record_llm_exchange(conn, agent_id: str, request_id: str, *, model: str, messages: list, answer: str,
@@ -68,8 +63,7 @@ def record_llm_exchange(conn, agent_id: str, request_id: str, *, model: str, mes
     a generated one and so cannot be linked to a decision."""
     prompt, cut_prompt = _bounded(messages, max_bytes)
     text, cut_answer = _bounded_text(answer or "", max_bytes)
-    conn.execute("INSERT OR REPLACE INTO llm_exchanges VALUES (?,?,?,?,?,?,?)",
-                 (agent_id, request_id, now, model, dumps(prompt), text, int(cut_prompt or cut_answer)))
+    conn.llm_exchange_put(agent_id, request_id, now, model, prompt, text, cut_prompt or cut_answer)
 
 
 def list_decisions(conn, agent_id: str, *, after: int = 0, limit: int = 100) -> tuple[list[dict], int]:
@@ -81,19 +75,16 @@ def list_decisions(conn, agent_id: str, *, after: int = 0, limit: int = 100) -> 
     if not 0 <= limit <= 500:
         raise invalid("limit", "0..500 (0 means 100)")
     limit = limit or 100
-    rows = conn.execute("SELECT * FROM decisions WHERE agent_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-                        (agent_id, after, limit + 1)).fetchall()
+    rows = conn.decisions_page(agent_id, after, limit + 1)
     out = []
     for r in rows[:limit]:
-        ids = json.loads(r["llm_request_ids"])
+        ids = r["llm_request_ids"]
         exchanges = []
         for rid in ids:
-            x = conn.execute("SELECT * FROM llm_exchanges WHERE agent_id = ? AND request_id = ?",
-                             (agent_id, rid)).fetchone()
+            x = conn.llm_exchange_get(agent_id, rid)
             if x is not None:
-                exchanges.append({"request_id": rid, "model": x["model"], "prompt": json.loads(x["prompt"]),
-                                  "answer": x["answer"], "truncated": bool(x["truncated"]), "at": x["at"]})
-        out.append({"seq": r["seq"], "at": r["at"], "step": r["step"], "observed": json.loads(r["observed"]),
-                    "action": json.loads(r["action"]), "outcome": json.loads(r["outcome"]),
-                    "llm": exchanges, "llm_request_ids": ids, "truncated": bool(r["truncated"])})
+                exchanges.append(x)
+        out.append({"seq": r["seq"], "at": r["at"], "step": r["step"], "observed": r["observed"],
+                    "action": r["action"], "outcome": r["outcome"],
+                    "llm": exchanges, "llm_request_ids": ids, "truncated": r["truncated"]})
     return out, (out[-1]["seq"] if len(rows) > limit else 0)

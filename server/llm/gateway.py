@@ -15,7 +15,6 @@ while the first is still in flight fails CONFLICT with a retry delay.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 import structlog
@@ -114,29 +113,28 @@ class LlmGateway:
         if request_id:
             if len(request_id) > 128:
                 raise invalid("request_id", "at most 128 characters")
-            row = conn.execute("SELECT method, ok, outcome FROM idempotency WHERE principal_id=? AND request_id=?",
-                               (caller, request_id)).fetchone()
+            row = conn.idem_get(caller, request_id)
             if row is not None:
-                if row["method"] != IDEMPOTENCY_KEY:
-                    raise invalid("request_id", f"already used for {row['method']}")
-                if row["ok"]:
-                    return {"replay": json.loads(row["outcome"])}
-                raise KernelError.from_dict(json.loads(row["outcome"]))
-            if conn.execute("SELECT 1 FROM llm_reservations WHERE principal_id=? AND request_id=?",
-                            (caller, request_id)).fetchone():
+                used_for, ok, outcome = row
+                if used_for != IDEMPOTENCY_KEY:
+                    raise invalid("request_id", f"already used for {used_for}")
+                if ok:
+                    return {"replay": outcome}
+                raise KernelError.from_dict(outcome)
+            if conn.reservation_exists(caller, request_id):
                 raise KernelError(Reason.CONFLICT, f"a call with request_id {request_id!r} is still in flight",
                                   field="request_id", retry_after=IN_FLIGHT_RETRY_SECONDS)
-            conn.execute("SAVEPOINT llm_reserve")
+            conn.savepoint("llm_reserve")
             try:
                 reserved = self._hold(conn, caller, args, request_id, now)
             except KernelError as err:
-                conn.execute("ROLLBACK TO llm_reserve")
-                conn.execute("RELEASE llm_reserve")
+                conn.rollback_to("llm_reserve")
+                conn.release("llm_reserve")
                 if err.retry_after is not None:
                     raise
                 self.kernel._remember(conn, caller, request_id, IDEMPOTENCY_KEY, False, err.to_dict())
                 return Failed(err)
-            conn.execute("RELEASE llm_reserve")
+            conn.release("llm_reserve")
             return reserved
         return self._hold(conn, caller, args, request_id, now)
 

@@ -10,29 +10,24 @@ calls a crash interrupted: they are released.
 
 from __future__ import annotations
 
-import sqlite3
-
 from server.errors import KernelError, Reason
 from server.kernel import resources
+from server.storage.store import Store
 
 RESOURCE = "llm_budget"
 
 
-def budget(conn: sqlite3.Connection, principal_id: str) -> tuple[int, int] | None:
+def budget(conn: Store, principal_id: str) -> tuple[int, int] | None:
     """(remaining, spent) micro-USD, or None if `principal_id` has no llm_budget."""
-    row = conn.execute("SELECT quota, used FROM stock WHERE principal_id=? AND resource=?",
-                       (principal_id, RESOURCE)).fetchone()
-    return None if row is None else (row[0], row[1])
+    return conn.stock_get(principal_id, RESOURCE)
 
 
-def held(conn: sqlite3.Connection, principal_id: str) -> tuple[int, int]:
+def held(conn: Store, principal_id: str) -> tuple[int, int]:
     """(micro-USD held, number of calls in flight) for a principal."""
-    row = conn.execute("SELECT COALESCE(SUM(amount), 0), COUNT(*) FROM llm_reservations WHERE principal_id=?",
-                       (principal_id,)).fetchone()
-    return row[0], row[1]
+    return conn.reservations_held(principal_id)
 
 
-def reserve(conn: sqlite3.Connection, principal_id: str, *, amount: int, tokens: int, compute: float,
+def reserve(conn: Store, principal_id: str, *, amount: int, tokens: int, compute: float,
             model: str, request_id: str, now: float) -> int:
     """Hold `amount` micro-USD of the principal's budget; returns the reservation id.
     A budget smaller than `amount` fails INSUFFICIENT_RESOURCES without a retry delay:
@@ -46,34 +41,26 @@ def reserve(conn: sqlite3.Connection, principal_id: str, *, amount: int, tokens:
             Reason.INSUFFICIENT_RESOURCES,
             f"{principal_id}'s llm_budget has {remaining} micro-USD left; this call may cost up to {amount} "
             "(lower max_tokens, shorten the messages, or get budget from another principal)")
-    conn.execute("UPDATE stock SET quota = quota - ? WHERE principal_id=? AND resource=?",
-                 (amount, principal_id, RESOURCE))
-    cur = conn.execute(
-        "INSERT INTO llm_reservations (principal_id, amount, tokens, compute, model, request_id, created_at) "
-        "VALUES (?,?,?,?,?,?,?)", (principal_id, amount, tokens, compute, model, request_id, now))
-    return cur.lastrowid
+    conn.stock_add(principal_id, RESOURCE, quota=-amount)
+    return conn.reservation_add(principal_id, amount, tokens, compute, model, request_id, now)
 
 
-def _take(conn: sqlite3.Connection, reservation_id: int) -> sqlite3.Row | None:
-    row = conn.execute("SELECT * FROM llm_reservations WHERE id=?", (reservation_id,)).fetchone()
-    if row is not None:
-        conn.execute("DELETE FROM llm_reservations WHERE id=?", (reservation_id,))
-    return row
+def _take(conn: Store, reservation_id: int) -> dict | None:
+    return conn.reservation_take(reservation_id)
 
 
-def settle(conn: sqlite3.Connection, reservation_id: int, cost: int) -> int:
+def settle(conn: Store, reservation_id: int, cost: int) -> int:
     """Charge `cost` (at most the amount held), give back the rest; returns the charge."""
     row = _take(conn, reservation_id)
     if row is None:  # released meanwhile (the server is stopping): nothing to charge
         raise KernelError(Reason.LLM_UNAVAILABLE, "the call was cancelled while the model answered; "
                                                   "nothing was charged")
     charged = max(0, min(cost, row["amount"]))
-    conn.execute("UPDATE stock SET quota = quota + ?, used = used + ? WHERE principal_id=? AND resource=?",
-                 (row["amount"] - charged, charged, row["principal_id"], RESOURCE))
+    conn.stock_add(row["principal_id"], RESOURCE, quota=row["amount"] - charged, used=charged)
     return charged
 
 
-def release(conn: sqlite3.Connection, reservation_id: int, now: float) -> bool:
+def release(conn: Store, reservation_id: int, now: float) -> bool:
     """Give the whole amount back and refund the call's compute: nothing is charged.
     False if it was already released (releasing twice is harmless)."""
     row = _take(conn, reservation_id)
@@ -83,16 +70,14 @@ def release(conn: sqlite3.Connection, reservation_id: int, now: float) -> bool:
     return True
 
 
-def _give_back(conn: sqlite3.Connection, row: sqlite3.Row, now: float) -> None:
-    conn.execute("UPDATE stock SET quota = quota + ? WHERE principal_id=? AND resource=?",
-                 (row["amount"], row["principal_id"], RESOURCE))
+def _give_back(conn: Store, row: dict, now: float) -> None:
+    conn.stock_add(row["principal_id"], RESOURCE, quota=row["amount"])
     resources.refund(conn, row["principal_id"], "compute", row["compute"], now)
 
 
-def release_all(conn: sqlite3.Connection, now: float) -> int:
+def release_all(conn: Store, now: float) -> int:
     """At startup: release every reservation (their calls died with the last process)."""
-    rows = conn.execute("SELECT * FROM llm_reservations ORDER BY id").fetchall()
+    rows = conn.reservations_take_all()
     for row in rows:
         _give_back(conn, row, now)
-    conn.execute("DELETE FROM llm_reservations")
     return len(rows)

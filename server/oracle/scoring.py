@@ -85,23 +85,15 @@ def gather(conn, art: Artifact) -> Evidence:
     """What the world holds about `art`, read in the current transaction."""
     controller = art.controller or ""
     excluded = {controller, art.id}
-    payers = {r[0] for r in conn.execute(
-        "SELECT DISTINCT principal_id FROM events WHERE artifact_id = ? AND type = 'ledger.transfer' "
-        "AND at >= ? AND (json_extract(data, '$.memo') = 'price' OR json_extract(data, '$.memo') LIKE 'price of %')",
-        (art.id, art.created_at))} - excluded
-    ok, failed = conn.execute(
-        "SELECT COALESCE(SUM(json_extract(data, '$.ok') = 1), 0), COALESCE(SUM(json_extract(data, '$.ok') = 0), 0) "
-        "FROM events WHERE artifact_id = ? AND type = 'artifact.invoked' AND at >= ?",
-        (art.id, art.created_at)).fetchone()
-    dup = conn.execute(
-        "SELECT id FROM artifacts WHERE content = ? AND id != ? AND deleted = 0 AND content != '' "
-        "AND (created_at < ? OR (created_at = ? AND id < ?)) ORDER BY created_at, id LIMIT 1",
-        (art.content, art.id, art.created_at, art.created_at, art.id)).fetchone()
+    # Paid its price: memo "price" or "price of ..." (case-insensitive prefix, as it always was).
+    payers = conn.event_payers(art.id, "ledger.transfer", art.created_at, "price", "price of ") - excluded
+    ok, failed = conn.event_ok_counts(art.id, "artifact.invoked", art.created_at)
+    dup = conn.artifact_same_content_before(art)
     return Evidence(
         artifact_id=art.id, version=art.version, kind=art.kind, controller=controller,
         created_at=art.created_at, content=art.content, metadata=art.metadata,
         methods=[m["name"] for m in art.interface], payers=len(payers), invocations_ok=int(ok),
-        invocations_failed=int(failed), duplicate_of=dup[0] if dup else None)
+        invocations_failed=int(failed), duplicate_of=dup)
 
 
 def offline_score(ev: Evidence) -> Score:

@@ -4,9 +4,9 @@ stored; the map is loaded at start and extended when an agent is created."""
 from __future__ import annotations
 
 import hmac
-import sqlite3
 
 from server.kernel.kernel import hash_token
+from server.storage.store import Store
 
 
 class Credentials:
@@ -15,9 +15,9 @@ class Credentials:
         self._by_hash: dict[str, str] = {}
         self._rpc_limits: dict[str, tuple[float | None, float | None]] = {}
 
-    def load(self, conn: sqlite3.Connection) -> None:
-        self._by_hash = dict(conn.execute("SELECT token_hash, principal_id FROM credentials"))
-        self._rpc_limits = {p: (r, b) for p, r, b in conn.execute("SELECT principal_id, rate, burst FROM rpc_limits")}
+    def load(self, conn: Store) -> None:
+        self._by_hash = conn.credentials_all()
+        self._rpc_limits = conn.rpc_limits_all()
 
     def add(self, token: str, principal_id: str, rpc_rate=None, rpc_burst=None) -> None:
         self._by_hash[hash_token(token)] = principal_id

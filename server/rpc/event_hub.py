@@ -14,17 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import sqlite3
 
 from server.kernel import events
 from server.rpc import convert
+from server.storage.store import Store
 
 WINDOW = 10_000  # recent events kept in memory
 PAGE = 200       # events handed to a stream per step
 
 
 class EventHub:
-    def __init__(self, reader: sqlite3.Connection) -> None:
+    def __init__(self, reader: Store) -> None:
         self._reader = reader
         self._event = asyncio.Event()
         self.last_seq = events.last_seq(reader)

@@ -11,6 +11,9 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from server.storage.sqlite import SqliteStore
+from server.storage.store import Store
+
 DB_FILE = "world.sqlite3"
 
 MIGRATIONS: list[str] = [
@@ -198,9 +201,10 @@ MIGRATIONS: list[str] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+def connect(path: Path, *, readonly: bool = False) -> SqliteStore:
+    """A store (server/storage/store.py) on the SQLite file: the writer's, or a reader's."""
     uri = f"file:{path}?mode={'ro' if readonly else 'rwc'}"
-    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, factory=SqliteStore)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA busy_timeout = 10000")
     if not readonly:
@@ -210,8 +214,24 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
-def migrate(conn: sqlite3.Connection) -> int:
+def is_url(database: object) -> bool:
+    return isinstance(database, str) and database.startswith(("postgresql://", "postgres://"))
+
+
+def open_store(database: Path | str, *, readonly: bool = False) -> Store:
+    """A store on `database`: a PostgreSQL URL (server/storage/postgres.py), else the path
+    of a SQLite file."""
+    if is_url(database):
+        from server.storage.postgres import PostgresStore
+
+        return PostgresStore(str(database), readonly=readonly)
+    return connect(Path(database), readonly=readonly)
+
+
+def migrate(conn: Store) -> int:
     """Bring the schema up to SCHEMA_VERSION. Refuses a newer database than this code."""
+    if not isinstance(conn, sqlite3.Connection):
+        return conn.migrate(SCHEMA_VERSION)
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
         raise RuntimeError(

@@ -1,7 +1,8 @@
 """The single writer: every state change runs here, one operation at a time, and is
 acknowledged only after its transaction is durably committed.
 
-Operations are plain synchronous functions `op(conn) -> result`. The writer thread takes
+Operations are plain synchronous functions `op(conn) -> result`; `conn` is the writer's
+store (server/storage/store.py). The writer thread takes
 every operation waiting in the queue (up to `max_batch`), runs each inside its own
 SAVEPOINT in one transaction, and COMMITs once (group commit): many calls share one
 fsync. An operation that raises is rolled back to its savepoint, so it changes nothing,
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import queue
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -30,10 +30,11 @@ from typing import Any
 import structlog
 
 from server.errors import KernelError, Reason
+from server.storage.store import Store
 
 log = structlog.get_logger("executor")
 
-Op = Callable[[sqlite3.Connection], Any]
+Op = Callable[[Store], Any]
 
 
 @dataclass
@@ -47,7 +48,7 @@ _STOP = object()
 
 
 class Executor:
-    def __init__(self, conn: sqlite3.Connection, *, max_batch: int = 512) -> None:
+    def __init__(self, conn: Store, *, max_batch: int = 512) -> None:
         self._conn = conn
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -73,13 +74,13 @@ class Executor:
 
     def run_blocking(self, op: Op) -> Any:
         """For startup and tools before the thread starts: run one op in its own transaction."""
-        self._conn.execute("BEGIN IMMEDIATE")
+        self._conn.tx_begin()
         try:
             result = op(self._conn)
         except BaseException:
-            self._conn.execute("ROLLBACK")
+            self._conn.tx_rollback()
             raise
-        self._conn.execute("COMMIT")
+        self._conn.tx_commit()
         if isinstance(result, Failed):
             raise result.error
         return result
@@ -112,16 +113,16 @@ class Executor:
         outcomes: list[tuple[bool, Any]] = []
         started = time.perf_counter()
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            conn.tx_begin()
             for op, _future, _loop in batch:
-                conn.execute("SAVEPOINT op")
+                conn.savepoint("op")
                 try:
                     result = op(conn)
                 except KernelError as err:
-                    conn.execute("ROLLBACK TO op")
+                    conn.rollback_to("op")
                     outcomes.append((False, err))
                 except Exception as err:  # a bug: contain it to this op
-                    conn.execute("ROLLBACK TO op")
+                    conn.rollback_to("op")
                     log.exception("op_failed", error=repr(err))
                     outcomes.append((False, KernelError(Reason.INTERNAL, "internal error")))
                 else:
@@ -129,14 +130,14 @@ class Executor:
                         outcomes.append((False, result.error))
                     else:
                         outcomes.append((True, result))
-                conn.execute("RELEASE op")
-            conn.execute("COMMIT")
+                conn.release("op")
+            conn.tx_commit()
         except Exception as err:
             # The commit itself failed (disk full, I/O error): nothing is acknowledged.
             log.exception("commit_failed", error=repr(err))
             try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
+                conn.tx_rollback()
+            except Exception:
                 pass
             failure = KernelError(Reason.INTERNAL, "storage failure; nothing was applied")
             outcomes = [(False, failure)] * len(batch)

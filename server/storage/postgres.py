@@ -1,0 +1,626 @@
+"""The PostgreSQL backend of the storage seam (store.py), psycopg 3.
+
+`ecology serve --database postgresql://USER@HOST:PORT/DB` (or `[storage] url`). Same tables
+and meaning as sqlite.py, so the kernel cannot tell the two apart:
+- Durability: `synchronous_commit = on` on the writer's session, so COMMIT returns once
+  the WAL is flushed; the executor acknowledges only after that.
+- Group commit: the executor's batch is one transaction (BEGIN ... COMMIT), each
+  operation in its own SAVEPOINT, exactly as on SQLite.
+- Numbering: events, ledger entries, reservations and decisions get MAX(seq)+1 from the
+  single writer (not a sequence: sequences are not rolled back with a savepoint, and the
+  event log must stay dense, as SQLite's INTEGER PRIMARY KEY keeps it).
+- JSON columns are TEXT holding the same canonical JSON as on SQLite; queries cast to
+  jsonb where they look inside.
+- Schema versions: table `schema_version`; PG_MIGRATIONS[i] takes version i to i+1 and
+  matches db.MIGRATIONS[i] (tests/test_storage_seam.py checks the counts agree).
+Known difference: PostgreSQL TEXT cannot hold NUL characters; content with U+0000 fails.
+Connections run in autocommit mode: readers see committed state statement by statement,
+like SQLite's readers; the writer opens its transactions explicitly.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import psycopg
+
+from server.kernel.artifacts import Artifact, dumps
+from server.storage.store import Store
+
+_COLUMNS = (
+    "id, content, created_by, access_contract_id, has_standing, can_execute, interface, "
+    "metadata, state, version, created_at, updated_at, size_bytes, deleted, billed_to"
+)
+_AGENT = "has_standing = 1 AND can_execute = 1 AND substr(id, 1, 8) != 'genesis_'"
+_BID_COLUMNS = "artifact_id, bidder, amount, placed_at, seq"
+
+PG_MIGRATIONS: list[str] = [
+    # 0 -> 1: the initial schema (db.MIGRATIONS[0]).
+    """
+    CREATE TABLE artifacts (
+        id TEXT PRIMARY KEY, content TEXT NOT NULL, created_by TEXT NOT NULL,
+        access_contract_id TEXT NOT NULL, has_standing INTEGER NOT NULL, can_execute INTEGER NOT NULL,
+        interface TEXT NOT NULL, metadata TEXT NOT NULL, state TEXT NOT NULL, version BIGINT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL,
+        size_bytes BIGINT NOT NULL, deleted INTEGER NOT NULL DEFAULT 0, billed_to TEXT NOT NULL
+    );
+    CREATE INDEX artifacts_created_by ON artifacts(created_by, id);
+    CREATE TABLE balances (principal_id TEXT PRIMARY KEY, scrip BIGINT NOT NULL CHECK (scrip >= 0));
+    CREATE TABLE ledger_entries (
+        seq BIGINT PRIMARY KEY, at DOUBLE PRECISION NOT NULL, debit TEXT NOT NULL, credit TEXT NOT NULL,
+        amount BIGINT NOT NULL CHECK (amount > 0), kind TEXT NOT NULL, memo TEXT NOT NULL
+    );
+    CREATE INDEX ledger_by_debit ON ledger_entries(debit, seq);
+    CREATE INDEX ledger_by_credit ON ledger_entries(credit, seq);
+    CREATE TABLE ledger_totals (id INTEGER PRIMARY KEY CHECK (id = 1), minted BIGINT NOT NULL,
+                                burned BIGINT NOT NULL);
+    INSERT INTO ledger_totals VALUES (1, 0, 0);
+    CREATE TABLE flow (
+        principal_id TEXT NOT NULL, resource TEXT NOT NULL, rate DOUBLE PRECISION NOT NULL,
+        capacity DOUBLE PRECISION NOT NULL, balance DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (principal_id, resource)
+    );
+    CREATE TABLE stock (
+        principal_id TEXT NOT NULL, resource TEXT NOT NULL, quota BIGINT NOT NULL CHECK (quota >= 0),
+        used BIGINT NOT NULL CHECK (used >= 0), PRIMARY KEY (principal_id, resource)
+    );
+    CREATE TABLE credentials (token_hash TEXT PRIMARY KEY, principal_id TEXT NOT NULL,
+                              created_at DOUBLE PRECISION NOT NULL);
+    CREATE TABLE rpc_limits (principal_id TEXT PRIMARY KEY, rate DOUBLE PRECISION, burst DOUBLE PRECISION);
+    CREATE TABLE events (
+        seq BIGINT PRIMARY KEY, at DOUBLE PRECISION NOT NULL, type TEXT NOT NULL, principal_id TEXT NOT NULL,
+        artifact_id TEXT NOT NULL, related TEXT NOT NULL, data TEXT NOT NULL
+    );
+    CREATE TABLE escrow_listings (artifact_id TEXT PRIMARY KEY, seller TEXT NOT NULL,
+                                  price BIGINT NOT NULL CHECK (price >= 0), listed_at DOUBLE PRECISION NOT NULL);
+    CREATE TABLE idempotency (
+        principal_id TEXT NOT NULL, request_id TEXT NOT NULL, method TEXT NOT NULL, ok INTEGER NOT NULL,
+        outcome TEXT NOT NULL, at DOUBLE PRECISION NOT NULL, PRIMARY KEY (principal_id, request_id)
+    );
+    CREATE INDEX idempotency_at ON idempotency(at);
+    """,
+    # 1 -> 2: LLM gateway reservations (db.MIGRATIONS[1]).
+    """
+    CREATE TABLE llm_reservations (
+        id BIGINT PRIMARY KEY, principal_id TEXT NOT NULL, amount BIGINT NOT NULL CHECK (amount >= 0),
+        tokens BIGINT NOT NULL CHECK (tokens >= 0), compute DOUBLE PRECISION NOT NULL, model TEXT NOT NULL,
+        request_id TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX llm_reservations_principal ON llm_reservations(principal_id);
+    CREATE UNIQUE INDEX llm_reservations_request ON llm_reservations(principal_id, request_id)
+        WHERE request_id != '';
+    """,
+    # 2 -> 3: the mint, genesis_oracle (db.MIGRATIONS[2]).
+    """
+    CREATE TABLE oracle_bids (
+        artifact_id TEXT PRIMARY KEY, bidder TEXT NOT NULL, amount BIGINT NOT NULL CHECK (amount > 0),
+        placed_at DOUBLE PRECISION NOT NULL, seq BIGINT NOT NULL UNIQUE
+    );
+    CREATE INDEX oracle_bids_bidder ON oracle_bids(bidder);
+    CREATE TABLE oracle_rounds (round BIGINT PRIMARY KEY, at DOUBLE PRECISION NOT NULL UNIQUE,
+                                resolved_at DOUBLE PRECISION NOT NULL, result TEXT NOT NULL);
+    CREATE TABLE oracle_state (id INTEGER PRIMARY KEY CHECK (id = 1), start_at DOUBLE PRECISION NOT NULL,
+                               carry BIGINT NOT NULL CHECK (carry >= 0), bid_seq BIGINT NOT NULL);
+    CREATE INDEX events_by_artifact ON events(artifact_id, seq);
+    """,
+    # 3 -> 4: decision traces (db.MIGRATIONS[3]).
+    """
+    CREATE TABLE decisions (
+        seq BIGINT PRIMARY KEY, agent_id TEXT NOT NULL, at DOUBLE PRECISION NOT NULL, step BIGINT NOT NULL,
+        observed TEXT NOT NULL, action TEXT NOT NULL, outcome TEXT NOT NULL, llm_request_ids TEXT NOT NULL,
+        truncated INTEGER NOT NULL
+    );
+    CREATE INDEX decisions_by_agent ON decisions(agent_id, seq);
+    CREATE TABLE llm_exchanges (
+        agent_id TEXT NOT NULL, request_id TEXT NOT NULL, at DOUBLE PRECISION NOT NULL, model TEXT NOT NULL,
+        prompt TEXT NOT NULL, answer TEXT NOT NULL, truncated INTEGER NOT NULL, PRIMARY KEY (agent_id, request_id)
+    );
+    """,
+]
+
+# Every text column compares byte-wise, as SQLite's do: ids page and sort the same way
+# whatever the database's locale.
+PG_MIGRATIONS = [m.replace(" TEXT ", ' TEXT COLLATE "C" ') for m in PG_MIGRATIONS]
+
+
+def _artifact(row) -> Artifact:
+    return Artifact(
+        id=row[0], content=row[1], created_by=row[2], access_contract_id=row[3],
+        has_standing=bool(row[4]), can_execute=bool(row[5]), interface=json.loads(row[6]),
+        metadata=json.loads(row[7]), state=json.loads(row[8]), version=row[9], created_at=row[10],
+        updated_at=row[11], size_bytes=row[12], deleted=bool(row[13]), billed_to=row[14],
+    )
+
+
+def _event(r) -> dict:
+    return {"seq": r[0], "at": r[1], "type": r[2], "principal_id": r[3], "artifact_id": r[4],
+            "related_ids": json.loads(r[5]), "data": json.loads(r[6])}
+
+
+def _bid(r) -> dict:
+    return {"artifact_id": r[0], "bidder": r[1], "amount": r[2], "placed_at": r[3], "seq": r[4]}
+
+
+def _reservation(r) -> dict:
+    return {"id": r[0], "principal_id": r[1], "amount": r[2], "tokens": r[3], "compute": r[4], "model": r[5],
+            "request_id": r[6], "created_at": r[7]}
+
+
+def _like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+class PostgresStore(Store):
+    def __init__(self, url: str, *, readonly: bool = False) -> None:
+        self.url = url
+        self.readonly = readonly
+        self.conn = psycopg.connect(url, autocommit=True)
+        self.conn.execute("SET synchronous_commit = on")
+        if readonly:
+            self.conn.execute("SET default_transaction_read_only = on")
+
+    def _one(self, sql: str, params: tuple | list = ()):
+        return self.conn.execute(sql, params).fetchone()
+
+    def _all(self, sql: str, params: tuple | list = ()):
+        return self.conn.execute(sql, params).fetchall()
+
+    def _run(self, sql: str, params: tuple | list = ()) -> int:
+        return self.conn.execute(sql, params).rowcount
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def execute(self, sql: str, params: tuple | list = ()):
+        """Raw SQL for tools and tests (as on SqliteStore), with SQLite's `?` placeholders.
+        Code outside server/storage never calls it (tests/test_storage_seam.py)."""
+        return self.conn.execute(sql.replace("%", "%%").replace("?", "%s"), params)
+
+    # -- schema ----------------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        if self._one("SELECT to_regclass('schema_version')")[0] is None:
+            return 0
+        row = self._one("SELECT version FROM schema_version")
+        return row[0] if row else 0
+
+    def migrate(self, target: int) -> int:
+        """Bring the schema up to `target` (each migration in its own transaction); refuses
+        a newer database than this code."""
+        self.conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        version = self.schema_version()
+        if version > target:
+            raise RuntimeError(f"database schema version {version} is newer than this server ({target})")
+        while version < target:
+            with self.conn.transaction():
+                self.conn.execute("LOCK TABLE schema_version IN EXCLUSIVE MODE")
+                for statement in PG_MIGRATIONS[version].split(";\n"):
+                    if statement.strip():
+                        self.conn.execute(statement)
+                version += 1
+                self.conn.execute("DELETE FROM schema_version")
+                self.conn.execute("INSERT INTO schema_version VALUES (%s)", (version,))
+        return version
+
+    # -- transactions ----------------------------------------------------------------
+
+    def tx_begin(self) -> None:
+        self.conn.execute("BEGIN")
+
+    def tx_commit(self) -> None:
+        self.conn.execute("COMMIT")
+
+    def tx_rollback(self) -> None:
+        self.conn.execute("ROLLBACK")
+
+    def savepoint(self, name: str) -> None:
+        self.conn.execute(f"SAVEPOINT {name}")
+
+    def rollback_to(self, name: str) -> None:
+        self.conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
+
+    def release(self, name: str) -> None:
+        self.conn.execute(f"RELEASE SAVEPOINT {name}")
+
+    # -- artifacts -----------------------------------------------------------------
+
+    def artifact_get(self, artifact_id: str) -> Artifact | None:
+        row = self._one(f"SELECT {_COLUMNS} FROM artifacts WHERE id = %s", (artifact_id,))
+        return _artifact(row) if row else None
+
+    def artifact_insert(self, art: Artifact) -> None:
+        self._run(
+            f"INSERT INTO artifacts ({_COLUMNS}) VALUES ({','.join(['%s'] * 15)})",
+            (art.id, art.content, art.created_by, art.access_contract_id, int(art.has_standing),
+             int(art.can_execute), dumps(art.interface), dumps(art.metadata), dumps(art.state),
+             art.version, art.created_at, art.updated_at, art.size_bytes, int(art.deleted), art.billed_to))
+
+    def artifact_save(self, art: Artifact) -> None:
+        self._run(
+            "UPDATE artifacts SET content=%s, access_contract_id=%s, interface=%s, metadata=%s, state=%s, "
+            "version=%s, updated_at=%s, size_bytes=%s, deleted=%s, billed_to=%s WHERE id=%s",
+            (art.content, art.access_contract_id, dumps(art.interface), dumps(art.metadata),
+             dumps(art.state), art.version, art.updated_at, art.size_bytes, int(art.deleted),
+             art.billed_to, art.id))
+
+    def artifacts_page(self, *, after: str, limit: int, created_by: str = "", has_standing: bool | None = None,
+                       can_execute: bool | None = None, include_deleted: bool = False,
+                       metadata_equals: dict | None = None, query: str = "") -> list[Artifact]:
+        where, params = ["id > %s"], [after]
+        if created_by:
+            where.append("created_by = %s")
+            params.append(created_by)
+        if has_standing is not None:
+            where.append("has_standing = %s")
+            params.append(int(has_standing))
+        if can_execute is not None:
+            where.append("can_execute = %s")
+            params.append(int(can_execute))
+        if not include_deleted:
+            where.append("deleted = 0")
+        for key, value in (metadata_equals or {}).items():
+            # Type-strict equality, as SQLite's json_extract comparisons are.
+            if value is None:  # an explicit JSON null (a missing key matches nothing, as on SQLite)
+                where.append("jsonb_typeof(metadata::jsonb -> %s) = 'null'")
+                params.append(key)
+            else:
+                where.append("metadata::jsonb -> %s = %s::jsonb")
+                params.extend([key, dumps(value)])
+        if query:
+            like = "%" + _like(query.lower()) + "%"
+            where.append("(lower(id) LIKE %s OR lower(metadata) LIKE %s OR lower(interface) LIKE %s)")
+            params.extend([like, like, like])
+        sql = f"SELECT {_COLUMNS} FROM artifacts WHERE {' AND '.join(where)} ORDER BY id LIMIT %s"
+        return [_artifact(r) for r in self._all(sql, (*params, limit))]
+
+    def artifact_counts(self) -> tuple[int, int, int]:
+        row = self._one(
+            "SELECT COUNT(*) FILTER (WHERE deleted = 0), COUNT(*) FILTER (WHERE deleted = 1), "
+            f"COUNT(*) FILTER (WHERE {_AGENT} AND deleted = 0) FROM artifacts")
+        return row[0], row[1], row[2]
+
+    def agents_page(self, after: str, limit: int) -> list[tuple[str, bool]]:
+        return [(r[0], bool(r[1])) for r in self._all(
+            f"SELECT id, deleted FROM artifacts WHERE {_AGENT} AND id > %s ORDER BY id LIMIT %s",
+            (after, limit))]
+
+    def live_agent_ids(self) -> list[str]:
+        return [r[0] for r in self._all(
+            f"SELECT id FROM artifacts WHERE {_AGENT} AND deleted = 0 ORDER BY id")]
+
+    def agents_with_compute_rate(self, not_created_by: str) -> list[str]:
+        return [r[0] for r in self._all(
+            "SELECT a.id FROM artifacts a JOIN flow f ON f.principal_id = a.id AND f.resource = 'compute' "
+            "WHERE a.has_standing = 1 AND a.can_execute = 1 AND a.deleted = 0 "
+            "AND substr(a.id, 1, 8) != 'genesis_' AND a.created_by != %s AND f.rate > 0 ORDER BY a.id",
+            (not_created_by,))]
+
+    def artifacts_created_by_count(self, created_by: str) -> int:
+        return self._one("SELECT COUNT(*) FROM artifacts WHERE created_by = %s", (created_by,))[0]
+
+    def artifacts_state_due(self, created_by: str, status: str, due_before: float) -> list[str]:
+        return [r[0] for r in self._all(
+            "SELECT id FROM artifacts WHERE created_by = %s AND deleted = 0 AND state::jsonb ->> 'status' = %s "
+            "AND CASE WHEN jsonb_typeof(state::jsonb -> 'due_at') = 'number' "
+            "THEN (state::jsonb ->> 'due_at')::float8 <= %s ELSE false END ORDER BY id",
+            (created_by, status, due_before))]
+
+    def artifacts_state_involving(self, created_by: str, principal_id: str) -> list[str]:
+        p = principal_id
+        return [r[0] for r in self._all(
+            "SELECT a.id FROM artifacts a LEFT JOIN escrow_listings e ON e.artifact_id = a.id "
+            "WHERE a.created_by = %s AND a.deleted = 0 AND (a.state::jsonb ->> 'lender' = %s "
+            "OR a.state::jsonb ->> 'borrower' = %s OR a.state::jsonb ->> 'controller' = %s "
+            "OR e.seller = %s) ORDER BY a.created_at, a.id", (created_by, p, p, p, p))]
+
+    def artifact_same_content_before(self, art: Artifact) -> str | None:
+        row = self._one(
+            "SELECT id FROM artifacts WHERE content = %s AND id != %s AND deleted = 0 AND content != '' "
+            "AND (created_at < %s OR (created_at = %s AND id < %s)) "
+            "ORDER BY created_at, id LIMIT 1",
+            (art.content, art.id, art.created_at, art.created_at, art.id))
+        return row[0] if row else None
+
+    # -- scrip -----------------------------------------------------------------------
+
+    def balance_open(self, principal_id: str) -> None:
+        self._run("INSERT INTO balances VALUES (%s, 0) ON CONFLICT DO NOTHING", (principal_id,))
+
+    def balance_get(self, principal_id: str) -> int | None:
+        row = self._one("SELECT scrip FROM balances WHERE principal_id = %s", (principal_id,))
+        return row[0] if row else None
+
+    def balances_of(self, principal_ids: Iterable[str]) -> dict[str, int]:
+        return dict(self._all("SELECT principal_id, scrip FROM balances WHERE principal_id = ANY(%s)",
+                              (list(principal_ids),)))
+
+    def balance_credit(self, principal_id: str, amount: int) -> bool:
+        return self._run("UPDATE balances SET scrip = scrip + %s WHERE principal_id = %s",
+                         (amount, principal_id)) == 1
+
+    def balance_debit(self, principal_id: str, amount: int) -> int | None:
+        row = self._one("UPDATE balances SET scrip = scrip - %s WHERE principal_id = %s AND scrip >= %s "
+                        "RETURNING scrip", (amount, principal_id, amount))
+        return row[0] if row else None
+
+    def ledger_entry(self, at: float, debit: str, credit: str, amount: int, kind: str, memo: str) -> int:
+        return self._one(
+            "INSERT INTO ledger_entries (seq, at, debit, credit, amount, kind, memo) "
+            "SELECT COALESCE(MAX(seq), 0) + 1, %s, %s, %s, %s, %s, %s FROM ledger_entries RETURNING seq",
+            (at, debit, credit, amount, kind, memo))[0]
+
+    def ledger_totals_add(self, *, minted: int = 0, burned: int = 0) -> None:
+        self._run("UPDATE ledger_totals SET minted = minted + %s, burned = burned + %s WHERE id = 1",
+                  (minted, burned))
+
+    def ledger_issued(self) -> tuple[int, int]:
+        row = self._one("SELECT minted, burned FROM ledger_totals")
+        return row[0], row[1]
+
+    def ledger_history(self, principal_id: str, after: int, limit: int) -> list[dict]:
+        rows = self._all(
+            "SELECT seq, at, debit, credit, amount, kind, memo FROM ledger_entries "
+            "WHERE seq > %s AND (debit = %s OR credit = %s) ORDER BY seq LIMIT %s",
+            (after, principal_id, principal_id, limit))
+        keys = ("seq", "at", "debit", "credit", "amount", "kind", "memo")
+        return [dict(zip(keys, r)) for r in rows]
+
+    def ledger_totals(self) -> dict:
+        minted, burned = self.ledger_issued()
+        total = self._one("SELECT COALESCE(SUM(scrip), 0) FROM balances")[0]
+        entries = self._one("SELECT COUNT(*) FROM ledger_entries")[0]
+        return {"minted": minted, "burned": burned, "total_balances": int(total), "entries": entries}
+
+    def ledger_audit(self) -> dict:
+        return {
+            "negative": self._one("SELECT COUNT(*) FROM balances WHERE scrip < 0")[0],
+            "sums": {k: int(s) for k, s in self._all(
+                "SELECT kind, COALESCE(SUM(amount), 0) FROM ledger_entries GROUP BY kind")},
+            "entries": [tuple(r) for r in self._all("SELECT debit, credit, amount FROM ledger_entries")],
+            "balances": dict(self._all("SELECT principal_id, scrip FROM balances")),
+        }
+
+    # -- resources -------------------------------------------------------------------
+
+    def flow_create(self, principal_id: str, resource: str, rate: float, capacity: float, balance: float,
+                    updated_at: float) -> None:
+        self._run("INSERT INTO flow VALUES (%s, %s, %s, %s, %s, %s)",
+                  (principal_id, resource, rate, capacity, balance, updated_at))
+
+    def flow_get(self, principal_id: str, resource: str) -> tuple[float, float, float, float] | None:
+        row = self._one("SELECT rate, capacity, balance, updated_at FROM flow WHERE principal_id=%s AND resource=%s",
+                        (principal_id, resource))
+        return tuple(row) if row else None
+
+    def flow_put(self, principal_id: str, resource: str, rate: float, capacity: float, balance: float,
+                 updated_at: float) -> None:
+        self._run("UPDATE flow SET rate=%s, capacity=%s, balance=%s, updated_at=%s "
+                  "WHERE principal_id=%s AND resource=%s",
+                  (rate, capacity, balance, updated_at, principal_id, resource))
+
+    def flow_all(self, principal_id: str) -> list[tuple[str, float, float, float, float]]:
+        return [tuple(r) for r in self._all(
+            "SELECT resource, rate, capacity, balance, updated_at FROM flow WHERE principal_id=%s "
+            "ORDER BY resource", (principal_id,))]
+
+    def stock_create(self, principal_id: str, resource: str, quota: int, *, if_missing: bool = False) -> None:
+        self._run(f"INSERT INTO stock VALUES (%s, %s, %s, 0){' ON CONFLICT DO NOTHING' if if_missing else ''}",
+                  (principal_id, resource, quota))
+
+    def stock_get(self, principal_id: str, resource: str) -> tuple[int, int] | None:
+        row = self._one("SELECT quota, used FROM stock WHERE principal_id=%s AND resource=%s",
+                        (principal_id, resource))
+        return (row[0], row[1]) if row else None
+
+    def stock_all(self, principal_id: str) -> list[tuple[str, int, int]]:
+        return [tuple(r) for r in self._all(
+            "SELECT resource, quota, used FROM stock WHERE principal_id=%s ORDER BY resource",
+            (principal_id,))]
+
+    def stock_set_used(self, principal_id: str, resource: str, used: int) -> None:
+        self._run("UPDATE stock SET used=%s WHERE principal_id=%s AND resource=%s", (used, principal_id, resource))
+
+    def stock_add(self, principal_id: str, resource: str, *, quota: int = 0, used: int = 0) -> None:
+        self._run("UPDATE stock SET quota = quota + %s, used = used + %s WHERE principal_id=%s AND resource=%s",
+                  (quota, used, principal_id, resource))
+
+    # -- events ------------------------------------------------------------------------
+
+    def event_append(self, at: float, type_: str, principal_id: str, artifact_id: str, related: list[str],
+                     data: dict) -> int:
+        return self._one(
+            "INSERT INTO events (seq, at, type, principal_id, artifact_id, related, data) "
+            "SELECT COALESCE(MAX(seq), 0) + 1, %s, %s, %s, %s, %s, %s FROM events RETURNING seq",
+            (at, type_, principal_id, artifact_id, dumps(list(related)), dumps(data)))[0]
+
+    def events_last_seq(self) -> int:
+        return self._one("SELECT COALESCE(MAX(seq), 0) FROM events")[0]
+
+    def events_page(self, after: int, limit: int,
+                    keep_type: Callable[[str], bool] | None = None) -> tuple[list[dict], int, int]:
+        rows = self._all("SELECT seq, at, type, principal_id, artifact_id, related, data FROM events "
+                         "WHERE seq > %s ORDER BY seq LIMIT %s", (after, limit))
+        if not rows:
+            return [], after, 0
+        kept = [_event(r) for r in rows if keep_type is None or keep_type(r[2])]
+        return kept, rows[-1][0], len(rows)
+
+    def event_payers(self, artifact_id: str, type_: str, since: float, memo: str, memo_prefix: str) -> set[str]:
+        # ILIKE: SQLite's LIKE is case-insensitive.
+        return {r[0] for r in self._all(
+            "SELECT DISTINCT principal_id FROM events WHERE artifact_id = %s AND type = %s AND at >= %s "
+            "AND (data::jsonb ->> 'memo' = %s OR data::jsonb ->> 'memo' ILIKE %s)",
+            (artifact_id, type_, since, memo, _like(memo_prefix) + "%"))}
+
+    def event_ok_counts(self, artifact_id: str, type_: str, since: float) -> tuple[int, int]:
+        row = self._one(
+            "SELECT COUNT(*) FILTER (WHERE data::jsonb -> 'ok' = 'true'::jsonb), "
+            "COUNT(*) FILTER (WHERE data::jsonb -> 'ok' = 'false'::jsonb) "
+            "FROM events WHERE artifact_id = %s AND type = %s AND at >= %s", (artifact_id, type_, since))
+        return row[0], row[1]
+
+    # -- escrow ------------------------------------------------------------------------
+
+    def escrow_get(self, artifact_id: str) -> tuple[str, int, float] | None:
+        row = self._one("SELECT seller, price, listed_at FROM escrow_listings WHERE artifact_id=%s", (artifact_id,))
+        return (row[0], row[1], row[2]) if row else None
+
+    def escrow_insert(self, artifact_id: str, seller: str, price: int, listed_at: float) -> None:
+        self._run("INSERT INTO escrow_listings VALUES (%s,%s,%s,%s)", (artifact_id, seller, price, listed_at))
+
+    def escrow_delete(self, artifact_id: str) -> None:
+        self._run("DELETE FROM escrow_listings WHERE artifact_id = %s", (artifact_id,))
+
+    def escrow_all(self) -> list[dict]:
+        return [{"artifact_id": r[0], "seller": r[1], "price": r[2], "listed_at": r[3]} for r in self._all(
+            "SELECT artifact_id, seller, price, listed_at FROM escrow_listings "
+            "ORDER BY listed_at, artifact_id")]
+
+    # -- idempotency -----------------------------------------------------------------
+
+    def idem_get(self, principal_id: str, request_id: str) -> tuple[str, bool, Any] | None:
+        row = self._one("SELECT method, ok, outcome FROM idempotency WHERE principal_id=%s AND request_id=%s",
+                        (principal_id, request_id))
+        return (row[0], bool(row[1]), json.loads(row[2])) if row else None
+
+    def idem_exists(self, principal_id: str, request_id: str) -> bool:
+        return self._one("SELECT 1 FROM idempotency WHERE principal_id=%s AND request_id=%s",
+                         (principal_id, request_id)) is not None
+
+    def idem_put(self, principal_id: str, request_id: str, method: str, ok: bool, outcome: Any, at: float) -> None:
+        self._run("INSERT INTO idempotency VALUES (%s,%s,%s,%s,%s,%s)",
+                  (principal_id, request_id, method, int(ok), dumps(outcome), at))
+
+    def idem_purge(self, before: float) -> int:
+        return self._run("DELETE FROM idempotency WHERE at < %s", (before,))
+
+    # -- credentials -------------------------------------------------------------------
+
+    def credential_add(self, token_hash: str, principal_id: str, created_at: float) -> None:
+        self._run("INSERT INTO credentials VALUES (%s,%s,%s)", (token_hash, principal_id, created_at))
+
+    def credentials_all(self) -> dict[str, str]:
+        return dict(self._all("SELECT token_hash, principal_id FROM credentials"))
+
+    def rpc_limits_set(self, principal_id: str, rate: float | None, burst: float | None) -> None:
+        self._run("INSERT INTO rpc_limits VALUES (%s,%s,%s)", (principal_id, rate, burst))
+
+    def rpc_limits_all(self) -> dict[str, tuple[float | None, float | None]]:
+        return {p: (r, b) for p, r, b in self._all("SELECT principal_id, rate, burst FROM rpc_limits")}
+
+    # -- LLM reservations ------------------------------------------------------------
+
+    def reservation_add(self, principal_id: str, amount: int, tokens: int, compute: float, model: str,
+                        request_id: str, created_at: float) -> int:
+        return self._one(
+            "INSERT INTO llm_reservations (id, principal_id, amount, tokens, compute, model, request_id, created_at) "
+            "SELECT COALESCE(MAX(id), 0) + 1, %s, %s, %s, %s, %s, %s, %s FROM llm_reservations RETURNING id",
+            (principal_id, amount, tokens, compute, model, request_id, created_at))[0]
+
+    def reservation_take(self, reservation_id: int) -> dict | None:
+        row = self._one("DELETE FROM llm_reservations WHERE id=%s RETURNING id, principal_id, amount, tokens, "
+                        "compute, model, request_id, created_at", (reservation_id,))
+        return _reservation(row) if row else None
+
+    def reservations_take_all(self) -> list[dict]:
+        rows = [_reservation(r) for r in self._all(
+            "SELECT id, principal_id, amount, tokens, compute, model, request_id, created_at "
+            "FROM llm_reservations ORDER BY id")]
+        self._run("DELETE FROM llm_reservations")
+        return rows
+
+    def reservations_held(self, principal_id: str) -> tuple[int, int]:
+        row = self._one("SELECT COALESCE(SUM(amount), 0), COUNT(*) FROM llm_reservations WHERE principal_id=%s",
+                        (principal_id,))
+        return int(row[0]), row[1]
+
+    def reservation_exists(self, principal_id: str, request_id: str) -> bool:
+        return self._one("SELECT 1 FROM llm_reservations WHERE principal_id=%s AND request_id=%s",
+                         (principal_id, request_id)) is not None
+
+    # -- the oracle ------------------------------------------------------------------
+
+    def oracle_init(self, start_at: float) -> None:
+        self._run("INSERT INTO oracle_state VALUES (1, %s, 0, 0) ON CONFLICT DO NOTHING", (start_at,))
+
+    def oracle_state(self) -> tuple[float, int, int]:
+        row = self._one("SELECT start_at, carry, bid_seq FROM oracle_state WHERE id = 1")
+        return row[0], row[1], row[2]
+
+    def oracle_set(self, *, carry: int | None = None, bid_seq: int | None = None) -> None:
+        if carry is not None:
+            self._run("UPDATE oracle_state SET carry = %s WHERE id = 1", (carry,))
+        if bid_seq is not None:
+            self._run("UPDATE oracle_state SET bid_seq = %s WHERE id = 1", (bid_seq,))
+
+    def oracle_last_round(self) -> tuple[int, float | None]:
+        row = self._one("SELECT round, at FROM oracle_rounds ORDER BY round DESC LIMIT 1")
+        return (row[0], row[1]) if row else (0, None)
+
+    def oracle_round_result(self, number: int) -> dict | None:
+        row = self._one("SELECT result FROM oracle_rounds WHERE round = %s", (number,))
+        return json.loads(row[0]) if row else None
+
+    def oracle_round_add(self, number: int, at: float, resolved_at: float, result: dict) -> None:
+        self._run("INSERT INTO oracle_rounds VALUES (%s,%s,%s,%s)", (number, at, resolved_at, dumps(result)))
+
+    def oracle_bid_get(self, artifact_id: str) -> dict | None:
+        row = self._one(f"SELECT {_BID_COLUMNS} FROM oracle_bids WHERE artifact_id=%s", (artifact_id,))
+        return _bid(row) if row else None
+
+    def oracle_bid_put(self, artifact_id: str, bidder: str, amount: int, placed_at: float, seq: int) -> None:
+        # Like SQLite's INSERT OR REPLACE: the row is replaced whole.
+        self._run("DELETE FROM oracle_bids WHERE artifact_id = %s OR seq = %s", (artifact_id, seq))
+        self._run("INSERT INTO oracle_bids VALUES (%s,%s,%s,%s,%s)", (artifact_id, bidder, amount, placed_at, seq))
+
+    def oracle_bid_delete(self, artifact_id: str) -> None:
+        self._run("DELETE FROM oracle_bids WHERE artifact_id = %s", (artifact_id,))
+
+    def oracle_bids(self, *, bidder: str | None = None, placed_until: float | None = None) -> list[dict]:
+        where, params = [], []
+        if bidder is not None:
+            where.append("bidder = %s")
+            params.append(bidder)
+        if placed_until is not None:
+            where.append("placed_at <= %s")
+            params.append(placed_until)
+        sql = f"SELECT {_BID_COLUMNS} FROM oracle_bids {'WHERE ' + ' AND '.join(where) if where else ''} ORDER BY seq"
+        return [_bid(r) for r in self._all(sql, params)]
+
+    def oracle_bids_total(self) -> tuple[int, int]:
+        row = self._one("SELECT COUNT(*), COALESCE(SUM(amount), 0) FROM oracle_bids")
+        return row[0], int(row[1])
+
+    # -- decision traces -------------------------------------------------------------
+
+    def decision_add(self, agent_id: str, at: float, step: int, observed: str, action: str, outcome: str,
+                     llm_request_ids: list[str], truncated: bool) -> int:
+        return self._one(
+            "INSERT INTO decisions (seq, agent_id, at, step, observed, action, outcome, llm_request_ids, truncated) "
+            "SELECT COALESCE(MAX(seq), 0) + 1, %s, %s, %s, %s, %s, %s, %s, %s FROM decisions RETURNING seq",
+            (agent_id, at, step, observed, action, outcome, dumps(list(llm_request_ids)), int(truncated)))[0]
+
+    def decisions_page(self, agent_id: str, after: int, limit: int) -> list[dict]:
+        rows = self._all("SELECT seq, at, step, observed, action, outcome, llm_request_ids, truncated "
+                         "FROM decisions WHERE agent_id = %s AND seq > %s ORDER BY seq LIMIT %s",
+                         (agent_id, after, limit))
+        return [{"seq": r[0], "at": r[1], "step": r[2], "observed": json.loads(r[3]), "action": json.loads(r[4]),
+                 "outcome": json.loads(r[5]), "llm_request_ids": json.loads(r[6]), "truncated": bool(r[7])}
+                for r in rows]
+
+    def llm_exchange_put(self, agent_id: str, request_id: str, at: float, model: str, prompt: Any, answer: str,
+                         truncated: bool) -> None:
+        self._run("INSERT INTO llm_exchanges VALUES (%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (agent_id, request_id) "
+                  "DO UPDATE SET at = EXCLUDED.at, model = EXCLUDED.model, prompt = EXCLUDED.prompt, "
+                  "answer = EXCLUDED.answer, truncated = EXCLUDED.truncated",
+                  (agent_id, request_id, at, model, dumps(prompt), answer, int(truncated)))
+
+    def llm_exchange_get(self, agent_id: str, request_id: str) -> dict | None:
+        x = self._one("SELECT model, prompt, answer, truncated, at FROM llm_exchanges "
+                      "WHERE agent_id = %s AND request_id = %s", (agent_id, request_id))
+        if x is None:
+            return None
+        return {"request_id": request_id, "model": x[0], "prompt": json.loads(x[1]), "answer": x[2],
+                "truncated": bool(x[3]), "at": x[4]}
