@@ -11,6 +11,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from server.storage import oplog
+
 DB_FILE = "world.sqlite3"
 
 MIGRATIONS: list[str] = [
@@ -193,6 +195,8 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (agent_id, request_id)
     );
     """,
+    # 5: the operation log, for exact replay (server/storage/oplog.py, server/kernel/commands.py)
+    oplog.MIGRATION,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
