@@ -213,7 +213,9 @@ def replay(data_dir: str | Path, into: str | Path, until: int | None = None, pro
                 if first and not config.get("fresh", False):
                     raise ReplayError(f"{data_dir}: its oplog starts on a world created before the oplog existed "
                                       "(an older schema); it cannot be replayed from its initial state")
+                plans = world.plans if world is not None else {}
                 world = make_world(Config(data=config["config"]), getattr(world, "last_time", 0.0))
+                world.plans = plans
             elif world is None:
                 raise ReplayError(f"oplog seq {seq}: {name} before the first start; the oplog is damaged")
             dst.execute("SAVEPOINT op")

@@ -55,6 +55,9 @@ class World:
 
     kernel: Any
     llm: Any = None
+    # Replay only: reservation id -> the Plan its llm_reserve made (the settle and release
+    # rows name their plan by digest instead of repeating the prompt).
+    plans: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ class Command:
     encode: Callable[[dict], Any]                 # inputs -> JSON (called after the run)
     decode: Callable[[World, Any, Any], dict]     # (world, conn, JSON) -> inputs
     skip: Callable[[Any], bool]                   # result -> committed nothing by design
+    always: bool = False                          # recorded even if it changed no row
 
 
 COMMANDS: dict[str, Command] = {}
@@ -73,10 +77,10 @@ def _same(inputs):
     return inputs
 
 
-def command(name: str, encode=None, decode=None, skip=None):
+def command(name: str, encode=None, decode=None, skip=None, always=False):
     def register(fn):
         COMMANDS[name] = Command(name, fn, encode or _same, decode or (lambda w, c, j: j),
-                                 skip or (lambda r: False))
+                                 skip or (lambda r: False), always)
         return fn
     return register
 
@@ -106,7 +110,7 @@ class Commands:
             finally:
                 tape.end()
             changes = conn.total_changes - before
-            if changes and not cmd.skip(result):
+            if (changes or cmd.always) and not cmd.skip(result):
                 oplog.append(conn, name, dumps(cmd.encode(inputs)), dumps(
                     {"t": rec.times, "a": rec.answers, "r": outcome_of(result), "n": changes}))
             return result
@@ -215,7 +219,7 @@ _WORK = _with_work()
 
 # -- the commands --------------------------------------------------------------------------------
 
-@command("start")
+@command("start", always=True)
 def _start(w: World, conn, i: dict) -> int:
     """Every server start: bootstrap (genesis artifacts) and release the LLM reservations a
     crash left. inputs: config (the effective configuration), fresh (an empty world)."""
@@ -295,19 +299,27 @@ def _grant(w: World, conn, i: dict) -> dict:
 
 # -- the LLM gateway's writer steps (server/llm/gateway.py) ---------------------------------------
 
+def _plan_sha(plan) -> str:
+    return _sha(dumps(asdict(plan)))
+
+
 def _encode_reserved(r: dict) -> dict:
-    return {"id": r["id"], "plan": asdict(r["plan"])}
+    return {"id": r["id"], "plan": _plan_sha(r["plan"])}
 
 
-def _decode_reserved(j: dict) -> dict:
-    from server.genesis.llm import Plan
-
-    return {"id": j["id"], "plan": Plan(**j["plan"])}
+def _decode_reserved(w: World, j: dict) -> dict:
+    plan = (w.plans or {}).get(j["id"])
+    if plan is None or _plan_sha(plan) != j["plan"]:
+        raise Divergence(f"LLM reservation {j['id']} was not made by a replayed llm_reserve with the same plan")
+    return {"id": j["id"], "plan": plan}
 
 
 @command("llm_reserve")
 def _llm_reserve(w: World, conn, i: dict) -> Any:
-    return w.llm._reserve(conn, i["caller"], i["args"], i["request_id"])
+    result = w.llm._reserve(conn, i["caller"], i["args"], i["request_id"])
+    if w.plans is not None and isinstance(result, dict) and "plan" in result:
+        w.plans[result["id"]] = result["plan"]
+    return result
 
 
 def _encode_settle(i):
@@ -317,7 +329,7 @@ def _encode_settle(i):
 def _decode_settle(w, conn, j):
     from server.llm.backend import Completion
 
-    return {**j, "reserved": _decode_reserved(j["reserved"]), "answer": Completion(**j["answer"])}
+    return {**j, "reserved": _decode_reserved(w, j["reserved"]), "answer": Completion(**j["answer"])}
 
 
 @command("llm_settle", _encode_settle, _decode_settle)
@@ -331,7 +343,7 @@ def _encode_release(i):
 
 
 def _decode_release(w, conn, j):
-    return {**j, "reserved": [_decode_reserved(r) for r in j["reserved"]],
+    return {**j, "reserved": [_decode_reserved(w, r) for r in j["reserved"]],
             "failure": KernelError.from_dict(j["failure"]) if j["failure"] is not None else None}
 
 
