@@ -25,7 +25,6 @@ from grpc_health.v1 import health, health_pb2
 from ecology.v1 import admin_pb2, admin_pb2_grpc, world_pb2, world_pb2_grpc
 from server.config import Config, ConfigError
 from server.kernel.kernel import Kernel
-from server.llm import reservations
 from server.llm.backend import make_backend
 from server.llm.gateway import LlmGateway
 from server.oracle.runner import MintRunner
@@ -40,7 +39,7 @@ from server.rpc.outside import Outside
 from server.rpc.world import WorldService
 from server.sandbox import Sandbox, SandboxSettings
 from server.sandbox.notice import isolation_note, isolation_warning
-from server.storage import db
+from server.storage import db, oplog
 from server.storage.executor import Executor
 from server.tls import TlsFiles, is_loopback
 
@@ -113,11 +112,14 @@ class WorldServer:
             print(f"ecology: {warning}", file=sys.stderr, flush=True)
         self.kernel = Kernel(self.config, clock=self.clock, sandbox=self.sandbox)
         self.executor = Executor(self.writer_conn, max_batch=self.config.server["max_batch"])
-        self.executor.run_blocking(self.kernel.bootstrap)
+        # Ops that are not recorded commands are marked in the oplog (exact replay stops there).
+        self.executor.on_unrecorded = oplog.append_unrecorded
         # User contracts, code checks and user code run here, never on the writer thread.
         self.outside = Outside(self.kernel, self.executor)
-        # LLM calls a crash interrupted hold budget nobody will settle: give it back.
-        released = self.executor.run_blocking(lambda conn: reservations.release_all(conn, self.kernel.clock()))
+        # The first op of every start (a recorded command, with the effective configuration):
+        # bootstrap the genesis artifacts, and release the LLM reservations of calls a crash
+        # interrupted (they hold budget nobody will settle).
+        released = self.outside.commands.run_blocking("start", {"config": self.config.data})
         if released:
             log.warning("llm_reservations_released", count=released)
         self.llm = LlmGateway(self.kernel, self.executor, llm_backend)
@@ -276,7 +278,7 @@ class WorldServer:
         while True:
             await asyncio.sleep(PURGE_INTERVAL_SECONDS)
             try:
-                await self.executor.run(self.kernel.purge_idempotency)
+                await self.outside.commands.run("purge_idempotency", {})
             except Exception:
                 log.exception("idempotency_purge_failed")
 

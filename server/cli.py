@@ -10,6 +10,7 @@
                                 (Kubernetes YAML for one agent; see agent_runtime/launcher/kubernetes.py)
   ecology status
   ecology export --data-dir DIR --format parquet|csv --out DIR [--force]   (see server/export.py)
+  ecology replay DATA_DIR --into NEW_DIR [--until SEQ]   (rebuild a world from its oplog; server/replay.py)
   ecology defaults
 
 Operator commands (agent create, agent list, status) find the server with --server
@@ -484,6 +485,12 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", required=True, help="directory for the files (created; must be empty)")
     exp.add_argument("--force", action="store_true", help="overwrite the files of a non-empty --out")
     exp.set_defaults(fn=_export)
+    rep = sub.add_parser("replay", help="rebuild a world from its operation log and check it reaches the same state")
+    rep.add_argument("data_dir", metavar="DATA_DIR", help="the recorded world's data directory (may be a killed server's)")
+    rep.add_argument("--into", required=True, metavar="NEW_DIR", help="an empty (or new) directory for the rebuilt world")
+    rep.add_argument("--until", type=int, metavar="SEQ",
+                     help="stop once the world's events reach SEQ (events.seq), to inspect that moment")
+    rep.set_defaults(fn=_replay)
 
     defaults = sub.add_parser("defaults", help="print every configuration key with its default (TOML)")
     defaults.set_defaults(fn=_defaults)
@@ -496,6 +503,38 @@ def build_parser() -> argparse.ArgumentParser:
                           help="a DNS name or IP address clients use to reach the server (repeatable)")
     tls_init.set_defaults(fn=_tls_init)
     return p
+
+
+def _replay(args) -> int:
+    """Exit 0: the replayed world equals the recorded one (or, with --until, the replay
+    reached that moment). 1: a divergence or a different state (named on stderr). 2: the
+    replay could not run."""
+    from server.replay import ReplayError, replay
+
+    try:
+        res = replay(args.data_dir, args.into, args.until)
+    except ReplayError as e:
+        print(f"ecology: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a damaged database, an unreadable directory
+        print(f"ecology: replay failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    print(f"replayed {res.ops} operations in {res.seconds:.2f}s into {args.into}")
+    if res.divergence:
+        print(f"ecology: replay diverged at {res.divergence}", file=sys.stderr)
+        return 1
+    if args.until is not None:
+        if res.note:
+            print(res.note)
+        print(f"at event {res.stopped_at_event}: digest {res.replay_digest}")
+        return 0
+    print(f"recorded world: {res.source_digest}")
+    print(f"replayed world: {res.replay_digest}")
+    if not res.equal:
+        print(f"ecology: the replayed world differs: {res.difference}", file=sys.stderr)
+        return 1
+    print("identical")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,7 +49,7 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 from server import logs  # noqa: E402
 from server.app import WorldServer, resolve_admin_token  # noqa: E402
 from server.config import Config  # noqa: E402
-from server.kernel import artifacts, ledger  # noqa: E402
+from server.kernel import artifacts, invocation, ledger  # noqa: E402
 from server.kernel.artifacts import SYSTEM_ACCOUNT  # noqa: E402
 from server.storage.store import Store  # noqa: E402
 
@@ -247,9 +247,10 @@ class MainJob:
             if path.exists():
                 tokens[name] = path.read_text().strip()
                 continue
-            kernel = self.server.kernel
-            d = await self.server.executor.run(lambda conn, name=name: kernel.op_create_agent(
-                conn, name, _agent_config(name, names, self.brain), metadata={"personality": name.rsplit("-", 1)[0]}))
+            d = await self.server.outside.commands.run("create_agent", {
+                "name": name, "config": _agent_config(name, names, self.brain),
+                "metadata": {"personality": name.rsplit("-", 1)[0]}, "overrides": None, "access_contract_id": "",
+                "interface": None, "work": invocation.Work()})
             self.server.credentials.add(d["token"], d["agent_id"])
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
@@ -371,8 +372,7 @@ class MainJob:
         path = self.tokens_dir / f"{agent_id}.token"
         if path.exists():
             return path.read_text().strip()
-        kernel = self.server.kernel
-        token = await self.server.executor.run(lambda conn: kernel.op_issue_token(conn, agent_id))
+        token = await self.server.outside.commands.run("issue_token", {"agent_id": agent_id})
         self.server.credentials.add(token, agent_id)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:

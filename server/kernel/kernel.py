@@ -29,7 +29,7 @@ from typing import Any
 
 from server.config import Config
 from server.errors import KernelError, Reason, invalid
-from server.kernel import artifacts, contracts, events, invocation, ledger, resources
+from server.kernel import artifacts, contracts, events, invocation, ledger, resources, tape
 from server.kernel.artifacts import Artifact, SYSTEM_ACCOUNT, dumps
 from server.storage.executor import Failed
 
@@ -46,7 +46,10 @@ class Kernel:
         """`sandbox` (server.sandbox.Sandbox) runs user code and user contracts; without
         one, invoking user code fails SANDBOX_UNAVAILABLE and user contracts deny."""
         self.config = config
-        self.clock = clock
+        # Every clock reading and outside answer an operation uses goes through the tape,
+        # so it is recorded with the operation (exact replay: server/kernel/tape.py).
+        self.tape = tape.Tape(clock)
+        self.clock = self.tape.clock
         self.sandbox = sandbox
         self._genesis_artifacts: dict[str, Artifact] = {}
         # Code-check outcomes computed ahead of their write: key -> (failure or None, cpu).
@@ -434,7 +437,8 @@ class Kernel:
         if not interface or self.sandbox is None:
             return
         methods = [m["name"] for m in interface]
-        outcome = self._prechecked.pop(self.sandbox.key(artifact_id, content, methods), None)
+        key = self.sandbox.key(artifact_id, content, methods)
+        outcome = self.tape.answer("code_check", lambda: self._prechecked.pop(key, None))
         if outcome is None:  # not checked ahead (or another write used it up): never here
             raise contracts.NeedWork(contracts.CodeCheck(artifact_id, content, interface),
                                      f"the code of {artifact_id} must be checked first; retry")
@@ -529,8 +533,8 @@ class Kernel:
         endowment = int(o.get("endowment", d["endowment"]))
         if "rpc_rate" in o or "rpc_burst" in o:
             conn.rpc_limits_set(agent_id, o.get("rpc_rate"), o.get("rpc_burst"))
-        token = "eco_" + secrets.token_urlsafe(32)
-        conn.credential_add(hash_token(token), agent_id, now)
+        token, token_hash = self._new_token()
+        conn.credential_add(token_hash, agent_id, now)
         events.append(conn, "agent.created", principal_id=SYSTEM_ACCOUNT, artifact_id=agent_id, now=now,
                       related=[agent_id], data={"endowment": endowment})
         if endowment > 0:  # after agent.created, as before; with its ledger.mint event (ledger.py)
@@ -546,9 +550,15 @@ class Kernel:
         art = artifacts.require(conn, agent_id)
         if agent_id.startswith(artifacts.RESERVED_PREFIX) or not (art.has_standing and art.can_execute):
             raise invalid("agent_id", f"{agent_id} is not an agent")
-        token = "eco_" + secrets.token_urlsafe(32)
-        conn.credential_add(hash_token(token), agent_id, self.clock())
+        token, token_hash = self._new_token()
+        conn.credential_add(token_hash, agent_id, self.clock())
         return token
+
+    def _new_token(self) -> tuple[str, str]:
+        """A new bearer token and its hash. Only the hash is state, so only the hash is on
+        the tape (the oplog never holds a usable token; a replayed world's token is a dud)."""
+        token = "eco_" + secrets.token_urlsafe(32)
+        return token, self.tape.answer("token_hash", lambda: hash_token(token))
 
     # -- read-only queries (read connection) -------------------------------------------
 

@@ -42,9 +42,12 @@ class LlmGateway:
         self._cleanup: set[asyncio.Task] = set()
         self._pending: dict[int, dict] = {}  # reservation id -> reserved, while the backend works
         self._closed = False
+        from server.kernel.commands import Commands
+
+        self.commands = Commands(kernel, executor, llm=self)
 
     async def complete(self, caller: str, args: dict, request_id: str = "") -> dict:
-        reserving = asyncio.ensure_future(self.executor.run(lambda conn: self._reserve(conn, caller, args, request_id)))
+        reserving = asyncio.ensure_future(self.commands.run("llm_reserve", {"caller": caller, "args": args, "request_id": request_id}))
         try:
             # Shielded: once queued, the op runs even if this call is cancelled; then
             # whatever it reserved is released at once.
@@ -73,7 +76,7 @@ class LlmGateway:
         except BackendError as e:
             err = KernelError(Reason.LLM_UNAVAILABLE, f"LLM backend ({self.backend.name}): {e.message}; "
                               "nothing was charged", retry_after=e.retry_after)
-            await self.executor.run(lambda conn: self._release(conn, reserved, caller, request_id, err))
+            await self._release_cmd([reserved], caller, request_id, err)
             log.warning("llm_failed", principal=caller, model=plan.model, error=e.message,
                         retry_after=e.retry_after)
             raise err from None
@@ -81,14 +84,15 @@ class LlmGateway:
             log.exception("llm_backend_fault", principal=caller, error=repr(e))
             err = KernelError(Reason.LLM_UNAVAILABLE,
                               f"LLM backend ({self.backend.name}) failed unexpectedly; nothing was charged")
-            await self.executor.run(lambda conn: self._release(conn, reserved, caller, request_id, err))
+            await self._release_cmd([reserved], caller, request_id, err)
             raise err from None
         try:
-            return await self.executor.run(
-                lambda conn: self._settle(conn, caller, reserved, answer, request_id, time.monotonic() - started))
+            return await self.commands.run("llm_settle", {
+                "caller": caller, "reserved": reserved, "answer": answer, "request_id": request_id,
+                "seconds": time.monotonic() - started})
         except KernelError:
             try:
-                await self.executor.run(lambda conn: self._release(conn, reserved))
+                await self._release_cmd([reserved])
             except KernelError:
                 log.exception("llm_release_failed", reservation=reserved["id"])
             raise
@@ -101,12 +105,17 @@ class LlmGateway:
         pending = list(self._pending.values())
         self._pending.clear()
         if pending:
-            await self.executor.run(lambda conn: [self._release(conn, r) for r in pending])
+            await self._release_cmd(pending)
         if self._cleanup:
             await asyncio.gather(*self._cleanup, return_exceptions=True)
         await self.backend.aclose()
 
-    # -- ops (writer thread) ------------------------------------------------------------
+    def _release_cmd(self, reserved: list[dict], caller: str = "", request_id: str = "",
+                     failure: KernelError | None = None):
+        return self.commands.run("llm_release", {"reserved": reserved, "caller": caller, "request_id": request_id,
+                                                 "failure": failure})
+
+    # -- ops (writer thread; commands llm_*, server/kernel/commands.py) -------------------
 
     def _reserve(self, conn, caller: str, args: dict, request_id: str) -> dict | Failed:
         now = self.kernel.clock()
@@ -192,7 +201,7 @@ class LlmGateway:
     def _release_soon(self, reserved: dict) -> None:
         if self._closed:  # released by aclose, or else at the next start
             return
-        task = asyncio.ensure_future(self.executor.run(lambda conn: self._release(conn, reserved)))
+        task = asyncio.ensure_future(self._release_cmd([reserved]))
         self._cleanup.add(task)
         task.add_done_callback(self._cleanup.discard)
 

@@ -34,6 +34,9 @@ class MintRunner:
         self.kernel = kernel
         self.executor = executor
         self.oracle = kernel.genesis["genesis_oracle"]
+        from server.kernel.commands import Commands
+
+        self.commands = Commands(kernel, executor)
         self.is_paused = lambda: False  # the server's run control (server/rpc/pause.py)
 
     async def resolve_due(self) -> list[dict]:
@@ -49,7 +52,7 @@ class MintRunner:
         scores: dict = {}
         for attempt in range(MAX_ATTEMPTS):
             final = attempt == MAX_ATTEMPTS - 1
-            result = await self.executor.run(lambda conn: self.oracle.resolve(conn, scores, final))
+            result = await self.commands.run("oracle_resolve", {"scores": dict(scores), "final": final})
             if result is None or "missing" not in result:
                 if result is not None:
                     log.info("oracle_resolved", round=result["round"], minted=result["minted"],

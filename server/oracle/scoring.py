@@ -176,19 +176,17 @@ class LlmScorer:
         raise ScoreError("the LLM scorer runs outside the writer thread")
 
     async def ascore(self, ev: Evidence) -> Score:
-        from server.llm import reservations
         from server.llm.backend import BackendError, Request
 
         llm = self.kernel.genesis["genesis_llm"]
         plan = llm.plan({"messages": score_messages(ev), "model": self.model, "max_tokens": self.MAX_TOKENS,
                          "response_format": {"type": "json_object"}})
 
-        def reserve(conn):
-            return reservations.reserve(conn, ORACLE_ID, amount=plan.cost, tokens=plan.tokens, compute=0.0,
-                                        model=plan.model, request_id="", now=self.kernel.clock())
+        from server.kernel.commands import Commands
 
+        commands = Commands(self.kernel, self.executor)
         try:
-            rid = await self.executor.run(reserve)
+            rid = await commands.run("oracle_score_reserve", {"plan": plan})
         except Exception as e:  # budget exhausted (INSUFFICIENT_RESOURCES) or no budget row
             raise ScoreError(f"the mint cannot pay for scoring: {getattr(e, 'message', e)}") from None
         request = Request(model=plan.model, messages=plan.messages, max_tokens=plan.max_tokens,
@@ -196,20 +194,32 @@ class LlmScorer:
         try:
             answer = await asyncio.wait_for(self.backend.complete(request), self.timeout)
         except (BackendError, asyncio.TimeoutError, Exception) as e:
-            await self.executor.run(lambda conn: reservations.release(conn, rid, self.kernel.clock()))
+            await commands.run("oracle_score_release", {"rid": rid})
             raise ScoreError(f"LLM backend failed: {getattr(e, 'message', None) or type(e).__name__}") from None
-
-        def settle(conn):
-            charged = reservations.settle(conn, rid, plan.actual_cost(answer.prompt_tokens, answer.completion_tokens))
-            events.append(conn, "llm.completed", principal_id=ORACLE_ID, artifact_id="genesis_llm",
-                          now=self.kernel.clock(), data={
-                              "model": answer.model, "prompt_tokens": answer.prompt_tokens,
-                              "completion_tokens": answer.completion_tokens, "cost_micro_usd": charged,
-                              "reserved_micro_usd": plan.cost, "purpose": f"oracle score of {ev.artifact_id}"})
-            return charged
-
-        await self.executor.run(settle)
+        await commands.run("oracle_score_settle", {"rid": rid, "plan": plan, "answer": answer,
+                                                   "artifact_id": ev.artifact_id})
         return parse_score(answer.content)
+
+
+# The LLM scorer's writer steps (commands oracle_score_*, server/kernel/commands.py).
+
+def reserve_scoring(kernel, conn, plan) -> int:
+    from server.llm import reservations
+
+    return reservations.reserve(conn, ORACLE_ID, amount=plan.cost, tokens=plan.tokens, compute=0.0,
+                                model=plan.model, request_id="", now=kernel.clock())
+
+
+def settle_scoring(kernel, conn, rid: int, plan, answer, artifact_id: str) -> int:
+    from server.llm import reservations
+
+    charged = reservations.settle(conn, rid, plan.actual_cost(answer.prompt_tokens, answer.completion_tokens))
+    events.append(conn, "llm.completed", principal_id=ORACLE_ID, artifact_id="genesis_llm",
+                  now=kernel.clock(), data={
+                      "model": answer.model, "prompt_tokens": answer.prompt_tokens,
+                      "completion_tokens": answer.completion_tokens, "cost_micro_usd": charged,
+                      "reserved_micro_usd": plan.cost, "purpose": f"oracle score of {artifact_id}"})
+    return charged
 
 
 def evidence_dict(ev: Evidence) -> dict:

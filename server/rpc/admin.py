@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from ecology.v1 import admin_pb2, admin_pb2_grpc
-from server.kernel import grants, traces
+from server.kernel import traces
 from server.rpc import convert
 from server.rpc.world import event_stream, translate_errors
 from server.storage.db import SCHEMA_VERSION
@@ -27,10 +27,9 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         metadata = convert.plain_struct(request.metadata, "metadata", limits)
         interface = [convert.method_spec(m, limits, i) for i, m in enumerate(request.interface)]
         # Executable agent code is checked outside the writer first (server/rpc/outside.py).
-        d = await self.rt.outside.run("admin", lambda conn, work: self.kernel.with_work(
-            conn, "admin", work, lambda: self.kernel.op_create_agent(
-                conn, request.name, request.config, metadata=metadata, overrides=overrides,
-                access_contract_id=request.access_contract_id, interface=interface)))
+        d = await self.rt.outside.run("admin", "create_agent", {
+            "name": request.name, "config": request.config, "metadata": metadata, "overrides": overrides,
+            "access_contract_id": request.access_contract_id, "interface": interface})
         self.rt.credentials.add(d["token"], d["agent_id"], d["rpc_rate"], d["rpc_burst"])
         return admin_pb2.CreateAgentResponse(agent_id=d["agent_id"], token=d["token"],
                                              agent=convert.artifact(d["agent"]))
@@ -58,7 +57,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         gate = self.rt.gate
         change()
         data = {"paused": gate.paused, "steps_left": gate.steps_left}
-        await self.rt.executor.run(lambda conn: grants.record_control(conn, type_, self.kernel.clock(), data))
+        await self.rt.outside.commands.run("control", {"type": type_, "data": data})
         return admin_pb2.WorldControlResponse(paused=gate.paused, steps_left=gate.steps_left)
 
     @translate_errors
@@ -75,8 +74,9 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
     @translate_errors
     async def Grant(self, request, context):
-        d = await self.rt.executor.run(lambda conn: grants.grant(
-            conn, request.agent_id, request.scrip, request.llm_budget_micro_usd, request.memo, self.kernel.clock()))
+        d = await self.rt.outside.commands.run("grant", {
+            "agent_id": request.agent_id, "scrip": request.scrip, "llm_budget": request.llm_budget_micro_usd,
+            "memo": request.memo})
         return admin_pb2.GrantResponse(**d)
 
     @translate_errors

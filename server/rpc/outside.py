@@ -34,6 +34,9 @@ class Outside:
     def __init__(self, kernel, executor, *, threads: int = 32) -> None:
         self.kernel = kernel
         self.executor = executor
+        from server.kernel.commands import Commands
+
+        self.commands = Commands(kernel, executor)
         self.cap = int(kernel.config["sandbox"]["max_in_flight_per_principal"])
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sandbox-work")
         self._in_flight: dict[str, int] = {}
@@ -100,13 +103,14 @@ class Outside:
             raise
         return await asyncio.wrap_future(future)
 
-    async def run(self, principal: str, make_op: Callable[[Any, invocation.Work], Any]) -> Any:
-        """Run the kernel operation `make_op(conn, work)` (wrapping its body in
-        Kernel.with_work), doing the sandbox work it asks for between rounds."""
+    async def run(self, principal: str, command: str, inputs: dict) -> Any:
+        """Run the command (server/kernel/commands.py) with `inputs` plus the sandbox work
+        done for it (`work`, which the command wraps its body in Kernel.with_work with),
+        doing the sandbox work it asks for between rounds."""
         work = invocation.Work()
         for _ in range(MAX_ROUNDS):
             try:
-                return await self.executor.run(lambda conn: make_op(conn, work))
+                return await self.commands.run(command, {**inputs, "work": work})
             except contracts.NeedWork as need:
                 await self.off_writer(principal, self.do_work, need.item, work)
         raise KernelError(Reason.CONFLICT, "what this call depends on kept changing; retry", retry_after=0.1)
@@ -116,19 +120,24 @@ class Outside:
         """InvokeArtifact: a genesis method runs as one operation; user code runs in two
         phases (invocation.Planner) in a worker thread."""
         kernel = self.kernel
-        key = f"InvokeArtifact:{artifact_id}.{method}"
+        inputs = {"caller": caller, "request_id": request_id, "artifact_id": artifact_id, "method": method,
+                  "args": args, "max_spend": max_spend}
 
-        def op(conn, chain: invocation.Chain):
-            return kernel.idempotent(conn, caller, request_id, key, lambda: kernel.with_work(
-                conn, caller, chain.work, lambda: kernel.op_invoke(conn, caller, artifact_id, method, args,
-                                                                   chain, max_spend)))
+        def op(chain: invocation.Chain):
+            return self.commands.op("invoke", {**inputs, "chain": chain})
 
         if artifact_id in kernel.genesis or kernel.sandbox is None:
-            return await self.run(caller, lambda conn, work: op(conn, invocation.Chain(now=kernel.clock(), work=work)))
+            work = invocation.Work()
+            for _ in range(MAX_ROUNDS):
+                try:
+                    return await self.executor.run(op(invocation.Chain(now=kernel.clock(), work=work)))
+                except contracts.NeedWork as need:
+                    await self.off_writer(caller, self.do_work, need.item, work)
+            raise KernelError(Reason.CONFLICT, "what this call depends on kept changing; retry", retry_after=0.1)
         loop = asyncio.get_running_loop()
 
         def submit(chain: invocation.Chain) -> Any:
-            future = asyncio.run_coroutine_threadsafe(self.executor.run(lambda conn: op(conn, chain)), loop)
+            future = asyncio.run_coroutine_threadsafe(self.executor.run(op(chain)), loop)
             return future.result(timeout=SUBMIT_TIMEOUT_SECONDS)  # the server is stopping if it takes this long
 
         return await self.off_writer(caller, invocation.Planner(kernel, submit, self.do_work, caller, max_spend).run)

@@ -14,7 +14,7 @@ import functools
 from ecology.v1 import world_pb2, world_pb2_grpc
 from server.errors import KernelError, Reason, invalid
 from server.genesis.llm import ID as LLM_ID
-from server.kernel import artifacts, traces
+from server.kernel import artifacts
 from server.rpc import convert
 from server.rpc.event_hub import EventHub
 from server.rpc.guard import CALLER
@@ -87,8 +87,7 @@ class WorldService(world_pb2_grpc.WorldServicer):
     async def ReadArtifact(self, request, context):
         caller = caller_id()
         self.kernel.precheck_usable(self.rt.reader, caller)
-        d = await self.rt.outside.run(caller, lambda conn, work: self.kernel.with_work(
-            conn, caller, work, lambda: self.kernel.op_read(conn, caller, request.artifact_id)))
+        d = await self.rt.outside.run(caller, "read", {"caller": caller, "artifact_id": request.artifact_id})
         return world_pb2.ReadArtifactResponse(artifact=convert.artifact(d))
 
     @translate_errors
@@ -113,9 +112,8 @@ class WorldService(world_pb2_grpc.WorldServicer):
             raise invalid("expected_version", "must not be negative")
         self.kernel.precheck_usable(self.rt.reader, caller, request.request_id)
         await self._precheck_code(caller, req)
-        d = await self.rt.outside.run(caller, lambda conn, work: self.kernel.idempotent(
-            conn, caller, request.request_id, "WriteArtifact", lambda: self.kernel.with_work(
-                conn, caller, work, lambda: self.kernel.op_write(conn, caller, req))))
+        d = await self.rt.outside.run(caller, "write", {"caller": caller, "request_id": request.request_id,
+                                                        "req": req})
         return world_pb2.WriteArtifactResponse(artifact=convert.artifact(d["artifact"]), created=d["created"])
 
     async def _precheck_code(self, caller: str, req: dict) -> None:
@@ -140,10 +138,9 @@ class WorldService(world_pb2_grpc.WorldServicer):
         if request.expected_version < 0:
             raise invalid("expected_version", "must not be negative")
         self.kernel.precheck_usable(self.rt.reader, caller, request.request_id)
-        d = await self.rt.outside.run(caller, lambda conn, work: self.kernel.idempotent(
-            conn, caller, request.request_id, "DeleteArtifact", lambda: self.kernel.with_work(
-                conn, caller, work, lambda: self.kernel.op_delete(conn, caller, request.artifact_id,
-                                                                  request.expected_version))))
+        d = await self.rt.outside.run(caller, "delete", {"caller": caller, "request_id": request.request_id,
+                                                         "artifact_id": request.artifact_id,
+                                                         "expected_version": request.expected_version})
         return world_pb2.DeleteArtifactResponse(artifact=convert.artifact(d["artifact"]))
 
     @translate_errors
@@ -192,8 +189,8 @@ class WorldService(world_pb2_grpc.WorldServicer):
         fields = {name: convert.plain_struct(getattr(request, name), name, limits)
                   for name in ("observed", "action", "outcome")}
         max_bytes = self.rt.config["traces"]["max_field_bytes"]
-        seq = await self.rt.executor.run(lambda conn: traces.record_decision(
-            conn, caller, step=request.step, llm_request_ids=list(request.llm_request_ids), max_bytes=max_bytes,
-            now=self.kernel.clock(), **fields))
+        seq = await self.rt.outside.commands.run("decision", {
+            "caller": caller, "step": request.step, "llm_request_ids": list(request.llm_request_ids),
+            "max_bytes": max_bytes, **fields})
         truncated = any(len(artifacts.dumps(v).encode()) > max_bytes for v in fields.values())
         return world_pb2.RecordDecisionResponse(seq=seq, truncated=truncated)

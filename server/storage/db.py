@@ -13,6 +13,7 @@ from pathlib import Path
 
 from server.storage.sqlite import SqliteStore
 from server.storage.store import Store
+from server.storage import oplog
 
 DB_FILE = "world.sqlite3"
 
@@ -196,6 +197,8 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (agent_id, request_id)
     );
     """,
+    # 5: the operation log, for exact replay (server/storage/oplog.py, server/kernel/commands.py)
+    oplog.MIGRATION,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

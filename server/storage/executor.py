@@ -58,6 +58,10 @@ class Executor:
         self.ops = 0
         # Called on the writer thread after each batch: (ops in it, seconds BEGIN..COMMIT).
         self.on_batch: Callable[[int, float], None] | None = None
+        # Set by the server (exact replay): called inside the op's savepoint after an op
+        # that is not a recorded command (server/kernel/commands.py) changed rows, so the
+        # oplog says where a replay has to stop.
+        self.on_unrecorded: Callable[[sqlite3.Connection, Op], None] | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -76,7 +80,9 @@ class Executor:
         """For startup and tools before the thread starts: run one op in its own transaction."""
         self._conn.tx_begin()
         try:
+            before = self._conn.total_changes
             result = op(self._conn)
+            self._check_recorded(op, before)
         except BaseException:
             self._conn.tx_rollback()
             raise
@@ -84,6 +90,10 @@ class Executor:
         if isinstance(result, Failed):
             raise result.error
         return result
+
+    def _check_recorded(self, op: Op, before: int) -> None:
+        if self.on_unrecorded is not None and not hasattr(op, "command") and self._conn.total_changes != before:
+            self.on_unrecorded(self._conn, op)
 
     def stop(self) -> None:
         """Finish everything queued, then stop the thread."""
@@ -117,7 +127,9 @@ class Executor:
             for op, _future, _loop in batch:
                 conn.savepoint("op")
                 try:
+                    before = conn.total_changes
                     result = op(conn)
+                    self._check_recorded(op, before)
                 except KernelError as err:
                     conn.rollback_to("op")
                     outcomes.append((False, err))
