@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,8 @@ from pathlib import Path
 from server.config import Config
 from server.kernel.commands import World, replay_one
 from server.kernel.tape import Divergence
-from server.storage import db, oplog
+from server.storage import db
+from server.storage.store import Store
 
 COMMIT_EVERY = 500
 
@@ -113,13 +113,13 @@ def _row_text(row) -> str:
     return "\x1f".join(_canonical(v) for v in row)
 
 
-def digest(conn: sqlite3.Connection) -> tuple[str, dict[str, tuple[str, int]]]:
+def digest(conn: Store) -> tuple[str, dict[str, tuple[str, int]]]:
     """(overall sha256, {table: (sha256, rows)}) over the world's state."""
     overall = hashlib.sha256()
     tables: dict[str, tuple[str, int]] = {}
-    for table in oplog.state_tables(conn):
+    for table in conn.state_tables():
         h = hashlib.sha256()
-        cols, cur = oplog.table_rows(conn, table)
+        cols, cur = conn.table_rows(table)
         h.update(("\x1f".join(cols) + "\n").encode())
         n = 0
         for row in cur:
@@ -130,15 +130,15 @@ def digest(conn: sqlite3.Connection) -> tuple[str, dict[str, tuple[str, int]]]:
     return overall.hexdigest(), tables
 
 
-def first_difference(a: sqlite3.Connection, b: sqlite3.Connection, tables_a: dict, tables_b: dict) -> str:
+def first_difference(a: Store, b: Store, tables_a: dict, tables_b: dict) -> str:
     """Names the first table (and row) where two states differ."""
     for table in sorted(set(tables_a) | set(tables_b)):
         if tables_a.get(table) == tables_b.get(table):
             continue
         if table not in tables_a or table not in tables_b:
             return f"table {table} exists in only one of them"
-        cols, cur_a = oplog.table_rows(a, table)
-        _, cur_b = oplog.table_rows(b, table)
+        cols, cur_a = a.table_rows(table)
+        _, cur_b = b.table_rows(table)
         i = 0
         for row_a, row_b in zip(cur_a, cur_b):
             i += 1
@@ -169,26 +169,22 @@ class Result:
         return not self.divergence and self.source_digest == self.replay_digest
 
 
-def _open_source(data_dir: Path) -> sqlite3.Connection:
+def _open_source(data_dir: Path) -> Store:
     path = data_dir / db.DB_FILE
     if not path.exists():
         raise ReplayError(f"{data_dir} is not a world's data directory (no {db.DB_FILE})")
     # Read-write (never written): a world whose server was killed has a WAL to read.
-    conn = db.connect(path)
-    conn.execute("PRAGMA query_only = 1")
-    if not oplog.has_oplog(conn):
+    conn = db.open_replay_source(path)
+    if not conn.has_oplog():
         raise ReplayError(f"{data_dir} has no operation log (its schema predates exact replay); it cannot be replayed")
     return conn
 
 
-def _prepare_target(into: Path) -> sqlite3.Connection:
+def _prepare_target(into: Path) -> Store:
     if into.exists() and (not into.is_dir() or any(into.iterdir())):
         raise ReplayError(f"--into {into} is not an empty directory; replay writes a new world there")
     into.mkdir(parents=True, exist_ok=True)
-    conn = db.connect(into / db.DB_FILE)
-    conn.execute("PRAGMA synchronous = OFF")  # a rebuild: if it dies, run it again
-    db.migrate(conn)
-    return conn
+    return db.open_replay_target(into / db.DB_FILE)
 
 
 def replay(data_dir: str | Path, into: str | Path, until: int | None = None, progress=None) -> Result:
@@ -200,13 +196,12 @@ def replay(data_dir: str | Path, into: str | Path, until: int | None = None, pro
     dst = _prepare_target(into)
     res = Result()
     # One read transaction: the oplog and the state it is compared with are one snapshot.
-    src.execute("BEGIN")
+    src.read_begin()
     try:
         world: World | None = None
-        dst.execute("BEGIN")
+        dst.tx_begin()
         pending = 0
-        for row in oplog.rows(src):
-            seq, name, inputs, record = row["seq"], row["command"], row["inputs"], row["record"]
+        for seq, name, inputs, record in src.oplog_rows():
             if name == "start":
                 first = world is None
                 config = json.loads(inputs)
@@ -218,39 +213,39 @@ def replay(data_dir: str | Path, into: str | Path, until: int | None = None, pro
                 world.plans = plans
             elif world is None:
                 raise ReplayError(f"oplog seq {seq}: {name} before the first start; the oplog is damaged")
-            dst.execute("SAVEPOINT op")
+            dst.savepoint("op")
             try:
                 replay_one(world, dst, seq, name, inputs, record)
             except Divergence as d:
-                dst.execute("ROLLBACK TO op")
-                dst.execute("RELEASE op")
+                dst.rollback_to("op")
+                dst.release("op")
                 res.divergence = f"oplog seq {seq} ({name}): {d}"
                 break
             if until is not None:
-                last = oplog.last_event_seq(dst)
+                last = dst.events_last_seq()
                 if last > until:
-                    dst.execute("ROLLBACK TO op")
-                    dst.execute("RELEASE op")
-                    res.stopped_at_event = oplog.last_event_seq(dst)
+                    dst.rollback_to("op")
+                    dst.release("op")
+                    res.stopped_at_event = dst.events_last_seq()
                     res.note = (f"oplog seq {seq} ({name}) writes events {res.stopped_at_event + 1}..{last} "
                                 f"together; stopped before it, at event {res.stopped_at_event}")
                     break
-            oplog.insert(dst, seq, name, inputs, record)
-            dst.execute("RELEASE op")
+            dst.oplog_insert(seq, name, inputs, record)
+            dst.release("op")
             res.ops += 1
             pending += 1
             if pending >= COMMIT_EVERY:
-                dst.execute("COMMIT")
-                dst.execute("BEGIN")
+                dst.tx_commit()
+                dst.tx_begin()
                 pending = 0
                 if progress is not None:
                     progress(res.ops)
-            if until is not None and oplog.last_event_seq(dst) == until:
+            if until is not None and dst.events_last_seq() == until:
                 res.stopped_at_event = until
                 break
-        dst.execute("COMMIT")
+        dst.tx_commit()
         if until is not None and res.stopped_at_event is None and not res.divergence:
-            res.stopped_at_event = oplog.last_event_seq(dst)
+            res.stopped_at_event = dst.events_last_seq()
             res.note = f"the world has no event {until}; replayed to its end (event {res.stopped_at_event})"
         res.replay_digest, replay_tables = digest(dst)
         if until is None:
@@ -259,7 +254,7 @@ def replay(data_dir: str | Path, into: str | Path, until: int | None = None, pro
             if res.source_digest != res.replay_digest:
                 res.difference = first_difference(src, dst, source_tables, replay_tables)
     finally:
-        src.execute("ROLLBACK")
+        src.read_end()
         src.close()
         dst.close()
     res.seconds = time.monotonic() - started

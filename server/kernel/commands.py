@@ -103,13 +103,13 @@ class Commands:
 
         def run(conn):
             rec = Recording()
-            before = conn.total_changes
+            before = conn.changes()
             tape.begin(rec)
             try:
                 result = cmd.run(world, conn, inputs)
             finally:
                 tape.end()
-            changes = conn.total_changes - before
+            changes = conn.changes() - before
             if (changes or cmd.always) and not cmd.skip(result):
                 oplog.append(conn, name, dumps(cmd.encode(inputs)), dumps(
                     {"t": rec.times, "a": rec.answers, "r": outcome_of(result), "n": changes}))
@@ -137,7 +137,7 @@ def replay_one(world: World, conn, seq: int, name: str, inputs_json: str, record
     inputs = cmd.decode(world, conn, json.loads(inputs_json))
     playback = Playback(record["t"], record["a"])
     tape = world.kernel.tape
-    before = conn.total_changes
+    before = conn.changes()
     tape.begin(playback)
     try:
         result = cmd.run(world, conn, inputs)
@@ -151,7 +151,7 @@ def replay_one(world: World, conn, seq: int, name: str, inputs_json: str, record
     if outcome_of(result) != record["r"]:
         detail = f" ({result.error.message})" if isinstance(result, Failed) else ""
         raise Divergence(f"{name} ended {outcome_of(result)}{detail}; recorded: {record['r']}")
-    changes = conn.total_changes - before
+    changes = conn.changes() - before
     if changes != record["n"]:
         raise Divergence(f"{name} changed {changes} rows; recorded: {record['n']}")
     return result
@@ -226,7 +226,7 @@ def _start(w: World, conn, i: dict) -> int:
     from server.llm import reservations
 
     if "fresh" not in i:
-        i["fresh"] = conn.execute("SELECT COUNT(*) FROM artifacts").fetchone()[0] == 0
+        i["fresh"] = conn.artifacts_total() == 0
     w.kernel.bootstrap(conn)
     return reservations.release_all(conn, w.kernel.clock())
 

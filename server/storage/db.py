@@ -253,3 +253,21 @@ def migrate(conn: Store) -> int:
             conn.execute("ROLLBACK")
             raise
     return version
+
+
+def open_replay_source(path: Path) -> SqliteStore:
+    """A recorded world for `ecology replay` (server/replay.py): read-write mode so the WAL
+    of a killed server is read, but query_only, so nothing is ever written."""
+    conn = connect(path)
+    conn.execute("PRAGMA query_only = 1")
+    return conn
+
+
+def open_replay_target(path: Path) -> SqliteStore:
+    """A new world being rebuilt by `ecology replay`: no fsync (if the rebuild dies, run
+    it again), the current schema."""
+    conn = connect(path)
+    conn.execute("PRAGMA synchronous = OFF")
+    migrate(conn)
+    return conn
+

@@ -80,7 +80,7 @@ class Executor:
         """For startup and tools before the thread starts: run one op in its own transaction."""
         self._conn.tx_begin()
         try:
-            before = self._conn.total_changes
+            before = self._conn.changes()
             result = op(self._conn)
             self._check_recorded(op, before)
         except BaseException:
@@ -92,7 +92,7 @@ class Executor:
         return result
 
     def _check_recorded(self, op: Op, before: int) -> None:
-        if self.on_unrecorded is not None and not hasattr(op, "command") and self._conn.total_changes != before:
+        if self.on_unrecorded is not None and not hasattr(op, "command") and self._conn.changes() != before:
             self.on_unrecorded(self._conn, op)
 
     def stop(self) -> None:
@@ -127,7 +127,7 @@ class Executor:
             for op, _future, _loop in batch:
                 conn.savepoint("op")
                 try:
-                    before = conn.total_changes
+                    before = conn.changes()
                     result = op(conn)
                     self._check_recorded(op, before)
                 except KernelError as err:

@@ -118,6 +118,12 @@ PG_MIGRATIONS: list[str] = [
         prompt TEXT NOT NULL, answer TEXT NOT NULL, truncated INTEGER NOT NULL, PRIMARY KEY (agent_id, request_id)
     );
     """,
+    # 4 -> 5: the operation log, for exact replay (db.MIGRATIONS[4], server/storage/oplog.py).
+    """
+    CREATE TABLE oplog (
+        seq BIGINT PRIMARY KEY, command TEXT NOT NULL, inputs TEXT NOT NULL, record TEXT NOT NULL
+    );
+    """,
 ]
 
 # Every text column compares byte-wise, as SQLite's do: ids page and sort the same way
@@ -156,19 +162,26 @@ class PostgresStore(Store):
     def __init__(self, url: str, *, readonly: bool = False) -> None:
         self.url = url
         self.readonly = readonly
+        self._changes = 0
         self.conn = psycopg.connect(url, autocommit=True)
         self.conn.execute("SET synchronous_commit = on")
         if readonly:
             self.conn.execute("SET default_transaction_read_only = on")
 
+    def _exec(self, sql: str, params: tuple | list = ()):
+        cur = self.conn.execute(sql, params)
+        if (cur.statusmessage or "").startswith(("INSERT", "UPDATE", "DELETE")) and cur.rowcount > 0:
+            self._changes += cur.rowcount
+        return cur
+
     def _one(self, sql: str, params: tuple | list = ()):
-        return self.conn.execute(sql, params).fetchone()
+        return self._exec(sql, params).fetchone()
 
     def _all(self, sql: str, params: tuple | list = ()):
-        return self.conn.execute(sql, params).fetchall()
+        return self._exec(sql, params).fetchall()
 
     def _run(self, sql: str, params: tuple | list = ()) -> int:
-        return self.conn.execute(sql, params).rowcount
+        return self._exec(sql, params).rowcount
 
     def close(self) -> None:
         self.conn.close()
@@ -223,6 +236,48 @@ class PostgresStore(Store):
 
     def release(self, name: str) -> None:
         self.conn.execute(f"RELEASE SAVEPOINT {name}")
+
+    def changes(self) -> int:
+        return self._changes
+
+    def read_begin(self) -> None:
+        self.conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+
+    def read_end(self) -> None:
+        self.conn.execute("ROLLBACK")
+
+    # -- the operation log -----------------------------------------------------------
+
+    def oplog_append(self, command: str, inputs: str, record: str) -> None:
+        self._run("INSERT INTO oplog (seq, command, inputs, record) "
+                  "SELECT COALESCE(MAX(seq), 0) + 1, %s, %s, %s FROM oplog", (command, inputs, record))
+
+    def oplog_insert(self, seq: int, command: str, inputs: str, record: str) -> None:
+        self._run("INSERT INTO oplog VALUES (%s, %s, %s, %s)", (seq, command, inputs, record))
+
+    def oplog_rows(self) -> Iterable[tuple[int, str, str, str]]:
+        return self.conn.execute("SELECT seq, command, inputs, record FROM oplog ORDER BY seq")
+
+    def has_oplog(self) -> bool:
+        return self._one("SELECT to_regclass('oplog')")[0] is not None
+
+    def artifacts_total(self) -> int:
+        return self._one("SELECT COUNT(*) FROM artifacts")[0]
+
+    def state_tables(self) -> list[str]:
+        from server.storage.oplog import NOT_STATE
+
+        names = [r[0] for r in self._all(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() "
+            "AND table_type = 'BASE TABLE' ORDER BY table_name")]
+        return [n for n in names if n not in NOT_STATE and n != "schema_version"]
+
+    def table_rows(self, table: str) -> tuple[list[str], Iterable[tuple]]:
+        cols = [r[0] for r in self._all(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+            "AND table_name = %s ORDER BY ordinal_position", (table,))]
+        order = ", ".join(f'"{c}"' for c in cols)
+        return cols, self.conn.execute(f'SELECT {order} FROM "{table}" ORDER BY {order}')
 
     # -- artifacts -----------------------------------------------------------------
 

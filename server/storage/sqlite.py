@@ -64,6 +64,48 @@ class SqliteStore(sqlite3.Connection, Store):
     def release(self, name: str) -> None:
         self.execute(f"RELEASE {name}")
 
+    def changes(self) -> int:
+        return self.total_changes
+
+    def read_begin(self) -> None:
+        self.execute("BEGIN")  # deferred: the first SELECT fixes the snapshot
+
+    def read_end(self) -> None:
+        self.execute("ROLLBACK")
+
+    # -- the operation log -----------------------------------------------------------
+
+    def oplog_append(self, command: str, inputs: str, record: str) -> None:
+        self.execute("INSERT INTO oplog (command, inputs, record) VALUES (?,?,?)", (command, inputs, record))
+
+    def oplog_insert(self, seq: int, command: str, inputs: str, record: str) -> None:
+        self.execute("INSERT INTO oplog VALUES (?,?,?,?)", (seq, command, inputs, record))
+
+    def oplog_rows(self) -> Iterable[tuple[int, str, str, str]]:
+        cur = self.execute("SELECT seq, command, inputs, record FROM oplog ORDER BY seq")
+        cur.row_factory = None
+        return cur
+
+    def has_oplog(self) -> bool:
+        return self.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='oplog'").fetchone() is not None
+
+    def artifacts_total(self) -> int:
+        return self.execute("SELECT COUNT(*) FROM artifacts").fetchone()[0]
+
+    def state_tables(self) -> list[str]:
+        from server.storage.oplog import NOT_STATE
+
+        names = [r[0] for r in self.execute(
+            "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+        return [n for n in names if n not in NOT_STATE]
+
+    def table_rows(self, table: str) -> tuple[list[str], Iterable[tuple]]:
+        cols = [r[1] for r in self.execute(f'PRAGMA table_info("{table}")')]
+        order = ", ".join(f'"{c}"' for c in cols)
+        cur = self.execute(f'SELECT {order} FROM "{table}" ORDER BY {order}')
+        cur.row_factory = None
+        return cols, cur
+
     # -- artifacts -----------------------------------------------------------------
 
     def artifact_get(self, artifact_id: str) -> Artifact | None:

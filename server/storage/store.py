@@ -64,6 +64,48 @@ class Store:
     def release(self, name: str) -> None:
         raise NotImplementedError
 
+    def changes(self) -> int:
+        """Rows inserted, updated or deleted on this connection so far (a counter: callers
+        take differences). Exact replay compares an operation's count with its record."""
+        raise NotImplementedError
+
+    def read_begin(self) -> None:
+        """A reader's snapshot: every read until read_end() sees one committed state."""
+        raise NotImplementedError
+
+    def read_end(self) -> None:
+        raise NotImplementedError
+
+    # -- the operation log (exact replay: oplog.py, server/kernel/commands.py) -----------
+
+    def oplog_append(self, command: str, inputs: str, record: str) -> None:
+        """Append one operation (the next seq) inside the current savepoint."""
+        raise NotImplementedError
+
+    def oplog_insert(self, seq: int, command: str, inputs: str, record: str) -> None:
+        """Insert an operation under a given seq (a replayed world keeps the recorded numbers)."""
+        raise NotImplementedError
+
+    def oplog_rows(self) -> Iterable[tuple[int, str, str, str]]:
+        """(seq, command, inputs, record) in seq order."""
+        raise NotImplementedError
+
+    def has_oplog(self) -> bool:
+        raise NotImplementedError
+
+    def artifacts_total(self) -> int:
+        """Artifacts ever stored, tombstones included (0: an empty world)."""
+        raise NotImplementedError
+
+    def state_tables(self) -> list[str]:
+        """The names of the tables that hold the world's state (not the oplog, not the
+        schema's own bookkeeping), sorted."""
+        raise NotImplementedError
+
+    def table_rows(self, table: str) -> tuple[list[str], Iterable[tuple]]:
+        """(column names, every row as a tuple in a canonical order: all columns)."""
+        raise NotImplementedError
+
     # -- artifacts ---------------------------------------------------------------------
 
     def artifact_get(self, artifact_id: str) -> "Artifact | None":
