@@ -490,6 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--into", required=True, metavar="NEW_DIR", help="an empty (or new) directory for the rebuilt world")
     rep.add_argument("--until", type=int, metavar="SEQ",
                      help="stop once the world's events reach SEQ (events.seq), to inspect that moment")
+    rep.add_argument("--database", metavar="URL",
+                     help="the recorded world is on PostgreSQL (postgresql://...); it is rebuilt into a SQLite NEW_DIR")
     rep.set_defaults(fn=_replay)
 
     defaults = sub.add_parser("defaults", help="print every configuration key with its default (TOML)")
@@ -512,7 +514,7 @@ def _replay(args) -> int:
     from server.replay import ReplayError, replay
 
     try:
-        res = replay(args.data_dir, args.into, args.until)
+        res = replay(args.data_dir, args.into, args.until, database=args.database)
     except ReplayError as e:
         print(f"ecology: {e}", file=sys.stderr)
         return 2

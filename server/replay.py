@@ -169,7 +169,15 @@ class Result:
         return not self.divergence and self.source_digest == self.replay_digest
 
 
-def _open_source(data_dir: Path) -> Store:
+def _open_source(data_dir: Path, database: str | None = None) -> Store:
+    if database:  # a world on PostgreSQL (`ecology serve --database`): read it there
+        try:
+            conn = db.open_store(database, readonly=True)
+        except Exception as e:
+            raise ReplayError(f"cannot open {database}: {e}") from None
+        if not conn.has_oplog():
+            raise ReplayError(f"{database} has no operation log; it cannot be replayed")
+        return conn
     path = data_dir / db.DB_FILE
     if not path.exists():
         raise ReplayError(f"{data_dir} is not a world's data directory (no {db.DB_FILE})")
@@ -187,12 +195,13 @@ def _prepare_target(into: Path) -> Store:
     return db.open_replay_target(into / db.DB_FILE)
 
 
-def replay(data_dir: str | Path, into: str | Path, until: int | None = None, progress=None) -> Result:
+def replay(data_dir: str | Path, into: str | Path, until: int | None = None, progress=None,
+           database: str | None = None) -> Result:
     started = time.monotonic()
     data_dir, into = Path(data_dir), Path(into)
     if until is not None and until < 1:
         raise ReplayError("--until must be an event number (events.seq), 1 or more")
-    src = _open_source(data_dir)
+    src = _open_source(data_dir, database)
     dst = _prepare_target(into)
     res = Result()
     # One read transaction: the oplog and the state it is compared with are one snapshot.

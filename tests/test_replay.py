@@ -367,3 +367,32 @@ def test_an_operation_that_is_no_command_stops_the_replay(tmp_path):
     out = replay(data, tmp_path / "into")
     assert out.returncode == 1
     assert "(unrecorded)" in out.stderr and "not a command" in out.stderr
+
+
+# -- a world on PostgreSQL ------------------------------------------------------------------------
+
+def test_a_world_on_postgresql_replays_into_sqlite_to_the_same_digest(tmp_path):
+    """`ecology serve --database postgresql://...` records the same oplog; `ecology replay
+    --database URL` rebuilds it (into SQLite) and the two backends' digests agree."""
+    from tests.conftest import pg_server
+
+    data = tmp_path / "pgworld"
+    server = ServerProcess(data, CONFIG)
+    server.database = server.database or pg_server().new_database()
+    server.start()
+    try:
+        clients = [server.agent(uid(f"q{i}")) for i in range(3)]
+        owner = clients[0]
+        tool = uid("tool")
+        owner.write(tool, TOOL_SRC, can_execute=True, metadata={"price": 2},
+                    interface=[{"name": "run", "input_schema": {"type": "object", "properties": {
+                        "n": {"type": "integer"}, "to": {"type": "string"}}}}])
+        world = {"clients": clients, "tool": tool, "secret": tool}
+        run_bursts(server, world, tmp_path, "pg", 12.0, kill_after_acks=80)
+        server.start()
+        run_bursts(server, world, tmp_path, "pg2", 3.0)
+    finally:
+        server.kill()
+    assert not (data / "world.sqlite3").exists()
+    out = cli("replay", str(data), "--database", server.database, "--into", str(tmp_path / "r"))
+    assert_identical(out)
