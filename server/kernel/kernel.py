@@ -653,8 +653,10 @@ class Kernel:
         rows = conn.agents_page(cursor, page_size + 1)
         now = self.clock()
         out = []
+        ids = [agent_id for agent_id, _ in rows[:page_size]]
+        scrip = conn.balances_of(ids)  # three queries per page, not per agent
+        flow, stock = conn.resources_of(ids)
         for agent_id, deleted in rows[:page_size]:
-            snap = resources.snapshot(conn, agent_id, now)
-            out.append({"agent_id": agent_id, "scrip": ledger.balance(conn, agent_id) or 0,
-                        "deleted": deleted, **snap})
+            snap = resources.snapshot(conn, agent_id, now, (flow.get(agent_id, []), stock.get(agent_id, [])))
+            out.append({"agent_id": agent_id, "scrip": scrip.get(agent_id) or 0, "deleted": deleted, **snap})
         return out, (out[-1]["agent_id"] if len(rows) > page_size else "")

@@ -112,9 +112,12 @@ def adjust_disk(conn, principal_id: str, delta: int) -> None:
     conn.stock_set_used(principal_id, "disk_bytes", new_used)
 
 
-def snapshot(conn, principal_id: str, now: float) -> dict:
+def snapshot(conn, principal_id: str, now: float, rows: tuple[list, list] | None = None) -> dict:
+    """A principal's resources at `now`; `rows` = (flow rows, stock rows) when the caller
+    fetched them already (Store.resources_of, for listings)."""
+    flow_rows, stock_rows = rows if rows is not None else (conn.flow_all(principal_id), conn.stock_all(principal_id))
     flow = []
-    for name, rate, capacity, balance, updated_at in conn.flow_all(principal_id):
+    for name, rate, capacity, balance, updated_at in flow_rows:
         b = TokenBucket(rate, capacity, balance, updated_at)
         wait = b.seconds_until_usable(now)
         flow.append({
@@ -123,7 +126,7 @@ def snapshot(conn, principal_id: str, now: float) -> dict:
         })
     stocks = [
         {"name": name, "quota": quota, "used": used}
-        for name, quota, used in conn.stock_all(principal_id)
+        for name, quota, used in stock_rows
     ]
     return {"flow": flow, "stock": stocks}
 

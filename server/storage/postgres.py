@@ -474,6 +474,18 @@ class PostgresStore(Store):
             "SELECT resource, quota, used FROM stock WHERE principal_id=%s ORDER BY resource",
             (principal_id,))]
 
+    def resources_of(self, principal_ids: Iterable[str]) -> tuple[dict[str, list], dict[str, list]]:
+        names = list(principal_ids)
+        flow: dict[str, list] = {}
+        stock: dict[str, list] = {}
+        for r in self._all("SELECT principal_id, resource, rate, capacity, balance, updated_at FROM flow "
+                           "WHERE principal_id = ANY(%s) ORDER BY principal_id, resource", (names,)):
+            flow.setdefault(r[0], []).append(tuple(r)[1:])
+        for r in self._all("SELECT principal_id, resource, quota, used FROM stock "
+                           "WHERE principal_id = ANY(%s) ORDER BY principal_id, resource", (names,)):
+            stock.setdefault(r[0], []).append(tuple(r)[1:])
+        return flow, stock
+
     def stock_set_used(self, principal_id: str, resource: str, used: int) -> None:
         self._run("UPDATE stock SET used=%s WHERE principal_id=%s AND resource=%s", (used, principal_id, resource))
 

@@ -297,6 +297,19 @@ class SqliteStore(sqlite3.Connection, Store):
         return [tuple(r) for r in self.execute(
             "SELECT resource, quota, used FROM stock WHERE principal_id=? ORDER BY resource", (principal_id,))]
 
+    def resources_of(self, principal_ids: Iterable[str]) -> tuple[dict[str, list], dict[str, list]]:
+        names = list(principal_ids)
+        marks = ",".join("?" * len(names))
+        flow: dict[str, list] = {}
+        stock: dict[str, list] = {}
+        for r in self.execute("SELECT principal_id, resource, rate, capacity, balance, updated_at FROM flow "
+                              f"WHERE principal_id IN ({marks}) ORDER BY principal_id, resource", names):
+            flow.setdefault(r[0], []).append(tuple(r)[1:])
+        for r in self.execute("SELECT principal_id, resource, quota, used FROM stock "
+                              f"WHERE principal_id IN ({marks}) ORDER BY principal_id, resource", names):
+            stock.setdefault(r[0], []).append(tuple(r)[1:])
+        return flow, stock
+
     def stock_set_used(self, principal_id: str, resource: str, used: int) -> None:
         self.execute("UPDATE stock SET used=? WHERE principal_id=? AND resource=?", (used, principal_id, resource))
 

@@ -238,6 +238,11 @@ class Store:
         """(resource, quota, used) by resource name."""
         raise NotImplementedError
 
+    def resources_of(self, principal_ids: Iterable[str]) -> tuple[dict[str, list], dict[str, list]]:
+        """flow_all and stock_all of many principals at once (listings): two dicts by
+        principal id; a principal without rows is absent."""
+        raise NotImplementedError
+
     def stock_set_used(self, principal_id: str, resource: str, used: int) -> None:
         raise NotImplementedError
 
