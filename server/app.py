@@ -28,6 +28,7 @@ from server.kernel.kernel import Kernel
 from server.llm import reservations
 from server.llm.backend import make_backend
 from server.llm.gateway import LlmGateway
+from server.storage import stopped as stopped_agents
 from server.oracle.runner import MintRunner
 from server.oracle.scoring import LlmScorer
 from server.rpc.admin import AdminService
@@ -174,6 +175,7 @@ class WorldServer:
             self.guard.metrics = self.metrics
             self.metrics.watch(guard=self.guard)
         self.gate = WorldGate()
+        self.gate.stopped = stopped_agents.load(self.reader)  # durable (Admin.StopAgent)
         self.guard.gate = self.gate.admit
         self.mint.is_paused = lambda: self.gate.paused
         guarded = self.guard.guarded(self.grpc_server)

@@ -193,6 +193,14 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (agent_id, request_id)
     );
     """,
+    # 5: agents stopped by the operator (Admin.StopAgent, server/storage/stopped.py)
+    """
+    CREATE TABLE stopped_agents (
+        agent_id    TEXT PRIMARY KEY,
+        at          REAL NOT NULL,                 -- server time it was stopped
+        memo        TEXT NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
