@@ -59,20 +59,24 @@ class ListAgentsRequest(_message.Message):
     def __init__(self, page_size: _Optional[int] = ..., cursor: _Optional[str] = ...) -> None: ...
 
 class AgentSummary(_message.Message):
-    __slots__ = ("agent_id", "scrip", "flow", "stock", "deleted", "stopped")
+    __slots__ = ("agent_id", "scrip", "flow", "stock", "deleted", "stopped", "state", "idle_seconds")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     SCRIP_FIELD_NUMBER: _ClassVar[int]
     FLOW_FIELD_NUMBER: _ClassVar[int]
     STOCK_FIELD_NUMBER: _ClassVar[int]
     DELETED_FIELD_NUMBER: _ClassVar[int]
     STOPPED_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    IDLE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     scrip: int
     flow: _containers.RepeatedCompositeFieldContainer[_world_pb2.FlowResource]
     stock: _containers.RepeatedCompositeFieldContainer[_world_pb2.StockResource]
     deleted: bool
     stopped: bool
-    def __init__(self, agent_id: _Optional[str] = ..., scrip: _Optional[int] = ..., flow: _Optional[_Iterable[_Union[_world_pb2.FlowResource, _Mapping]]] = ..., stock: _Optional[_Iterable[_Union[_world_pb2.StockResource, _Mapping]]] = ..., deleted: _Optional[bool] = ..., stopped: _Optional[bool] = ...) -> None: ...
+    state: str
+    idle_seconds: float
+    def __init__(self, agent_id: _Optional[str] = ..., scrip: _Optional[int] = ..., flow: _Optional[_Iterable[_Union[_world_pb2.FlowResource, _Mapping]]] = ..., stock: _Optional[_Iterable[_Union[_world_pb2.StockResource, _Mapping]]] = ..., deleted: _Optional[bool] = ..., stopped: _Optional[bool] = ..., state: _Optional[str] = ..., idle_seconds: _Optional[float] = ...) -> None: ...
 
 class ListAgentsResponse(_message.Message):
     __slots__ = ("agents", "next_cursor")

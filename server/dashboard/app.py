@@ -455,6 +455,12 @@ class Background:
         self.server, self.feed = make_server(admin, admin_token, listen)
         self.thread = threading.Thread(target=self.server.run, daemon=True, name="dashboard")
         self.thread.start()
+        deadline = time.monotonic() + 15
+        while not self.server.started:   # uvicorn ends its thread (sys.exit) when it cannot bind
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                self.feed.stop()
+                raise OSError(f"the dashboard cannot listen on {listen}")
+            time.sleep(0.02)
 
     def stop(self) -> None:
         self.server.should_exit = True

@@ -49,6 +49,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         for a in items:
             summary = convert.agent_summary(a)
             summary.stopped = a["agent_id"] in stopped
+            summary.state, summary.idle_seconds = self._state(a, summary.stopped)
             out.append(summary)
         return admin_pb2.ListAgentsResponse(agents=out, next_cursor=nxt)
 
@@ -65,6 +66,21 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             agent_backend=self.rt.agent_backend, paused=self.rt.gate.paused, steps_left=self.rt.gate.steps_left,
             agents_active=self.rt.guard.active_principals(ACTIVE_SECONDS), agents_stopped=len(self.rt.gate.stopped),
             **self._sandbox_workers())
+
+    def _state(self, a: dict, stopped: bool) -> tuple[str, float]:
+        """See AgentSummary.state."""
+        act = self.rt.guard.activity(a["agent_id"])
+        idle = -1.0 if act is None else round(act[2], 3)
+        if stopped:
+            return "stopped", idle
+        if a["deleted"] or act is None:
+            return "dead", idle
+        in_flight, streams, ago = act
+        if in_flight or ago < 2.0:
+            return "acting", idle
+        if streams or ago < ACTIVE_SECONDS:
+            return "sleeping", idle
+        return "dead", idle
 
     def _sandbox_workers(self) -> dict:
         pool = self.rt.sandbox.pool if self.rt.sandbox is not None else None
