@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import grpc
@@ -94,7 +93,8 @@ class Run:
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env={**os.environ, "PYTHONPATH": str(ROOT), "ECOLOGY_ADMIN_TOKEN": token})
         self.lines: list[str] = []
-        threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True).start()
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
+        self.reader.start()
 
     def saw(self, text: str) -> bool:
         return any(text in line for line in list(self.lines))
@@ -143,9 +143,13 @@ def test_ecology_run_does_not_restart_a_stopped_agent_and_launches_it_on_start(t
     assert code == 0, out[-3000:]
     assert "failed" not in [json.loads(x[8:]) for x in run.lines if x.startswith("SUMMARY ")][0]["agents_failed"]
 
+    # The next run on the same world does not launch it (the flag is durable); a trader
+    # alone may well not act in 8 s (it waits for offers), so the exit status is not asserted.
     again = Run(data, "--agents", "2", "--backend", "process", "--duration", "8", token=token)
-    assert again.proc.wait(timeout=120) == 0, "".join(again.lines)[-3000:]
+    again.proc.wait(timeout=120)
+    again.reader.join(10)  # until stdout closes: every line read
     out = "".join(again.lines)
     assert "started 1 agents" in out and "1 stopped by the operator: builder-1" in out, out[-3000:]
     summary = [json.loads(x[8:]) for x in again.lines if x.startswith("SUMMARY ")][0]
-    assert summary["actions_by_agent"]["builder-1"] == 0 and summary["actions_by_agent"]["trader-1"] > 0
+    assert summary["actions_by_agent"]["builder-1"] == 0 and summary["agents_alive_at_end"] == 1
+    assert any("builder-1" in x and "stopped" in x for x in again.lines if "│" in x), out[-3000:]
