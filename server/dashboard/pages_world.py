@@ -65,8 +65,11 @@ def world(feed, tq: str, coarse: bool):
              f' &middot; <a href="/{tq}{"&" if tq else "?"}range={"hour" if coarse else "week"}">'
              f'{"last hour" if coarse else "last week"}</a></span></div>')
     body += f'<p id="error" class="bad">{e(s["error"])}</p>{missing}<div class=charts>'
-    for n, (title, _) in enumerate(CHARTS):
-        body += f'<div class=chart><h3>{e(title)}</h3><div id="chart-{n}" class="plot"></div></div>'
+    for n, (title, keys) in enumerate(CHARTS):
+        legend = " ".join(f'<span class=key style="color:{COLORS[i % len(COLORS)]}">&#9632; {e(SERIES[k][0])}</span>'
+                          for i, k in enumerate(keys))
+        body += (f'<div class=chart><h3>{e(title)}</h3><div class=legend>{legend}</div>'
+                 f'<div id="chart-{n}" class="plot"></div></div>')
     body += "</div>"
     cols = feed.history.columns(coarse)
     body += "<h2>Mint rounds</h2>" + table(["Round", "At", "Minted", "Winners"], mint_rows(cols["mints"]),
@@ -78,10 +81,11 @@ var charts=%s, cols=%s, live=%s, plots=[];
 function render(){if(typeof uPlot==='undefined')return;
  charts.forEach(function(c,n){var el=document.getElementById('chart-'+n);
   var data=[cols.t].concat(c.series.map(function(s){return cols[s.key];}));
-  var opts={width:Math.max(380,el.clientWidth),height:170,legend:{show:true},cursor:{show:true},scales:{x:{time:true}},
+  var opts={width:el.clientWidth,height:170,legend:{show:false},cursor:{show:true},scales:{x:{time:true}},
    series:[{}].concat(c.series.map(function(s){return {label:s.label,stroke:s.color,width:2,points:{show:false}};}))};
   plots[n]=new uPlot(opts,data,el);});}
 render();
+window.addEventListener('resize',function(){plots.forEach(function(p,n){if(p)p.setSize({width:document.getElementById('chart-'+n).clientWidth,height:170});});});
 es.addEventListener('stats',function(m){var s=JSON.parse(m.data);
  setText('agents',s.agents);setText('alive',s.alive);setText('rate',s.rate);setText('supply',s.total_balances);setText('gini',s.gini);
  setText('invariant',s.invariant_holds?'holds':'BROKEN');document.getElementById('invariant').className='v '+(s.invariant_holds?'ok':'bad');

@@ -34,7 +34,8 @@ pre{white-space:pre-wrap;margin:0;font-size:12.5px;max-height:260px;overflow:aut
 #live{font-size:13px;margin-left:auto}form{margin-bottom:12px}input,select{padding:4px 6px}
 button{padding:5px 12px;border-radius:5px;border:1px solid #8a97a8;background:#fff;cursor:pointer;font-weight:600}
 button.danger{border-color:#b3261e;color:#b3261e}.controls{display:flex;gap:8px;align-items:center;margin:10px 0}
-.charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:14px}
+.charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(380px,1fr));gap:14px}.plot{overflow:hidden}
+.legend{font-size:12px;margin-bottom:2px}.legend .key{margin-right:10px;white-space:nowrap}
 .chart{background:#fff;border:1px solid #dde2e8;border-radius:8px;padding:8px}.chart h3{font-size:13px;margin:0 0 4px;color:#3b4756}
 .state-acting{color:#137333;font-weight:600}.state-sleeping{color:#2b6cb0}.state-dead{color:#b3261e}.state-stopped{color:#8a4b00;font-weight:600}
 .two{display:grid;grid-template-columns:1fr 1fr;gap:18px}code{font-size:12.5px}
@@ -46,6 +47,10 @@ function setText(id,v){var e=document.getElementById(id);if(e)e.textContent=v;}
 var es=new EventSource('/stream'+location.search);
 es.onopen=function(){setText('live','live');};
 es.onerror=function(){setText('live','reconnecting');};
+// Close the stream when the page goes away: a browser allows 6 connections per host, and a
+// page kept in its back/forward cache would otherwise hold one open.
+window.addEventListener('pagehide',function(){es.close();});
+window.addEventListener('pageshow',function(ev){if(ev.persisted)location.reload();});
 function control(path,body){var h={'X-Ecology-Dashboard':'1','Content-Type':'application/json'};
  return fetch(path+location.search,{method:'POST',headers:h,body:JSON.stringify(body||{})})
   .then(function(r){return r.json().then(function(j){setText('control-result',(r.ok?'':'refused: ')+(j.message||JSON.stringify(j)));return j;});});}
