@@ -18,6 +18,7 @@ from google.protobuf import json_format
 from server.dashboard.render import EVENT_HEADERS, e, event_row, page, table, when
 
 PAGE = 50
+R, R_FOCUS = 16, 22  # node radii of the flow graph
 MAX_PAGES_SCANNED = 40  # a search by id substring reads at most this many server pages per page shown
 
 
@@ -104,7 +105,7 @@ def flow_graph(evs: list[dict], focus: str, width: int = 720, height: int = 420)
     if not edges:
         return '<p class=muted id="graph-empty">no invocation or payment involving it yet</p>'
     nodes = list(dict.fromkeys([focus] + [n for (a, b, _k) in edges for n in (a, b)]))[:24]
-    cx, cy, r = width / 2, height / 2, min(width, height) / 2 - 60
+    cx, cy, r = width / 2, height / 2 - 8, min(width, height) / 2 - 50
     pos = {focus: (cx, cy)}
     others = [n for n in nodes if n != focus]
     for i, n in enumerate(others):
@@ -124,8 +125,9 @@ def flow_graph(evs: list[dict], focus: str, width: int = 720, height: int = 420)
         dist = math.hypot(dx, dy) or 1
         off = {"invokes": 0, "pays for": 6, "scrip": -6}[kind]
         nx, ny = -dy / dist * off, dx / dist * off
-        sx, sy = x1 + dx / dist * 34 + nx, y1 + dy / dist * 34 + ny
-        ex, ey = x2 - dx / dist * 34 + nx, y2 - dy / dist * 34 + ny
+        ra, rb = (R_FOCUS if a == focus else R) + 4, (R_FOCUS if b == focus else R) + 4
+        sx, sy = x1 + dx / dist * ra + nx, y1 + dy / dist * ra + ny
+        ex, ey = x2 - dx / dist * rb + nx, y2 - dy / dist * rb + ny
         label = f"{value}× {kind}" if kind != "scrip" else f"{value} scrip"
         parts.append(f'<line class="edge" x1="{sx:.1f}" y1="{sy:.1f}" x2="{ex:.1f}" y2="{ey:.1f}" stroke="{colors[kind]}" '
                      f'stroke-width="{min(6, 1.5 + math.log1p(value) / 2):.1f}" marker-end="url(#arrow-{kind.replace(" ", "")})">'
@@ -135,10 +137,12 @@ def flow_graph(evs: list[dict], focus: str, width: int = 720, height: int = 420)
     for n in nodes:
         x, y = pos[n]
         fill = "#1f2d3d" if n == focus else ("#eef1f5" if n.startswith("genesis_") else "#dbeafe")
-        fg = "#fff" if n == focus else "#1d232b"
-        parts.append(f'<g class="node"><circle cx="{x:.1f}" cy="{y:.1f}" r="30" fill="{fill}" stroke="#5b6877"/>'
-                     f'<text x="{x:.1f}" y="{y + 4:.1f}" font-size="10.5" text-anchor="middle" fill="{fg}">'
-                     f'{html.escape(n if len(n) <= 14 else n[:13] + "…")}</text><title>{html.escape(n)}</title></g>')
+        rad = R_FOCUS if n == focus else R
+        name = n if len(n) <= 30 else n[:29] + "…"
+        parts.append(f'<g class="node"><circle cx="{x:.1f}" cy="{y:.1f}" r="{rad}" fill="{fill}" stroke="#5b6877"/>'
+                     f'<text x="{x:.1f}" y="{y + rad + 13:.1f}" font-size="11.5" text-anchor="middle" fill="#1d232b" '
+                     f'font-weight="{700 if n == focus else 400}">{html.escape(name)}</text>'
+                     f'<title>{html.escape(n)}</title></g>')
     legend = " ".join(f'<tspan fill="{c}">■ {k}</tspan>' for k, c in colors.items())
     parts.append(f'<text x="10" y="{height - 10}" font-size="12">{legend}</text></svg>')
     return "".join(parts)
@@ -150,7 +154,7 @@ async def artifact(admin, aid: str, tq: str, link):
 
     def load():
         art = admin.get_artifact(aid)
-        versions = _history(admin, aid, ["artifact.*", "control.transferred", "escrow.*"])
+        versions = _history(admin, aid, ["artifact.written", "artifact.deleted", "control.transferred", "escrow.*"])
         flows = _history(admin, aid, ["artifact.invoked", "ledger.*"])
         return art, versions, flows
 

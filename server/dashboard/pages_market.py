@@ -83,9 +83,9 @@ async def market(feed, admin, tq: str, link):
         + f"<div class=two><div><h2>Oracle bids</h2>"
         + table(["Seq", "At", "Type", "Artifact", "Bidder", "Amount"], bid_rows, "bids", "no bid yet")
         + f"</div><div><h2>Last oracle round ({e(last.get('round', '-'))}: minted {e(last.get('minted', 0))}, "
-          f"clearing price {e(last.get('clearing_price'))})</h2>"
+          f"clearing price {e(last.get('clearing_price') if last.get('clearing_price') is not None else '-')})</h2>"
         + table(["Artifact", "Bidder", "Paid", "Score", "Minted", "To", "Why"], result_rows, "results",
-                "no round resolved yet")
+                "no winner in that round (no bid)" if last else "no round resolved yet")
         + "</div></div><h2>Market events (live)</h2>"
         + table(EVENT_HEADERS, [event_row(x, link) for x in reversed(market_evs)], "market-events"))
     script = JS_EVENT_ROW + """
