@@ -42,7 +42,7 @@ class Dashboard:
             [sys.executable, "-m", "server.cli", "dashboard", "--server", server.socket,
              "--admin-token-file", str(token_file), "--listen", f"{host}:{self.port}"],
             env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60  # a loaded machine (shared cores) starts it slowly
         while True:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1):

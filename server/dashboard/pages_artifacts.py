@@ -108,8 +108,9 @@ def flow_graph(evs: list[dict], focus: str, width: int = 720, height: int = 420)
     cx, cy, r = width / 2, height / 2 - 8, min(width, height) / 2 - 50
     pos = {focus: (cx, cy)}
     others = [n for n in nodes if n != focus]
-    for i, n in enumerate(others):
-        ang = 2 * math.pi * i / max(1, len(others)) - math.pi / 2
+    k = len(others)
+    for i, n in enumerate(others):  # evenly round the focus; two or one nodes not opposite each other
+        ang = -math.pi / 2 + (i - (k - 1) / 2) * 2 * math.pi / max(k, 3)
         pos[n] = (cx + r * math.cos(ang), cy + r * math.sin(ang))
     colors = {"invokes": "#2b6cb0", "pays for": "#9333ea", "scrip": "#137333"}
     parts = [f'<svg id="flow-graph" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
@@ -123,7 +124,7 @@ def flow_graph(evs: list[dict], focus: str, width: int = 720, height: int = 420)
         (x1, y1), (x2, y2) = pos[a], pos[b]
         dx, dy = x2 - x1, y2 - y1
         dist = math.hypot(dx, dy) or 1
-        off = {"invokes": 0, "pays for": 6, "scrip": -6}[kind]
+        off = {"invokes": 0, "pays for": 7, "scrip": -7}[kind]
         nx, ny = -dy / dist * off, dx / dist * off
         ra, rb = (R_FOCUS if a == focus else R) + 4, (R_FOCUS if b == focus else R) + 4
         sx, sy = x1 + dx / dist * ra + nx, y1 + dy / dist * ra + ny
@@ -132,8 +133,9 @@ def flow_graph(evs: list[dict], focus: str, width: int = 720, height: int = 420)
         parts.append(f'<line class="edge" x1="{sx:.1f}" y1="{sy:.1f}" x2="{ex:.1f}" y2="{ey:.1f}" stroke="{colors[kind]}" '
                      f'stroke-width="{min(6, 1.5 + math.log1p(value) / 2):.1f}" marker-end="url(#arrow-{kind.replace(" ", "")})">'
                      f"<title>{html.escape(a)} {kind} {html.escape(b)}: {value}</title></line>")
-        parts.append(f'<text x="{(sx + ex) / 2:.1f}" y="{(sy + ey) / 2 - 3:.1f}" font-size="11" fill="{colors[kind]}" '
-                     f'text-anchor="middle">{html.escape(label)}</text>')
+        lo = {"invokes": 12, "pays for": 26, "scrip": -14}[kind]  # labels beside their own line
+        parts.append(f'<text x="{(sx + ex) / 2 - dy / dist * lo:.1f}" y="{(sy + ey) / 2 + dx / dist * lo + 4:.1f}" '
+                     f'font-size="11" fill="{colors[kind]}" text-anchor="middle">{html.escape(label)}</text>')
     for n in nodes:
         x, y = pos[n]
         fill = "#1f2d3d" if n == focus else ("#eef1f5" if n.startswith("genesis_") else "#dbeafe")
