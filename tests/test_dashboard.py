@@ -530,3 +530,35 @@ def test_browser_drives_the_dashboard_of_a_running_world(tmp_path):
     assert "agent trader-1 stopped by the operator" in out, out[-3000:]
     assert "Traceback" not in out, out[-5000:]
     print(f"screenshots: {shots}")
+
+
+def test_the_operators_reads_behind_the_pages(server):
+    """Admin.ListEvents, ListArtifacts, GetArtifact, QueryGenesis: what the pages read, with
+    their validation (the dashboard never opens the database)."""
+    import grpc
+
+    from tests.conftest import fails
+
+    alice, bob = server.agent("alice"), server.agent("bob")
+    alice.write("alice.secret", "only mine", access_contract_id="genesis_private")
+    alice.transfer("bob", 4, memo="reads")
+    admin = server.admin()
+    page = admin.list_events(types=["ledger.transfer"], principal_ids=["bob"])
+    assert [e.data["memo"] for e in page.events] == ["reads"] and not page.more
+    assert page.scanned_to == admin.get_stats().last_event_seq
+    first = admin.list_events(limit=1)
+    assert len(first.events) == 1 and first.more and first.scanned_to == first.events[0].seq
+    fails(lambda: admin.list_events(limit=1001), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGS", "limit")
+    assert admin.get_artifact("alice.secret").content == "only mine"  # whatever its contract
+    fails(lambda: bob.read("alice.secret"), grpc.StatusCode.PERMISSION_DENIED, "ACCESS_DENIED")
+    fails(lambda: admin.get_artifact("nope"), grpc.StatusCode.NOT_FOUND, "NOT_FOUND")
+    assert "alice.secret" in [a.id for a in admin.list_artifacts(created_by="alice").artifacts]
+    assert admin.query_genesis("genesis_ledger", "balance", principal_id="bob")["scrip"] == \
+        {a.agent_id: a.scrip for a in admin.list_agents()}["bob"]
+    assert "listings" in admin.query_genesis("genesis_escrow", "listings")
+    fails(lambda: admin.query_genesis("genesis_ledger", "transfer", to="bob", amount=1),
+          grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGS", "method")
+    fails(lambda: admin.query_genesis("genesis_ledger", "balance", bogus=1),
+          grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGS")
+    stats = admin.get_stats()
+    assert stats.agents_active >= 1 and stats.agents_stopped == 0 and stats.sandbox_workers_warm >= 0
