@@ -407,7 +407,8 @@ class LivePage(Page):
     def shot(self, path: Path) -> Path:
         height = min(4000, int(self.eval("document.documentElement.scrollHeight") or 800))
         self.call("Emulation.setDeviceMetricsOverride", width=1400, height=height, deviceScaleFactor=1, mobile=False)
-        data = self.call("Page.captureScreenshot", captureBeyondViewport=True)["data"]
+        data = self.call("Page.captureScreenshot", captureBeyondViewport=True,
+                         clip={"x": 0, "y": 0, "width": 1400, "height": height, "scale": 1})["data"]
         path.write_bytes(__import__("base64").b64decode(data))
         self.call("Emulation.clearDeviceMetricsOverride")
         assert path.stat().st_size > 10_000

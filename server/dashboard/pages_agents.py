@@ -118,8 +118,9 @@ async def agent(feed, admin, aid: str, tq: str, link):
                  for d in loans]
     body = (f"<h1>Agent {e(aid)}</h1>{head}"
             f"<h2>Decisions ({len(decisions)}, newest first)</h2>"
-            + table(["Step", "At", "Action", "Outcome", "LLM"], list(reversed(_decision_rows(decisions))),
-                    "decisions", "no decision recorded yet")
+            + '<div class=scroll>' + table(["Step", "At", "Action", "Outcome", "LLM"],
+                                           list(reversed(_decision_rows(decisions))), "decisions",
+                                           "no decision recorded yet") + "</div>"
             + "<div class=two><div>"
             + f"<h2>Artifacts it created ({len(made)})</h2>"
             + table(["Artifact", "Kind", "Version", "Contract", "Updated", ""], art_rows)

@@ -38,6 +38,7 @@ button.danger{border-color:#b3261e;color:#b3261e}.controls{display:flex;gap:8px;
 .legend{font-size:12px;margin-bottom:2px}.legend .key{margin-right:10px;white-space:nowrap}
 .chart{background:#fff;border:1px solid #dde2e8;border-radius:8px;padding:8px}.chart h3{font-size:13px;margin:0 0 4px;color:#3b4756}
 .state-acting{color:#137333;font-weight:600}.state-sleeping{color:#2b6cb0}.state-dead{color:#b3261e}.state-stopped{color:#8a4b00;font-weight:600}
+.scroll{max-height:620px;overflow:auto;border:1px solid #dde2e8}
 .two{display:grid;grid-template-columns:1fr 1fr;gap:18px}code{font-size:12.5px}
 """
 
