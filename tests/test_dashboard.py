@@ -563,3 +563,34 @@ def test_the_operators_reads_behind_the_pages(server):
           grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGS")
     stats = admin.get_stats()
     assert stats.agents_active >= 1 and stats.agents_stopped == 0 and stats.sandbox_workers_warm >= 0
+
+
+def test_artifacts_search_pages_and_artifact_page(server, dash_factory):
+    from agent_runtime import EcologyError
+
+    alice = server.agent("alice")
+
+    def write(*args, **kw):
+        while True:
+            try:
+                return alice.write(*args, **kw)
+            except EcologyError as err:  # compute debt: wait exactly as told
+                if err.retry_after is None:
+                    raise
+                time.sleep(err.retry_after)
+    for i in range(60):
+        write(f"alice.n{i:02d}", f"note {i}")
+    write("alice.findme", "here", access_contract_id="genesis_private")
+    dash = dash_factory()
+    status, body = dash.get("/artifacts?q=FINDME")  # the id substring, any case
+    assert status == 200 and body.count('<tr data-artifact="') == 1 and 'data-artifact="alice.findme"' in body
+    status, body = dash.get("/artifacts?creator=alice")
+    assert body.count('<tr data-artifact="') == 50 and 'id="next-page"' in body
+    nxt = body.split('id="next-page" href="')[1].split('"')[0].replace("&amp;", "&")
+    status, rest = dash.get(nxt)
+    assert status == 200 and rest.count('<tr data-artifact="') > 0
+    shown = {x.split('"')[0] for x in (body + rest).split('<tr data-artifact="')[1:]}
+    assert {f"alice.n{i:02d}" for i in range(60)} | {"alice.findme"} <= shown
+    status, page = dash.get("/artifacts/alice.findme")
+    assert status == 200 and "<pre id=content>here</pre>" in page and "artifact.written" in page
+    assert dash.get("/artifacts/nope")[1].count("NOT_FOUND") == 1
