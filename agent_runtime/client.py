@@ -675,6 +675,37 @@ class AdminClient(_Base):
         return self._unary(self._stub.ListDecisions, admin_pb2.ListDecisionsRequest(
             agent_id=agent_id, after_seq=after_seq, limit=limit))
 
+    def stop_agent(self, agent_id: str, memo: str = "") -> admin_pb2.AgentControlResponse:
+        """Stop one agent: its calls are refused AGENT_STOPPED until start_agent (durable)."""
+        return self._unary(self._stub.StopAgent, admin_pb2.StopAgentRequest(agent_id=agent_id, memo=memo))
+
+    def start_agent(self, agent_id: str, memo: str = "") -> admin_pb2.AgentControlResponse:
+        """Start a stopped agent again."""
+        return self._unary(self._stub.StartAgent, admin_pb2.StartAgentRequest(agent_id=agent_id, memo=memo))
+
+    def list_events(self, after_seq: int = 0, *, types=(), artifact_ids=(), principal_ids=(),
+                    limit: int = 0) -> admin_pb2.ListEventsResponse:
+        """A page of stored events (Admin.ListEvents); go on from `scanned_to` while `more`."""
+        return self._unary(self._stub.ListEvents, admin_pb2.ListEventsRequest(
+            after_seq=after_seq, types=list(types), artifact_ids=list(artifact_ids),
+            principal_ids=list(principal_ids), limit=limit))
+
+    def list_artifacts(self, *, created_by: str = "", kind: str = "", include_deleted: bool = False,
+                       page_size: int = 0, cursor: str = "") -> world_pb2.ListArtifactsResponse:
+        """One page of artifacts as the operator (Admin.ListArtifacts: no contract check)."""
+        return self._unary(self._stub.ListArtifacts, world_pb2.ListArtifactsRequest(
+            created_by=created_by, kind=kind, include_deleted=include_deleted, page_size=page_size, cursor=cursor))
+
+    def get_artifact(self, artifact_id: str) -> world_pb2.Artifact:
+        """One artifact as the operator (Admin.GetArtifact: any contract, tombstones too)."""
+        return self._unary(self._stub.GetArtifact, admin_pb2.GetArtifactRequest(artifact_id=artifact_id)).artifact
+
+    def query_genesis(self, artifact_id: str, method: str, **args) -> Any:
+        """A read-only genesis method as the operator (Admin.QueryGenesis), as Python data."""
+        r = self._unary(self._stub.QueryGenesis, admin_pb2.QueryGenesisRequest(
+            artifact_id=artifact_id, method=method, args=_struct(args)))
+        return to_python(r.result)
+
     def watch_events(self, after_seq: int = 0, *, types=(), artifact_ids=(), principal_ids=(),
                      timeout: float | None = None, resume: bool = True) -> Subscription:
         """The world's events (Admin.WatchEvents): like WorldClient.subscribe, with the same

@@ -56,8 +56,10 @@ from agent_runtime.memory import Memory
 
 # Refusals that waiting cures: the loop waits exactly their retry_after.
 WAITABLE = ("INSUFFICIENT_RESOURCES", "RATE_LIMITED", "TOO_MANY_IN_FLIGHT", "LLM_UNAVAILABLE")
-# Errors after which the agent cannot go on (its process should end).
-FATAL = ("UNAUTHENTICATED",)
+# Errors after which the agent cannot go on (its process should end). AGENT_STOPPED: the
+# operator stopped this agent (Admin.StopAgent); the loop ends cleanly, exit status 0.
+STOPPED = "AGENT_STOPPED"
+FATAL = ("UNAUTHENTICATED", STOPPED)
 KNOWN_STATE_FIELDS = {"now", "principal_id", "scrip", "flow", "stock", "last_event_seq"}
 # Event types of the world that every agent hears about (besides those concerning it).
 MARKET_TYPES = ("escrow.*", "agent.created", "oracle.*", "mint.*")
@@ -184,7 +186,7 @@ class _Watch:
             if not self.loop.stopping:
                 self.loop.log.error("subscription_failed", stream=self.name, reason=e.reason, message=e.message)
                 if e.reason in FATAL:
-                    self.loop._fatal = FatalError(f"subscription: {e}", 3)
+                    self.loop._fatal = FatalError(f"subscription: {e}", 0 if e.reason == STOPPED else 3)
                     self.loop._notify()
         except Exception as e:  # noqa: BLE001 - a watcher must never kill the agent silently
             if not self.loop.stopping:
@@ -246,10 +248,17 @@ class AgentLoop:
         except FatalError as e:
             if self.stopping:
                 return 0
+            if e.exit_code == 0:
+                self.log.info("stopped_by_operator", message=str(e)[:300], steps=self.steps, actions=self.actions_done)
+                return 0
             self.log.error("fatal", message=str(e), exit_code=e.exit_code)
             return e.exit_code
         except EcologyError as e:
             if self.stopping:
+                return 0
+            if e.reason == STOPPED:
+                self.log.info("stopped_by_operator", message=e.message[:300], steps=self.steps,
+                              actions=self.actions_done)
                 return 0
             if e.reason in FATAL:
                 self.log.error("fatal", reason=e.reason, message=e.message, exit_code=3)

@@ -17,7 +17,8 @@ The agent's identity comes from its token; its configuration is its own artifact
 config.py). Logs are JSON lines on stderr. The process runs until SIGTERM or SIGINT.
 
 Exit codes:
-    0  stopped by SIGTERM/SIGINT (clean)
+    0  stopped by SIGTERM/SIGINT, or by the operator (a call refused AGENT_STOPPED: ecology
+       agent stop); clean, and a supervisor does not restart it
     1  unexpected crash (a bug; restarting is reasonable)
     2  usage: no server address, no token given, or the token file cannot be read (the
        message names the file)

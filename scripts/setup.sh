@@ -76,8 +76,14 @@ else
   warn "no Docker engine answers: agents run in bubblewrap instead. As root:  apt-get install docker.io && scripts/ensure_docker.sh"
 fi
 
-if [ "$purpose" = test ] && command -v npm >/dev/null 2>&1; then
-  for dir in examples/js-agent tools/buf; do
+# The dashboard's chart library (server/dashboard/static, served by `ecology run`) is needed to
+# run, the others only to test.
+npm_dirs=(server/dashboard/static)
+[ "$purpose" = test ] && npm_dirs+=(examples/js-agent tools/buf)
+if ! command -v npm >/dev/null 2>&1; then
+  [ "$purpose" = run ] && warn "npm is missing: the dashboard shows no charts. As root:  apt-get install npm  then rerun"
+else
+  for dir in "${npm_dirs[@]}"; do
     [ -f "$dir/package-lock.json" ] || continue
     stamp="$dir/node_modules/.ecology-lock"
     if [ -f "$stamp" ] && cmp -s "$dir/package-lock.json" "$stamp"; then

@@ -14,7 +14,6 @@ import json
 import os
 import secrets
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -176,6 +175,7 @@ class WorldServer:
             self.guard.metrics = self.metrics
             self.metrics.watch(guard=self.guard)
         self.gate = WorldGate()
+        self.gate.stopped = self.reader.stopped_all()  # durable (Admin.StopAgent)
         self.guard.gate = self.gate.admit
         self.mint.is_paused = lambda: self.gate.paused
         guarded = self.guard.guarded(self.grpc_server)

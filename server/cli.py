@@ -1,9 +1,11 @@
 """The `ecology` command.
 
   ecology run [--agents N] [--duration S] [--backend auto|docker|bwrap|process|kubernetes] [--data-dir DIR]
+              [--dashboard HOST:PORT | --no-dashboard]   (the dashboard is on by default at 127.0.0.1:8765)
   ecology serve --data-dir DIR [--listen ADDR ...] [--config FILE]
   ecology agent create NAME [--config-text JSON] [--endowment N]
   ecology agent list
+  ecology agent stop NAME | ecology agent start NAME   (refuse / admit one agent's calls; durable)
   ecology agent run [--server ADDR] [--token-file F] [--brain B]   (one agent's loop; see agent_runtime/run.py)
   ecology mcp --server ADDR --token-file F [--expose ID ...]   (one agent's verbs as MCP tools on stdio)
   ecology agent manifest NAME --server ADDR --token-file F [--namespace NS] [--image IMG] ...
@@ -32,6 +34,7 @@ import sys
 from pathlib import Path
 
 DEFAULT_DATA_DIR = "./data"
+DEFAULT_DASHBOARD = "127.0.0.1:8765"
 
 
 def _serve(args) -> int:
@@ -260,7 +263,11 @@ def _status(args, admin) -> int:
 
 @operator_command
 def _control(args, admin) -> int:
-    """ecology pause | resume | step N | agent grant NAME: one JSON line."""
+    """ecology pause | resume | step N | agent grant NAME | agent stop/start NAME: one JSON line."""
+    if args.control in ("stop", "start"):
+        r = (admin.stop_agent if args.control == "stop" else admin.start_agent)(args.name, memo=args.memo)
+        print(json.dumps({"agent_id": r.agent_id, "stopped": r.stopped, "changed": r.changed}))
+        return 0
     if args.control == "grant":
         r = admin.grant(args.name, scrip=args.scrip, llm_budget_micro_usd=args.llm_budget, memo=args.memo)
         print(json.dumps({"agent_id": args.name, "scrip": r.scrip, "llm_budget_micro_usd": r.llm_budget_micro_usd}))
@@ -389,7 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--listen", action="append", help="also listen on host:port (repeatable)")
     run.add_argument("--config", help="TOML configuration file")
     run.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics")
-    run.add_argument("--dashboard", metavar="HOST:PORT", help="serve the live web dashboard at http://HOST:PORT/")
+    run.add_argument("--dashboard", metavar="HOST:PORT", default=DEFAULT_DASHBOARD,
+                     help=f"serve the live web dashboard at http://HOST:PORT/ (default {DEFAULT_DASHBOARD})")
+    run.add_argument("--no-dashboard", action="store_true", help="do not serve the dashboard")
     for flag, what in (("--ca-file", "the CA of the server's TLS certificate ($ECOLOGY_CA_FILE)"),
                        ("--cert-file", "the agents' client certificate for mutual TLS ($ECOLOGY_CERT_FILE)"),
                        ("--key-file", "its private key ($ECOLOGY_KEY_FILE)")):
@@ -453,6 +462,14 @@ def build_parser() -> argparse.ArgumentParser:
     grant.add_argument("--memo", default="")
     operator(grant)
     grant.set_defaults(fn=_control, control="grant")
+    for name, text in (("stop", "stop one agent: its calls are refused AGENT_STOPPED, `ecology run` ends its "
+                                "process and does not restart it (durable, until `agent start`)"),
+                       ("start", "start a stopped agent again (`ecology run` launches it again)")):
+        sp = agent.add_parser(name, help=text)
+        sp.add_argument("name")
+        sp.add_argument("--memo", default="", help="why (recorded in the agent.stopped/agent.started event)")
+        operator(sp)
+        sp.set_defaults(fn=_control, control=name)
     for name, text in (("pause", "pause the world: agents' writes, deletes and invokes wait; reads work"),
                        ("resume", "resume a paused world"),
                        ("step", "let the next N mutating calls through a paused world")):

@@ -41,6 +41,7 @@ class Reason(str, enum.Enum):
     LLM_UNAVAILABLE = "LLM_UNAVAILABLE"
     MINT_DISABLED = "MINT_DISABLED"
     WORLD_PAUSED = "WORLD_PAUSED"
+    AGENT_STOPPED = "AGENT_STOPPED"
     INTERNAL = "INTERNAL"
 
     @property
@@ -74,6 +75,7 @@ _CODES = {
     Reason.LLM_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     Reason.MINT_DISABLED: grpc.StatusCode.FAILED_PRECONDITION,
     Reason.WORLD_PAUSED: grpc.StatusCode.UNAVAILABLE,
+    Reason.AGENT_STOPPED: grpc.StatusCode.FAILED_PRECONDITION,
     Reason.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 
@@ -154,5 +156,6 @@ REASON_HELP: dict[Reason, str] = {
     Reason.LLM_UNAVAILABLE: "The LLM backend failed or answered malformed; nothing was charged. RetryInfo only when it said 429/503.",
     Reason.MINT_DISABLED: "genesis_oracle: the mint is disabled in this world (oracle.enabled = false); bids are refused, held bids can still be cancelled.",
     Reason.WORLD_PAUSED: "The operator paused the world (ecology pause): writes, deletes and invokes wait; reads work. RetryInfo says when to try again.",
+    Reason.AGENT_STOPPED: "The operator stopped this agent (ecology agent stop): every call it makes is refused until `ecology agent start`; the agent runtime exits 0 on it.",
     Reason.INTERNAL: "A server fault; nothing was applied.",
 }

@@ -3,6 +3,16 @@ autonomous agents, each in its own isolated process, until Ctrl-C or --duration.
 
     ecology run [--agents N] [--duration S] [--backend auto|docker|bwrap|process|kubernetes]
                 [--data-dir DIR] [--brain scripted|llm] [--listen ADDR]
+                [--dashboard HOST:PORT | --no-dashboard]
+
+The web dashboard (server/dashboard) is served by default at http://127.0.0.1:8765/, its
+address printed first; a port that is taken ends the run at once (exit 1, one line naming
+the port and both flags) rather than running without it.
+
+Stopped agents (Admin.StopAgent, `ecology agent stop`): the progress loop ends the process
+of an agent the operator stopped and never restarts it (an agent stopped before the run,
+the flag being durable, is not launched); when the operator starts it again it is launched
+again (sync_stopped). The console shows it as `stopped`.
 
 The server runs in this process; agents are started and supervised by
 agent_runtime.launcher (the strongest isolation available, named in the output). Agents
@@ -95,6 +105,9 @@ class MainJob:
         self.socket = self.data_dir / "sock" / "world.sock"
         self.tokens: dict[str, str] = {}
         self.dashboard = dashboard  # HOST:PORT of the web dashboard (server/dashboard), or None
+        # Agents stopped by the operator (Admin.StopAgent) whose process this job ended or
+        # never started: launched again when the operator starts them (sync_stopped).
+        self.held: set[str] = set()
 
     def say(self, text: str) -> None:
         console = getattr(self, "console", None)
@@ -154,10 +167,16 @@ class MainJob:
             t0 = time.monotonic()
             alive_at_end: list[dict] = []
             try:
+                held = [n for n in names if n in server.gate.stopped]
                 for name in names:
+                    if name in held:   # stopped by the operator (durable): launched on `agent start`
+                        self.held.add(name)
+                        continue
                     await asyncio.to_thread(launcher.start, name, tokens[name], self.limits_of(name),
-                                            env={"ECOLOGY_BRAIN": self.brain})
-                self.say(f"started {len(names)} agents in {time.monotonic() - t0:.1f}s; Ctrl-C stops")
+                                            env=self._env_of(name))
+                self.say(f"started {len(names) - len(held)} agents in {time.monotonic() - t0:.1f}s; Ctrl-C stops"
+                         + (f" ({len(held)} stopped by the operator: {', '.join(held)}; "
+                            "`ecology agent start NAME` launches one)" if held else ""))
                 self.console.header[1] = (f"agents: {len(tokens)} on backend '{launcher.backend_name}' "
                                           f"({launcher.backend.describe()})")   # now it knows its limits
                 stopped_early = await self._progress(launcher, names, view, t0)
@@ -279,7 +298,11 @@ class MainJob:
                 for ev in launcher.drain_events():
                     (self.console.warn if ev["kind"] in ("failed", "died", "start_failed") else self.say)(
                         _event_line(ev))
-                if names and not launcher.can_run():
+                try:
+                    await self.sync_stopped(launcher)
+                except Exception as e:  # noqa: BLE001 - never let the check end the run
+                    self.say(f"stop/start check failed: {e!r}")
+                if names and not launcher.can_run() and not self.held:
                     self.console.stop_live()
                     self.console.warn("no agent is alive and none can be restarted: stopping now")
                     return True
@@ -333,7 +356,8 @@ class MainJob:
                 last = None
             rows.append({
                 "agent_id": agent_id,
-                "state": STATES.get(st.get("state", ""), st.get("state", "-")),
+                "state": "stopped" if agent_id in self.server.gate.stopped
+                else STATES.get(st.get("state", ""), st.get("state", "-")),
                 "restarts": st.get("restarts", 0),
                 "scrip": a.get("scrip", 0),
                 "compute": f"{compute[0]:.0f}/{compute[1]:.0f}" if compute else "-",
@@ -352,6 +376,30 @@ class MainJob:
             scrip={r["agent_id"]: r["scrip"] for r in rows},
             remaining=None if deadline is None else max(0.0, deadline - now))
 
+    def _env_of(self, agent_id: str) -> dict | None:
+        """The operator's population gets --brain; spawned agents their creator's choice."""
+        return {"ECOLOGY_BRAIN": self.brain} if agent_id in _names(self.n) else None
+
+    async def sync_stopped(self, launcher) -> None:
+        """Follow Admin.StopAgent / StartAgent (server.gate.stopped): end the process of an
+        agent the operator stopped (it would exit 0 on its next call anyway, AGENT_STOPPED;
+        this also ends one asleep) and never restart it; launch again one that was started."""
+        stopped = set(self.server.gate.stopped)
+        for row in launcher.status():
+            agent_id = row["agent_id"]
+            if agent_id in stopped and agent_id not in self.held:
+                self.held.add(agent_id)
+                if row["state"] not in ("stopped", "failed"):
+                    await asyncio.to_thread(launcher.stop, agent_id, 10.0)
+                self.say(f"agent {agent_id} stopped by the operator (not restarted; `ecology agent start "
+                         f"{agent_id}` launches it again)")
+        for agent_id in sorted(self.held - stopped):
+            self.held.discard(agent_id)
+            token = self.tokens.get(agent_id) or await self._token_for(agent_id)
+            await asyncio.to_thread(launcher.start, agent_id, token, self.limits_of(agent_id),
+                                    env=self._env_of(agent_id))
+            self.say(f"agent {agent_id} started by the operator")
+
     async def launch_spawned(self, launcher) -> list[str]:
         """Start the spawned agents that are ready (see the module docstring). Returns
         the ids started now."""
@@ -359,7 +407,7 @@ class MainJob:
         rows = self.server.reader.agents_with_compute_rate(not_created_by=SYSTEM_ACCOUNT)
         started = []
         for agent_id in rows:
-            if agent_id in known:
+            if agent_id in known or agent_id in self.server.gate.stopped:
                 continue
             token = self.tokens[agent_id] = await self._token_for(agent_id)
             await asyncio.to_thread(launcher.start, agent_id, token, self.limits_of(agent_id))
@@ -459,6 +507,27 @@ def agent_server_address(backend: str, socket: Path) -> str:
     return address
 
 
+def dashboard_port_problem(listen: str) -> str | None:
+    """Why the dashboard cannot listen on HOST:PORT (one line naming the port and both
+    flags), or None. Checked before the world starts: a run never goes on silently without
+    the dashboard it was asked for (the default included)."""
+    import socket
+
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit():
+        return f"--dashboard must be HOST:PORT, not {listen!r}"
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(infos[0][4])
+    except OSError as e:
+        return (f"the dashboard cannot listen on {listen} (port {port}: {e.strerror or e}); "
+                f"choose another with --dashboard HOST:PORT, or run without it: --no-dashboard")
+    return None
+
+
 def _balances(reader: Store, names: list[str]) -> dict[str, int]:
     return reader.balances_of(names)
 
@@ -485,9 +554,15 @@ def main(args, config: Config) -> int:
     except ValueError as e:
         print(f"ecology: {e}", file=sys.stderr)
         return 2
+    dashboard = None if getattr(args, "no_dashboard", False) else getattr(args, "dashboard", None)
+    if dashboard:
+        problem = dashboard_port_problem(dashboard)
+        if problem:
+            print(f"ecology run: {problem}", file=sys.stderr, flush=True)
+            return 1
     job = MainJob(config, Path(args.data_dir), agents=args.agents, duration=args.duration,
                   backend=args.backend, brain=args.brain, listen=args.listen or [],
-                  dashboard=getattr(args, "dashboard", None),
+                  dashboard=dashboard,
                   tls_files={"ca": args.ca_file or os.environ.get("ECOLOGY_CA_FILE", ""),
                              "cert": args.cert_file or os.environ.get("ECOLOGY_CERT_FILE", ""),
                              "key": args.key_file or os.environ.get("ECOLOGY_KEY_FILE", "")})

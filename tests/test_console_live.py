@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def run_on_a_terminal(cwd: Path, *args: str, timeout: float = 120) -> tuple[int, str]:
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "run", *args], cwd=cwd,
+    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "run", "--no-dashboard", *args], cwd=cwd,
                             stdin=slave, stdout=slave, stderr=slave, close_fds=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT), "TERM": "xterm-256color"})
     os.close(slave)

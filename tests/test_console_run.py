@@ -28,7 +28,7 @@ class Job:
     def __init__(self, cwd: Path, *args: str, env: dict | None = None) -> None:
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "run", *args], cwd=cwd,
+            [sys.executable, "-m", "server.cli", "run", "--no-dashboard", *args], cwd=cwd,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
         self.lines: list[tuple[float, str]] = []

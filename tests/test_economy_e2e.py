@@ -28,7 +28,7 @@ def test_agents_bid_the_mint_mints_income_is_paid_and_the_invariant_holds(tmp_pa
     config.write_text(CONFIG)
     admin_token = "adm_e2e_" + os.urandom(8).hex()
     job = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "run", "--agents", "4", "--duration", "45",
+        [sys.executable, "-m", "server.cli", "run", "--no-dashboard", "--agents", "4", "--duration", "45",
          "--backend", "process", "--data-dir", str(data), "--config", str(config)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT), "ECOLOGY_ADMIN_TOKEN": admin_token})

@@ -252,7 +252,7 @@ def test_run_with_the_kubernetes_backend_creates_and_removes_the_agents_objects(
     namespace, pointing at ECOLOGY_K8S_SERVER; all deleted when it stops. (Nothing runs the Pods.)"""
     ca = tmp_path / "ca.pem"
     ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
-    r = run_cli("run", "--backend", "kubernetes", "--agents", "2", "--duration", "3", "--data-dir",
+    r = run_cli("run", "--no-dashboard", "--backend", "kubernetes", "--agents", "2", "--duration", "3", "--data-dir",
                 str(tmp_path / "w"), "--listen", "127.0.0.1:0", "--ca-file", str(ca),
                 env={"KUBECONFIG": kubeconfig, "ECOLOGY_K8S_SERVER": "10.9.8.7:50051"})
     # Nothing runs these Pods (the test API server plays no kubelet that starts them), so no agent

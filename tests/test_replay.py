@@ -396,3 +396,29 @@ def test_a_world_on_postgresql_replays_into_sqlite_to_the_same_digest(tmp_path):
     assert not (data / "world.sqlite3").exists()
     out = cli("replay", str(data), "--database", server.database, "--into", str(tmp_path / "r"))
     assert_identical(out)
+
+
+def test_operator_controls_are_recorded_commands(tmp_path):
+    """Pause, grant, stop/start one agent and the dashboard's genesis queries are commands:
+    the oplog has no `unrecorded` row and the replay is identical."""
+    server = ServerProcess(tmp_path / "ops", CONFIG).start()
+    try:
+        a, b = server.agent(uid("c")), server.agent(uid("d"))
+        admin = server.admin()
+        a.transfer(b.agent_id, 5, request_id="x1")
+        admin.pause()
+        admin.resume()
+        admin.grant(b.agent_id, scrip=7, llm_budget_micro_usd=11, memo="thanks")
+        admin.stop_agent(a.agent_id, memo="misbehaving")
+        with pytest.raises(EcologyError) as e:
+            a.transfer(b.agent_id, 1)
+        assert e.value.reason == "AGENT_STOPPED"
+        admin.start_agent(a.agent_id)
+        a.transfer(b.agent_id, 2)
+        admin.query_genesis("genesis_ledger", "balance", principal_id=b.agent_id)
+    finally:
+        server.kill()
+    commands = oplog_commands(server.data_dir)
+    assert commands.get("agent_control") == 2 and commands.get("grant") == 1, commands
+    assert "unrecorded" not in commands
+    assert_identical(replay(server.data_dir, tmp_path / "r"))

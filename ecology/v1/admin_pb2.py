@@ -31,7 +31,7 @@ except AttributeError:
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x65\x63ology/v1/admin.proto\x12\necology.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x16\x65\x63ology/v1/world.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc4\x02\n\x12\x43reateAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x63onfig\x18\x02 \x01(\t\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tendowment\x18\x04 \x01(\x03\x12\x10\n\x08rpc_rate\x18\x05 \x01(\x01\x12\x11\n\trpc_burst\x18\x06 \x01(\x01\x12\x14\n\x0c\x63ompute_rate\x18\x07 \x01(\x01\x12\x18\n\x10\x63ompute_capacity\x18\x08 \x01(\x01\x12\x18\n\x10\x64isk_quota_bytes\x18\t \x01(\x03\x12\x1c\n\x14llm_budget_micro_usd\x18\n \x01(\x03\x12\x1a\n\x12\x61\x63\x63\x65ss_contract_id\x18\x0b \x01(\t\x12)\n\tinterface\x18\x0c \x03(\x0b\x32\x16.ecology.v1.MethodSpec\"[\n\x13\x43reateAgentResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12#\n\x05\x61gent\x18\x03 \x01(\x0b\x32\x14.ecology.v1.Artifact\"6\n\x11ListAgentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\"\x92\x01\n\x0c\x41gentSummary\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\r\n\x05scrip\x18\x02 \x01(\x03\x12&\n\x04\x66low\x18\x03 \x03(\x0b\x32\x18.ecology.v1.FlowResource\x12(\n\x05stock\x18\x04 \x03(\x0b\x32\x19.ecology.v1.StockResource\x12\x0f\n\x07\x64\x65leted\x18\x05 \x01(\x08\"S\n\x12ListAgentsResponse\x12(\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x18.ecology.v1.AgentSummary\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"\x11\n\x0fGetStatsRequest\"\xf0\x02\n\x10GetStatsResponse\x12\'\n\x03now\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x61gents\x18\x02 \x01(\x03\x12\x11\n\tartifacts\x18\x03 \x01(\x03\x12\x12\n\ntombstones\x18\x04 \x01(\x03\x12\x0e\n\x06minted\x18\x05 \x01(\x03\x12\x0e\n\x06\x62urned\x18\x06 \x01(\x03\x12\x16\n\x0etotal_balances\x18\x07 \x01(\x03\x12\x16\n\x0elast_event_seq\x18\x08 \x01(\x03\x12\x16\n\x0eledger_entries\x18\t \x01(\x03\x12\x16\n\x0euptime_seconds\x18\n \x01(\x01\x12\x16\n\x0eschema_version\x18\x0b \x01(\x05\x12\x0e\n\x06listen\x18\x0c \x03(\t\x12\x19\n\x11sandbox_isolation\x18\r \x01(\t\x12\x15\n\ragent_backend\x18\x0e \x01(\t\x12\x0e\n\x06paused\x18\x0f \x01(\x08\x12\x12\n\nsteps_left\x18\x10 \x01(\x03\"\x0e\n\x0cPauseRequest\"\x0f\n\rResumeRequest\"\x1c\n\x0bStepRequest\x12\r\n\x05\x63\x61lls\x18\x01 \x01(\x03\":\n\x14WorldControlResponse\x12\x0e\n\x06paused\x18\x01 \x01(\x08\x12\x12\n\nsteps_left\x18\x02 \x01(\x03\"[\n\x0cGrantRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\r\n\x05scrip\x18\x02 \x01(\x03\x12\x1c\n\x14llm_budget_micro_usd\x18\x03 \x01(\x03\x12\x0c\n\x04memo\x18\x04 \x01(\t\"<\n\rGrantResponse\x12\r\n\x05scrip\x18\x01 \x01(\x03\x12\x1c\n\x14llm_budget_micro_usd\x18\x02 \x01(\x03\"J\n\x14ListDecisionsRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\x12\r\n\x05limit\x18\x03 \x01(\x05\"\xa3\x01\n\x0bLlmExchange\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12&\n\x06prompt\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x0e\n\x06\x61nswer\x18\x04 \x01(\t\x12\x11\n\ttruncated\x18\x05 \x01(\x08\x12&\n\x02\x61t\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9a\x02\n\x08\x44\x65\x63ision\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04step\x18\x03 \x01(\x03\x12(\n\x08observed\x18\x04 \x01(\x0b\x32\x16.google.protobuf.Value\x12&\n\x06\x61\x63tion\x18\x05 \x01(\x0b\x32\x16.google.protobuf.Value\x12\'\n\x07outcome\x18\x06 \x01(\x0b\x32\x16.google.protobuf.Value\x12$\n\x03llm\x18\x07 \x03(\x0b\x32\x17.ecology.v1.LlmExchange\x12\x17\n\x0fllm_request_ids\x18\x08 \x03(\t\x12\x11\n\ttruncated\x18\t \x01(\x08\"X\n\x15ListDecisionsResponse\x12\'\n\tdecisions\x18\x01 \x03(\x0b\x32\x14.ecology.v1.Decision\x12\x16\n\x0enext_after_seq\x18\x02 \x01(\x03\"c\n\x12WatchEventsRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x03\x12\r\n\x05types\x18\x02 \x03(\t\x12\x14\n\x0c\x61rtifact_ids\x18\x03 \x03(\t\x12\x15\n\rprincipal_ids\x18\x04 \x03(\t2\x92\x05\n\x05\x41\x64min\x12N\n\x0b\x43reateAgent\x12\x1e.ecology.v1.CreateAgentRequest\x1a\x1f.ecology.v1.CreateAgentResponse\x12K\n\nListAgents\x12\x1d.ecology.v1.ListAgentsRequest\x1a\x1e.ecology.v1.ListAgentsResponse\x12\x45\n\x08GetStats\x12\x1b.ecology.v1.GetStatsRequest\x1a\x1c.ecology.v1.GetStatsResponse\x12\x43\n\x05Pause\x12\x18.ecology.v1.PauseRequest\x1a .ecology.v1.WorldControlResponse\x12\x45\n\x06Resume\x12\x19.ecology.v1.ResumeRequest\x1a .ecology.v1.WorldControlResponse\x12\x41\n\x04Step\x12\x17.ecology.v1.StepRequest\x1a .ecology.v1.WorldControlResponse\x12<\n\x05Grant\x12\x18.ecology.v1.GrantRequest\x1a\x19.ecology.v1.GrantResponse\x12T\n\rListDecisions\x12 .ecology.v1.ListDecisionsRequest\x1a!.ecology.v1.ListDecisionsResponse\x12\x42\n\x0bWatchEvents\x12\x1e.ecology.v1.WatchEventsRequest\x1a\x11.ecology.v1.Event0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x65\x63ology/v1/admin.proto\x12\necology.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x16\x65\x63ology/v1/world.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc4\x02\n\x12\x43reateAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x63onfig\x18\x02 \x01(\t\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tendowment\x18\x04 \x01(\x03\x12\x10\n\x08rpc_rate\x18\x05 \x01(\x01\x12\x11\n\trpc_burst\x18\x06 \x01(\x01\x12\x14\n\x0c\x63ompute_rate\x18\x07 \x01(\x01\x12\x18\n\x10\x63ompute_capacity\x18\x08 \x01(\x01\x12\x18\n\x10\x64isk_quota_bytes\x18\t \x01(\x03\x12\x1c\n\x14llm_budget_micro_usd\x18\n \x01(\x03\x12\x1a\n\x12\x61\x63\x63\x65ss_contract_id\x18\x0b \x01(\t\x12)\n\tinterface\x18\x0c \x03(\x0b\x32\x16.ecology.v1.MethodSpec\"[\n\x13\x43reateAgentResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12#\n\x05\x61gent\x18\x03 \x01(\x0b\x32\x14.ecology.v1.Artifact\"6\n\x11ListAgentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\"\xc8\x01\n\x0c\x41gentSummary\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\r\n\x05scrip\x18\x02 \x01(\x03\x12&\n\x04\x66low\x18\x03 \x03(\x0b\x32\x18.ecology.v1.FlowResource\x12(\n\x05stock\x18\x04 \x03(\x0b\x32\x19.ecology.v1.StockResource\x12\x0f\n\x07\x64\x65leted\x18\x05 \x01(\x08\x12\x0f\n\x07stopped\x18\x06 \x01(\x08\x12\r\n\x05state\x18\x07 \x01(\t\x12\x14\n\x0cidle_seconds\x18\x08 \x01(\x01\"S\n\x12ListAgentsResponse\x12(\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x18.ecology.v1.AgentSummary\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"\x11\n\x0fGetStatsRequest\"\xfc\x03\n\x10GetStatsResponse\x12\'\n\x03now\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x61gents\x18\x02 \x01(\x03\x12\x11\n\tartifacts\x18\x03 \x01(\x03\x12\x12\n\ntombstones\x18\x04 \x01(\x03\x12\x0e\n\x06minted\x18\x05 \x01(\x03\x12\x0e\n\x06\x62urned\x18\x06 \x01(\x03\x12\x16\n\x0etotal_balances\x18\x07 \x01(\x03\x12\x16\n\x0elast_event_seq\x18\x08 \x01(\x03\x12\x16\n\x0eledger_entries\x18\t \x01(\x03\x12\x16\n\x0euptime_seconds\x18\n \x01(\x01\x12\x16\n\x0eschema_version\x18\x0b \x01(\x05\x12\x0e\n\x06listen\x18\x0c \x03(\t\x12\x19\n\x11sandbox_isolation\x18\r \x01(\t\x12\x15\n\ragent_backend\x18\x0e \x01(\t\x12\x0e\n\x06paused\x18\x0f \x01(\x08\x12\x12\n\nsteps_left\x18\x10 \x01(\x03\x12\x15\n\ragents_active\x18\x11 \x01(\x03\x12\x16\n\x0e\x61gents_stopped\x18\x12 \x01(\x03\x12\x1c\n\x14sandbox_workers_warm\x18\x13 \x01(\x03\x12\x1c\n\x14sandbox_workers_idle\x18\x14 \x01(\x03\x12\x1f\n\x17sandbox_workers_started\x18\x15 \x01(\x03\"\x0e\n\x0cPauseRequest\"\x0f\n\rResumeRequest\"\x1c\n\x0bStepRequest\x12\r\n\x05\x63\x61lls\x18\x01 \x01(\x03\":\n\x14WorldControlResponse\x12\x0e\n\x06paused\x18\x01 \x01(\x08\x12\x12\n\nsteps_left\x18\x02 \x01(\x03\"[\n\x0cGrantRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\r\n\x05scrip\x18\x02 \x01(\x03\x12\x1c\n\x14llm_budget_micro_usd\x18\x03 \x01(\x03\x12\x0c\n\x04memo\x18\x04 \x01(\t\"<\n\rGrantResponse\x12\r\n\x05scrip\x18\x01 \x01(\x03\x12\x1c\n\x14llm_budget_micro_usd\x18\x02 \x01(\x03\"J\n\x14ListDecisionsRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\x12\r\n\x05limit\x18\x03 \x01(\x05\"\xa3\x01\n\x0bLlmExchange\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12&\n\x06prompt\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x0e\n\x06\x61nswer\x18\x04 \x01(\t\x12\x11\n\ttruncated\x18\x05 \x01(\x08\x12&\n\x02\x61t\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9a\x02\n\x08\x44\x65\x63ision\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04step\x18\x03 \x01(\x03\x12(\n\x08observed\x18\x04 \x01(\x0b\x32\x16.google.protobuf.Value\x12&\n\x06\x61\x63tion\x18\x05 \x01(\x0b\x32\x16.google.protobuf.Value\x12\'\n\x07outcome\x18\x06 \x01(\x0b\x32\x16.google.protobuf.Value\x12$\n\x03llm\x18\x07 \x03(\x0b\x32\x17.ecology.v1.LlmExchange\x12\x17\n\x0fllm_request_ids\x18\x08 \x03(\t\x12\x11\n\ttruncated\x18\t \x01(\x08\"X\n\x15ListDecisionsResponse\x12\'\n\tdecisions\x18\x01 \x03(\x0b\x32\x14.ecology.v1.Decision\x12\x16\n\x0enext_after_seq\x18\x02 \x01(\x03\"c\n\x12WatchEventsRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x03\x12\r\n\x05types\x18\x02 \x03(\t\x12\x14\n\x0c\x61rtifact_ids\x18\x03 \x03(\t\x12\x15\n\rprincipal_ids\x18\x04 \x03(\t\"2\n\x10StopAgentRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04memo\x18\x02 \x01(\t\"3\n\x11StartAgentRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04memo\x18\x02 \x01(\t\"J\n\x14\x41gentControlResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0f\n\x07stopped\x18\x02 \x01(\x08\x12\x0f\n\x07\x63hanged\x18\x03 \x01(\x08\"q\n\x11ListEventsRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x03\x12\r\n\x05types\x18\x02 \x03(\t\x12\x14\n\x0c\x61rtifact_ids\x18\x03 \x03(\t\x12\x15\n\rprincipal_ids\x18\x04 \x03(\t\x12\r\n\x05limit\x18\x05 \x01(\x05\"Y\n\x12ListEventsResponse\x12!\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x11.ecology.v1.Event\x12\x12\n\nscanned_to\x18\x02 \x01(\x03\x12\x0c\n\x04more\x18\x03 \x01(\x08\")\n\x12GetArtifactRequest\x12\x13\n\x0b\x61rtifact_id\x18\x01 \x01(\t\"=\n\x13GetArtifactResponse\x12&\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x14.ecology.v1.Artifact\"a\n\x13QueryGenesisRequest\x12\x13\n\x0b\x61rtifact_id\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12%\n\x04\x61rgs\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\">\n\x14QueryGenesisResponse\x12&\n\x06result\x18\x01 \x01(\x0b\x32\x16.google.protobuf.Value2\xf4\x08\n\x05\x41\x64min\x12N\n\x0b\x43reateAgent\x12\x1e.ecology.v1.CreateAgentRequest\x1a\x1f.ecology.v1.CreateAgentResponse\x12K\n\nListAgents\x12\x1d.ecology.v1.ListAgentsRequest\x1a\x1e.ecology.v1.ListAgentsResponse\x12\x45\n\x08GetStats\x12\x1b.ecology.v1.GetStatsRequest\x1a\x1c.ecology.v1.GetStatsResponse\x12\x43\n\x05Pause\x12\x18.ecology.v1.PauseRequest\x1a .ecology.v1.WorldControlResponse\x12\x45\n\x06Resume\x12\x19.ecology.v1.ResumeRequest\x1a .ecology.v1.WorldControlResponse\x12\x41\n\x04Step\x12\x17.ecology.v1.StepRequest\x1a .ecology.v1.WorldControlResponse\x12<\n\x05Grant\x12\x18.ecology.v1.GrantRequest\x1a\x19.ecology.v1.GrantResponse\x12T\n\rListDecisions\x12 .ecology.v1.ListDecisionsRequest\x1a!.ecology.v1.ListDecisionsResponse\x12\x42\n\x0bWatchEvents\x12\x1e.ecology.v1.WatchEventsRequest\x1a\x11.ecology.v1.Event0\x01\x12K\n\tStopAgent\x12\x1c.ecology.v1.StopAgentRequest\x1a .ecology.v1.AgentControlResponse\x12M\n\nStartAgent\x12\x1d.ecology.v1.StartAgentRequest\x1a .ecology.v1.AgentControlResponse\x12K\n\nListEvents\x12\x1d.ecology.v1.ListEventsRequest\x1a\x1e.ecology.v1.ListEventsResponse\x12T\n\rListArtifacts\x12 .ecology.v1.ListArtifactsRequest\x1a!.ecology.v1.ListArtifactsResponse\x12N\n\x0bGetArtifact\x12\x1e.ecology.v1.GetArtifactRequest\x1a\x1f.ecology.v1.GetArtifactResponse\x12Q\n\x0cQueryGenesis\x12\x1f.ecology.v1.QueryGenesisRequest\x1a .ecology.v1.QueryGenesisResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,35 +45,53 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTAGENTSREQUEST']._serialized_start=545
   _globals['_LISTAGENTSREQUEST']._serialized_end=599
   _globals['_AGENTSUMMARY']._serialized_start=602
-  _globals['_AGENTSUMMARY']._serialized_end=748
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=750
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=833
-  _globals['_GETSTATSREQUEST']._serialized_start=835
-  _globals['_GETSTATSREQUEST']._serialized_end=852
-  _globals['_GETSTATSRESPONSE']._serialized_start=855
-  _globals['_GETSTATSRESPONSE']._serialized_end=1223
-  _globals['_PAUSEREQUEST']._serialized_start=1225
-  _globals['_PAUSEREQUEST']._serialized_end=1239
-  _globals['_RESUMEREQUEST']._serialized_start=1241
-  _globals['_RESUMEREQUEST']._serialized_end=1256
-  _globals['_STEPREQUEST']._serialized_start=1258
-  _globals['_STEPREQUEST']._serialized_end=1286
-  _globals['_WORLDCONTROLRESPONSE']._serialized_start=1288
-  _globals['_WORLDCONTROLRESPONSE']._serialized_end=1346
-  _globals['_GRANTREQUEST']._serialized_start=1348
-  _globals['_GRANTREQUEST']._serialized_end=1439
-  _globals['_GRANTRESPONSE']._serialized_start=1441
-  _globals['_GRANTRESPONSE']._serialized_end=1501
-  _globals['_LISTDECISIONSREQUEST']._serialized_start=1503
-  _globals['_LISTDECISIONSREQUEST']._serialized_end=1577
-  _globals['_LLMEXCHANGE']._serialized_start=1580
-  _globals['_LLMEXCHANGE']._serialized_end=1743
-  _globals['_DECISION']._serialized_start=1746
-  _globals['_DECISION']._serialized_end=2028
-  _globals['_LISTDECISIONSRESPONSE']._serialized_start=2030
-  _globals['_LISTDECISIONSRESPONSE']._serialized_end=2118
-  _globals['_WATCHEVENTSREQUEST']._serialized_start=2120
-  _globals['_WATCHEVENTSREQUEST']._serialized_end=2219
-  _globals['_ADMIN']._serialized_start=2222
-  _globals['_ADMIN']._serialized_end=2880
+  _globals['_AGENTSUMMARY']._serialized_end=802
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=804
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=887
+  _globals['_GETSTATSREQUEST']._serialized_start=889
+  _globals['_GETSTATSREQUEST']._serialized_end=906
+  _globals['_GETSTATSRESPONSE']._serialized_start=909
+  _globals['_GETSTATSRESPONSE']._serialized_end=1417
+  _globals['_PAUSEREQUEST']._serialized_start=1419
+  _globals['_PAUSEREQUEST']._serialized_end=1433
+  _globals['_RESUMEREQUEST']._serialized_start=1435
+  _globals['_RESUMEREQUEST']._serialized_end=1450
+  _globals['_STEPREQUEST']._serialized_start=1452
+  _globals['_STEPREQUEST']._serialized_end=1480
+  _globals['_WORLDCONTROLRESPONSE']._serialized_start=1482
+  _globals['_WORLDCONTROLRESPONSE']._serialized_end=1540
+  _globals['_GRANTREQUEST']._serialized_start=1542
+  _globals['_GRANTREQUEST']._serialized_end=1633
+  _globals['_GRANTRESPONSE']._serialized_start=1635
+  _globals['_GRANTRESPONSE']._serialized_end=1695
+  _globals['_LISTDECISIONSREQUEST']._serialized_start=1697
+  _globals['_LISTDECISIONSREQUEST']._serialized_end=1771
+  _globals['_LLMEXCHANGE']._serialized_start=1774
+  _globals['_LLMEXCHANGE']._serialized_end=1937
+  _globals['_DECISION']._serialized_start=1940
+  _globals['_DECISION']._serialized_end=2222
+  _globals['_LISTDECISIONSRESPONSE']._serialized_start=2224
+  _globals['_LISTDECISIONSRESPONSE']._serialized_end=2312
+  _globals['_WATCHEVENTSREQUEST']._serialized_start=2314
+  _globals['_WATCHEVENTSREQUEST']._serialized_end=2413
+  _globals['_STOPAGENTREQUEST']._serialized_start=2415
+  _globals['_STOPAGENTREQUEST']._serialized_end=2465
+  _globals['_STARTAGENTREQUEST']._serialized_start=2467
+  _globals['_STARTAGENTREQUEST']._serialized_end=2518
+  _globals['_AGENTCONTROLRESPONSE']._serialized_start=2520
+  _globals['_AGENTCONTROLRESPONSE']._serialized_end=2594
+  _globals['_LISTEVENTSREQUEST']._serialized_start=2596
+  _globals['_LISTEVENTSREQUEST']._serialized_end=2709
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=2711
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=2800
+  _globals['_GETARTIFACTREQUEST']._serialized_start=2802
+  _globals['_GETARTIFACTREQUEST']._serialized_end=2843
+  _globals['_GETARTIFACTRESPONSE']._serialized_start=2845
+  _globals['_GETARTIFACTRESPONSE']._serialized_end=2906
+  _globals['_QUERYGENESISREQUEST']._serialized_start=2908
+  _globals['_QUERYGENESISREQUEST']._serialized_end=3005
+  _globals['_QUERYGENESISRESPONSE']._serialized_start=3007
+  _globals['_QUERYGENESISRESPONSE']._serialized_end=3069
+  _globals['_ADMIN']._serialized_start=3072
+  _globals['_ADMIN']._serialized_end=4212
 # @@protoc_insertion_point(module_scope)

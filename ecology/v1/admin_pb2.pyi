@@ -59,18 +59,24 @@ class ListAgentsRequest(_message.Message):
     def __init__(self, page_size: _Optional[int] = ..., cursor: _Optional[str] = ...) -> None: ...
 
 class AgentSummary(_message.Message):
-    __slots__ = ("agent_id", "scrip", "flow", "stock", "deleted")
+    __slots__ = ("agent_id", "scrip", "flow", "stock", "deleted", "stopped", "state", "idle_seconds")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     SCRIP_FIELD_NUMBER: _ClassVar[int]
     FLOW_FIELD_NUMBER: _ClassVar[int]
     STOCK_FIELD_NUMBER: _ClassVar[int]
     DELETED_FIELD_NUMBER: _ClassVar[int]
+    STOPPED_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    IDLE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     scrip: int
     flow: _containers.RepeatedCompositeFieldContainer[_world_pb2.FlowResource]
     stock: _containers.RepeatedCompositeFieldContainer[_world_pb2.StockResource]
     deleted: bool
-    def __init__(self, agent_id: _Optional[str] = ..., scrip: _Optional[int] = ..., flow: _Optional[_Iterable[_Union[_world_pb2.FlowResource, _Mapping]]] = ..., stock: _Optional[_Iterable[_Union[_world_pb2.StockResource, _Mapping]]] = ..., deleted: _Optional[bool] = ...) -> None: ...
+    stopped: bool
+    state: str
+    idle_seconds: float
+    def __init__(self, agent_id: _Optional[str] = ..., scrip: _Optional[int] = ..., flow: _Optional[_Iterable[_Union[_world_pb2.FlowResource, _Mapping]]] = ..., stock: _Optional[_Iterable[_Union[_world_pb2.StockResource, _Mapping]]] = ..., deleted: _Optional[bool] = ..., stopped: _Optional[bool] = ..., state: _Optional[str] = ..., idle_seconds: _Optional[float] = ...) -> None: ...
 
 class ListAgentsResponse(_message.Message):
     __slots__ = ("agents", "next_cursor")
@@ -85,7 +91,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("now", "agents", "artifacts", "tombstones", "minted", "burned", "total_balances", "last_event_seq", "ledger_entries", "uptime_seconds", "schema_version", "listen", "sandbox_isolation", "agent_backend", "paused", "steps_left")
+    __slots__ = ("now", "agents", "artifacts", "tombstones", "minted", "burned", "total_balances", "last_event_seq", "ledger_entries", "uptime_seconds", "schema_version", "listen", "sandbox_isolation", "agent_backend", "paused", "steps_left", "agents_active", "agents_stopped", "sandbox_workers_warm", "sandbox_workers_idle", "sandbox_workers_started")
     NOW_FIELD_NUMBER: _ClassVar[int]
     AGENTS_FIELD_NUMBER: _ClassVar[int]
     ARTIFACTS_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +108,11 @@ class GetStatsResponse(_message.Message):
     AGENT_BACKEND_FIELD_NUMBER: _ClassVar[int]
     PAUSED_FIELD_NUMBER: _ClassVar[int]
     STEPS_LEFT_FIELD_NUMBER: _ClassVar[int]
+    AGENTS_ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    AGENTS_STOPPED_FIELD_NUMBER: _ClassVar[int]
+    SANDBOX_WORKERS_WARM_FIELD_NUMBER: _ClassVar[int]
+    SANDBOX_WORKERS_IDLE_FIELD_NUMBER: _ClassVar[int]
+    SANDBOX_WORKERS_STARTED_FIELD_NUMBER: _ClassVar[int]
     now: _timestamp_pb2.Timestamp
     agents: int
     artifacts: int
@@ -118,7 +129,12 @@ class GetStatsResponse(_message.Message):
     agent_backend: str
     paused: bool
     steps_left: int
-    def __init__(self, now: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agents: _Optional[int] = ..., artifacts: _Optional[int] = ..., tombstones: _Optional[int] = ..., minted: _Optional[int] = ..., burned: _Optional[int] = ..., total_balances: _Optional[int] = ..., last_event_seq: _Optional[int] = ..., ledger_entries: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., schema_version: _Optional[int] = ..., listen: _Optional[_Iterable[str]] = ..., sandbox_isolation: _Optional[str] = ..., agent_backend: _Optional[str] = ..., paused: _Optional[bool] = ..., steps_left: _Optional[int] = ...) -> None: ...
+    agents_active: int
+    agents_stopped: int
+    sandbox_workers_warm: int
+    sandbox_workers_idle: int
+    sandbox_workers_started: int
+    def __init__(self, now: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agents: _Optional[int] = ..., artifacts: _Optional[int] = ..., tombstones: _Optional[int] = ..., minted: _Optional[int] = ..., burned: _Optional[int] = ..., total_balances: _Optional[int] = ..., last_event_seq: _Optional[int] = ..., ledger_entries: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., schema_version: _Optional[int] = ..., listen: _Optional[_Iterable[str]] = ..., sandbox_isolation: _Optional[str] = ..., agent_backend: _Optional[str] = ..., paused: _Optional[bool] = ..., steps_left: _Optional[int] = ..., agents_active: _Optional[int] = ..., agents_stopped: _Optional[int] = ..., sandbox_workers_warm: _Optional[int] = ..., sandbox_workers_idle: _Optional[int] = ..., sandbox_workers_started: _Optional[int] = ...) -> None: ...
 
 class PauseRequest(_message.Message):
     __slots__ = ()
@@ -229,3 +245,81 @@ class WatchEventsRequest(_message.Message):
     artifact_ids: _containers.RepeatedScalarFieldContainer[str]
     principal_ids: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, after_seq: _Optional[int] = ..., types: _Optional[_Iterable[str]] = ..., artifact_ids: _Optional[_Iterable[str]] = ..., principal_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class StopAgentRequest(_message.Message):
+    __slots__ = ("agent_id", "memo")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    MEMO_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    memo: str
+    def __init__(self, agent_id: _Optional[str] = ..., memo: _Optional[str] = ...) -> None: ...
+
+class StartAgentRequest(_message.Message):
+    __slots__ = ("agent_id", "memo")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    MEMO_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    memo: str
+    def __init__(self, agent_id: _Optional[str] = ..., memo: _Optional[str] = ...) -> None: ...
+
+class AgentControlResponse(_message.Message):
+    __slots__ = ("agent_id", "stopped", "changed")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    STOPPED_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    stopped: bool
+    changed: bool
+    def __init__(self, agent_id: _Optional[str] = ..., stopped: _Optional[bool] = ..., changed: _Optional[bool] = ...) -> None: ...
+
+class ListEventsRequest(_message.Message):
+    __slots__ = ("after_seq", "types", "artifact_ids", "principal_ids", "limit")
+    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    TYPES_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_IDS_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_IDS_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    after_seq: int
+    types: _containers.RepeatedScalarFieldContainer[str]
+    artifact_ids: _containers.RepeatedScalarFieldContainer[str]
+    principal_ids: _containers.RepeatedScalarFieldContainer[str]
+    limit: int
+    def __init__(self, after_seq: _Optional[int] = ..., types: _Optional[_Iterable[str]] = ..., artifact_ids: _Optional[_Iterable[str]] = ..., principal_ids: _Optional[_Iterable[str]] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListEventsResponse(_message.Message):
+    __slots__ = ("events", "scanned_to", "more")
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    SCANNED_TO_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[_world_pb2.Event]
+    scanned_to: int
+    more: bool
+    def __init__(self, events: _Optional[_Iterable[_Union[_world_pb2.Event, _Mapping]]] = ..., scanned_to: _Optional[int] = ..., more: _Optional[bool] = ...) -> None: ...
+
+class GetArtifactRequest(_message.Message):
+    __slots__ = ("artifact_id",)
+    ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
+    artifact_id: str
+    def __init__(self, artifact_id: _Optional[str] = ...) -> None: ...
+
+class GetArtifactResponse(_message.Message):
+    __slots__ = ("artifact",)
+    ARTIFACT_FIELD_NUMBER: _ClassVar[int]
+    artifact: _world_pb2.Artifact
+    def __init__(self, artifact: _Optional[_Union[_world_pb2.Artifact, _Mapping]] = ...) -> None: ...
+
+class QueryGenesisRequest(_message.Message):
+    __slots__ = ("artifact_id", "method", "args")
+    ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    artifact_id: str
+    method: str
+    args: _struct_pb2.Struct
+    def __init__(self, artifact_id: _Optional[str] = ..., method: _Optional[str] = ..., args: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class QueryGenesisResponse(_message.Message):
+    __slots__ = ("result",)
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    result: _struct_pb2.Value
+    def __init__(self, result: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ...) -> None: ...

@@ -81,6 +81,36 @@ class AdminStub:
                 request_serializer=ecology_dot_v1_dot_admin__pb2.WatchEventsRequest.SerializeToString,
                 response_deserializer=ecology_dot_v1_dot_world__pb2.Event.FromString,
                 _registered_method=True)
+        self.StopAgent = channel.unary_unary(
+                '/ecology.v1.Admin/StopAgent',
+                request_serializer=ecology_dot_v1_dot_admin__pb2.StopAgentRequest.SerializeToString,
+                response_deserializer=ecology_dot_v1_dot_admin__pb2.AgentControlResponse.FromString,
+                _registered_method=True)
+        self.StartAgent = channel.unary_unary(
+                '/ecology.v1.Admin/StartAgent',
+                request_serializer=ecology_dot_v1_dot_admin__pb2.StartAgentRequest.SerializeToString,
+                response_deserializer=ecology_dot_v1_dot_admin__pb2.AgentControlResponse.FromString,
+                _registered_method=True)
+        self.ListEvents = channel.unary_unary(
+                '/ecology.v1.Admin/ListEvents',
+                request_serializer=ecology_dot_v1_dot_admin__pb2.ListEventsRequest.SerializeToString,
+                response_deserializer=ecology_dot_v1_dot_admin__pb2.ListEventsResponse.FromString,
+                _registered_method=True)
+        self.ListArtifacts = channel.unary_unary(
+                '/ecology.v1.Admin/ListArtifacts',
+                request_serializer=ecology_dot_v1_dot_world__pb2.ListArtifactsRequest.SerializeToString,
+                response_deserializer=ecology_dot_v1_dot_world__pb2.ListArtifactsResponse.FromString,
+                _registered_method=True)
+        self.GetArtifact = channel.unary_unary(
+                '/ecology.v1.Admin/GetArtifact',
+                request_serializer=ecology_dot_v1_dot_admin__pb2.GetArtifactRequest.SerializeToString,
+                response_deserializer=ecology_dot_v1_dot_admin__pb2.GetArtifactResponse.FromString,
+                _registered_method=True)
+        self.QueryGenesis = channel.unary_unary(
+                '/ecology.v1.Admin/QueryGenesis',
+                request_serializer=ecology_dot_v1_dot_admin__pb2.QueryGenesisRequest.SerializeToString,
+                response_deserializer=ecology_dot_v1_dot_admin__pb2.QueryGenesisResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -151,6 +181,48 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StopAgent(self, request, context):
+        """Stop one agent: its calls are refused AGENT_STOPPED until StartAgent (durable).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartAgent(self, request, context):
+        """Start a stopped agent again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEvents(self, request, context):
+        """A page of stored events with WatchEvents' filters (one unary call).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListArtifacts(self, request, context):
+        """Every artifact with World.ListArtifacts' filters, as the operator (no contract check).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetArtifact(self, request, context):
+        """One artifact as the operator (no contract check; tombstones included).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def QueryGenesis(self, request, context):
+        """A read-only genesis method as the operator (see QueryGenesisRequest).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -198,6 +270,36 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.WatchEvents,
                     request_deserializer=ecology_dot_v1_dot_admin__pb2.WatchEventsRequest.FromString,
                     response_serializer=ecology_dot_v1_dot_world__pb2.Event.SerializeToString,
+            ),
+            'StopAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopAgent,
+                    request_deserializer=ecology_dot_v1_dot_admin__pb2.StopAgentRequest.FromString,
+                    response_serializer=ecology_dot_v1_dot_admin__pb2.AgentControlResponse.SerializeToString,
+            ),
+            'StartAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartAgent,
+                    request_deserializer=ecology_dot_v1_dot_admin__pb2.StartAgentRequest.FromString,
+                    response_serializer=ecology_dot_v1_dot_admin__pb2.AgentControlResponse.SerializeToString,
+            ),
+            'ListEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEvents,
+                    request_deserializer=ecology_dot_v1_dot_admin__pb2.ListEventsRequest.FromString,
+                    response_serializer=ecology_dot_v1_dot_admin__pb2.ListEventsResponse.SerializeToString,
+            ),
+            'ListArtifacts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListArtifacts,
+                    request_deserializer=ecology_dot_v1_dot_world__pb2.ListArtifactsRequest.FromString,
+                    response_serializer=ecology_dot_v1_dot_world__pb2.ListArtifactsResponse.SerializeToString,
+            ),
+            'GetArtifact': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetArtifact,
+                    request_deserializer=ecology_dot_v1_dot_admin__pb2.GetArtifactRequest.FromString,
+                    response_serializer=ecology_dot_v1_dot_admin__pb2.GetArtifactResponse.SerializeToString,
+            ),
+            'QueryGenesis': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueryGenesis,
+                    request_deserializer=ecology_dot_v1_dot_admin__pb2.QueryGenesisRequest.FromString,
+                    response_serializer=ecology_dot_v1_dot_admin__pb2.QueryGenesisResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -444,6 +546,168 @@ class Admin:
             '/ecology.v1.Admin/WatchEvents',
             ecology_dot_v1_dot_admin__pb2.WatchEventsRequest.SerializeToString,
             ecology_dot_v1_dot_world__pb2.Event.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StopAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ecology.v1.Admin/StopAgent',
+            ecology_dot_v1_dot_admin__pb2.StopAgentRequest.SerializeToString,
+            ecology_dot_v1_dot_admin__pb2.AgentControlResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ecology.v1.Admin/StartAgent',
+            ecology_dot_v1_dot_admin__pb2.StartAgentRequest.SerializeToString,
+            ecology_dot_v1_dot_admin__pb2.AgentControlResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ecology.v1.Admin/ListEvents',
+            ecology_dot_v1_dot_admin__pb2.ListEventsRequest.SerializeToString,
+            ecology_dot_v1_dot_admin__pb2.ListEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListArtifacts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ecology.v1.Admin/ListArtifacts',
+            ecology_dot_v1_dot_world__pb2.ListArtifactsRequest.SerializeToString,
+            ecology_dot_v1_dot_world__pb2.ListArtifactsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ecology.v1.Admin/GetArtifact',
+            ecology_dot_v1_dot_admin__pb2.GetArtifactRequest.SerializeToString,
+            ecology_dot_v1_dot_admin__pb2.GetArtifactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryGenesis(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ecology.v1.Admin/QueryGenesis',
+            ecology_dot_v1_dot_admin__pb2.QueryGenesisRequest.SerializeToString,
+            ecology_dot_v1_dot_admin__pb2.QueryGenesisResponse.FromString,
             options,
             channel_credentials,
             insecure,

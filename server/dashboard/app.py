@@ -7,7 +7,16 @@
   every request needs the admin token (`Authorization: Bearer <token>` or `?token=`;
   pages keep `?token=` in their links and in their EventSource URL). A dashboard is
   never exposed without it.
-* No external assets: HTML, CSS, JS and the SVG sparkline are all inline.
+* No CDN: HTML, CSS and JS are inline; the chart library (uPlot) is an npm package with a
+  lock file in server/dashboard/static (installed by scripts/setup.sh), served at
+  /static/uplot/. Without it the World page says which command installs it.
+* Controls (pause/resume/step, stop/start an agent) are POSTs that need, besides the auth
+  above, the header `X-Ecology-Dashboard: 1`: a page of another site cannot send it without
+  a CORS preflight this app never grants, so a loopback dashboard cannot be driven by a
+  cross-site form (CSRF).
+* History: the Feed keeps the World page's time series (history.py) and the recent events
+  by kind in memory, starting BACKFILL events before it started; older history of one
+  artifact or agent is read through Admin.ListEvents when its page is opened.
 """
 
 from __future__ import annotations
@@ -24,12 +33,19 @@ from urllib.parse import urlencode
 
 from google.protobuf import json_format
 from starlette.applications import Starlette
-from starlette.responses import HTMLResponse, PlainTextResponse, StreamingResponse
-from starlette.routing import Route
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from server.dashboard import pages_agents, pages_artifacts, pages_market, pages_world
+from server.dashboard.history import History, gini
+from server.dashboard.render import EVENT_HEADERS, JS_EVENT_ROW, UPLOT_DIST, e, event_row, page, table
 
 POLL_SECONDS = 1.0
-RECENT_EVENTS = 500
-RATE_WINDOW = 60  # seconds of the events-per-second sparkline
+RECENT_EVENTS = 2000
+BACKFILL = 5000       # events before the dashboard started that it reads into its feed
+RATE_WINDOW = 60      # seconds of per-second counts kept
+RATE_SECONDS = 5      # the actions/s figure: the mean of the last 5 whole seconds
 
 
 def is_loopback(host: str) -> bool:
@@ -52,16 +68,17 @@ def _ints(v):
     return v
 
 
-def clock(at: str) -> str:
-    """HH:MM:SS.mmm of an RFC 3339 time (the full time is the cell's title)."""
-    return at[11:23] if len(at) >= 23 else at
-
-
 def event_dict(ev) -> dict:
     return {"seq": ev.seq, "at": ev.at.ToJsonString() if ev.HasField("at") else "", "type": ev.type,
             "principal_id": ev.principal_id, "artifact_id": ev.artifact_id,
             "related_ids": list(ev.related_ids),
             "data": _ints(json_format.MessageToDict(ev.data)) if ev.HasField("data") else {}}
+
+
+def is_agent_action(ev: dict) -> bool:
+    """An event an agent caused (not the system, the mint or another genesis artifact)."""
+    pid = ev["principal_id"]
+    return bool(pid) and not pid.startswith("genesis_")
 
 
 def agent_dict(a) -> dict:
@@ -72,7 +89,9 @@ def agent_dict(a) -> dict:
     return {"agent_id": a.agent_id, "scrip": a.scrip, "deleted": a.deleted,
             "compute": None if compute is None else round(compute.balance, 2),
             "compute_capacity": None if compute is None else compute.capacity,
-            "llm_budget": None if llm is None else llm.quota, "llm_spent": None if llm is None else llm.used}
+            "llm_budget": None if llm is None else llm.quota - llm.used, "llm_spent": None if llm is None else llm.used,
+            "stopped": a.stopped, "state": a.state or ("dead" if a.deleted else "?"),
+            "idle_seconds": a.idle_seconds}
 
 
 def stats_dict(s) -> dict:
@@ -80,7 +99,9 @@ def stats_dict(s) -> dict:
             "total_balances": s.total_balances, "invariant_holds": s.total_balances == s.minted - s.burned,
             "last_event_seq": s.last_event_seq, "isolation": s.sandbox_isolation,
             "agent_backend": s.agent_backend, "paused": s.paused, "steps_left": s.steps_left,
-            "uptime_seconds": round(s.uptime_seconds, 1)}
+            "uptime_seconds": round(s.uptime_seconds, 1), "agents_active": s.agents_active,
+            "agents_stopped": s.agents_stopped, "sandbox_warm": s.sandbox_workers_warm,
+            "sandbox_idle": s.sandbox_workers_idle, "sandbox_started": s.sandbox_workers_started}
 
 
 def matches(ev: dict, types: list[str], principals: list[str]) -> bool:
@@ -101,24 +122,32 @@ class Feed:
         self.agents: list[dict] = []
         self.error = ""
         self.events: collections.deque = collections.deque(maxlen=RECENT_EVENTS)
-        self._counts: collections.Counter = collections.Counter()  # receipt second -> events
+        # Recent events by kind (the Market, Agent and World pages), from the stream.
+        self.kinds = {k: collections.deque(maxlen=RECENT_EVENTS) for k in ("ledger", "market", "artifact")}
+        self.last_action: dict[str, dict] = {}   # agent -> its latest event {type, outcome, seq}
+        self.history = History()
+        self._counts: collections.Counter = collections.Counter()   # receipt second -> agents' events
+        self._invokes: collections.Counter = collections.Counter()  # receipt second -> artifact.invoked
         self._lock = threading.Lock()
         self._listeners: set = set()  # (loop, queue)
         self._stop = threading.Event()
         self._sub = None
         self._live_after = 0
+        self._last_sample: dict | None = None
+        self.start_seq = 0
 
     def start(self) -> "Feed":
         self._poll_once()
         self._live_after = (self.stats or {}).get("last_event_seq", 0)  # older ones are history, not rate
-        after = max(0, self._live_after - 100)  # some history for /events
-        self._sub = self.admin.watch_events(after_seq=after)
+        self.start_seq = max(0, self._live_after - BACKFILL)
+        self._sub = self.admin.watch_events(after_seq=self.start_seq)
         for target in (self._watch, self._poll):
             threading.Thread(target=target, daemon=True, name=f"dashboard{target.__name__}").start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
+        self._publish("close", None)  # open /stream responses end (a clean server shutdown)
         if self._sub is not None:
             self._sub.close()
 
@@ -128,10 +157,26 @@ class Feed:
         try:
             for ev in self._sub:
                 d = event_dict(ev)
+                t = d["type"]
                 with self._lock:
                     self.events.append(d)
+                    kind = ("ledger" if t.startswith("ledger.") else
+                            "market" if t.split(".")[0] in ("escrow", "debt", "oracle") or t == "control.transferred"
+                            else "artifact" if t.startswith("artifact.") else None)
+                    if kind:
+                        self.kinds[kind].append(d)
+                    if is_agent_action(d):
+                        self.last_action[d["principal_id"]] = {
+                            "type": t, "seq": d["seq"],
+                            "outcome": ("ok" if d["data"].get("ok", True) else d["data"].get("reason") or "failed")}
                     if ev.seq > self._live_after:
-                        self._counts[int(time.time())] += 1
+                        sec = int(time.time())
+                        if is_agent_action(d):
+                            self._counts[sec] += 1
+                        if t == "artifact.invoked":
+                            self._invokes[sec] += 1
+                if t == "oracle.resolved":
+                    self.history.add_mint(d)
                 self._publish("event", d)
         except Exception as e:  # noqa: BLE001 - shown on the pages
             self.error = f"event stream ended: {e}"
@@ -142,28 +187,75 @@ class Feed:
             self.stats, self.agents, self.error = stats_dict(stats), [agent_dict(a) for a in agents], ""
         except Exception as e:  # noqa: BLE001 - shown on the pages; retried next second
             self.error = f"{type(e).__name__}: {e}"
+            return
+        self._sample()
+
+    def _sample(self) -> None:
+        s, now = self.stats, time.time()
+        live = [a for a in self.agents if not a["deleted"]]
+        prev = self._last_sample
+        dt = max(1e-6, now - prev["t"]) if prev else POLL_SECONDS
+        started = s["sandbox_started"]
+        sample = {
+            "t": round(now, 3), "agents": s["agents"],
+            "alive": sum(1 for a in live if a["state"] in ("acting", "sleeping")),
+            "actions_per_s": self.rate(), "supply": s["total_balances"],
+            "gini": gini(a["scrip"] for a in live), "minted": s["minted"],
+            "llm_spent": sum(a["llm_spent"] or 0 for a in self.agents),
+            "invokes_per_s": self.rate(self._invokes),
+            "sandbox_warm": s["sandbox_warm"], "sandbox_idle": s["sandbox_idle"],
+            "sandbox_started_per_s": round((started - prev["_started"]) / dt, 2) if prev else 0.0,
+        }
+        self._last_sample = {**sample, "_started": started}
+        self.history.add(sample)
 
     def _poll(self) -> None:
         while not self._stop.wait(POLL_SECONDS):
             self._poll_once()
             self._publish("stats", self.snapshot())
-            self._publish("agents", self.agents)
+            self._publish("agents", {"agents": self.agents, "last": self.last_actions()})
 
-    def rates(self) -> list[int]:
+    def rates(self, counts=None) -> list[int]:
         """Events received in each of the last RATE_WINDOW whole seconds, oldest first."""
+        counts = self._counts if counts is None else counts
         now = int(time.time())
         with self._lock:
-            for sec in [s for s in self._counts if s < now - RATE_WINDOW]:
-                del self._counts[sec]
-            return [self._counts.get(s, 0) for s in range(now - RATE_WINDOW, now)]
+            for sec in [s for s in counts if s < now - RATE_WINDOW]:
+                del counts[sec]
+            return [counts.get(s, 0) for s in range(now - RATE_WINDOW, now)]
+
+    def rate(self, counts=None) -> float:
+        return round(sum(self.rates(counts)[-RATE_SECONDS:]) / RATE_SECONDS, 2)
 
     def snapshot(self) -> dict:
-        r = self.rates()
-        return {**(self.stats or {}), "rate": round(sum(r[-10:]) / 10, 1), "rates": r, "error": self.error}
+        last = self._last_sample or {}
+        return {**(self.stats or {}), "rate": self.rate(), "error": self.error,
+                "alive": last.get("alive"), "gini": last.get("gini"), "llm_spent": last.get("llm_spent"),
+                "sample": {k: v for k, v in last.items() if not k.startswith("_")} or None}
+
+    def last_actions(self) -> dict:
+        with self._lock:
+            return dict(self.last_action)
 
     def recent(self, types, principals) -> list[dict]:
         with self._lock:
             return [e for e in self.events if matches(e, types, principals)]
+
+    def recent_events(self, admin, *, types=(), principal_ids=(), artifact_ids=(), limit: int = 100,
+                      window: int = 50_000) -> list[dict]:
+        """The newest `limit` stored events matching the filters among the last `window`
+        events of the world (Admin.ListEvents), oldest first."""
+        last = (self.stats or {}).get("last_event_seq", 0)
+        after, out = max(0, last - window), []
+        for _ in range(window // 10_000 + 2):
+            r = admin.list_events(after_seq=after, types=list(types), principal_ids=list(principal_ids),
+                                  artifact_ids=list(artifact_ids), limit=1000)
+            out.extend(event_dict(x) for x in r.events)
+            out = out[-limit:]
+            if not r.more:
+                break
+            after = r.scanned_to
+        return out
 
     def _publish(self, kind: str, data) -> None:
         for loop, queue in list(self._listeners):
@@ -184,65 +276,6 @@ class Feed:
 
     def unlisten(self, item) -> None:
         self._listeners.discard(item)
-
-
-# -- rendering ---------------------------------------------------------------------------
-
-CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;background:#f6f7f9;color:#1d232b;font-size:15px}
-header{background:#1f2d3d;color:#fff;padding:10px 24px;display:flex;gap:24px;align-items:center}
-header a{color:#cfe3ff;text-decoration:none;font-weight:600}header b{font-size:18px;margin-right:12px}
-main{padding:18px 24px}h1{font-size:22px;margin:0 0 14px}
-.cards{display:flex;flex-wrap:wrap;gap:14px}.card{background:#fff;border:1px solid #dde2e8;border-radius:8px;padding:12px 16px;min-width:170px}
-.card .k{color:#5b6877;font-size:13px}.card .v{font-size:24px;font-weight:650;margin-top:4px}
-.ok{color:#137333}.bad{color:#b3261e}.muted{color:#6b7785}
-table{border-collapse:collapse;background:#fff;border:1px solid #dde2e8;width:100%}
-th,td{padding:6px 10px;border-bottom:1px solid #e6e9ee;text-align:left;vertical-align:top}
-th{background:#eef1f5;font-size:13px;color:#3b4756}td.num{text-align:right;font-variant-numeric:tabular-nums}
-pre{white-space:pre-wrap;margin:0;font-size:12.5px;max-height:260px;overflow:auto;background:#f3f5f8;padding:6px;border-radius:4px}
-#live{font-size:13px;margin-left:auto}form{margin-bottom:12px}input{padding:4px 6px}
-"""
-
-JS_COMMON = """
-function esc(s){return String(s==null?'':s).replace(/[&<>"]/g,c=>({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]));}
-function setText(id,v){var e=document.getElementById(id);if(e)e.textContent=v;}
-var es=new EventSource('/stream'+location.search);
-es.onopen=function(){setText('live','live');};
-es.onerror=function(){setText('live','reconnecting');};
-"""
-
-
-def page(title: str, body: str, script: str, token_qs: str) -> HTMLResponse:
-    nav = "".join(f'<a href="{href}{token_qs}">{name}</a>'
-                  for href, name in (("/", "World"), ("/agents", "Agents"), ("/events", "Events")))
-    return HTMLResponse(
-        f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)} - Agent Ecology</title>"
-        f"<style>{CSS}</style></head><body><header><b>Agent Ecology</b>{nav}"
-        f'<span id="live" class="muted">connecting</span></header><main>{body}</main>'
-        f"<script>{JS_COMMON}{script}</script></body></html>")
-
-
-def sparkline(rates: list[int], width: int = 360, height: int = 48) -> str:
-    top = max(rates + [1])
-    step = width / max(1, len(rates) - 1)
-    pts = " ".join(f"{i * step:.1f},{height - 2 - (r / top) * (height - 4):.1f}" for i, r in enumerate(rates))
-    return (f'<svg id="spark" width="{width}" height="{height}" viewBox="0 0 {width} {height}">'
-            f'<rect width="{width}" height="{height}" fill="#fff"/>'
-            f'<polyline fill="none" stroke="#2b6cb0" stroke-width="2" points="{pts}"/></svg>')
-
-
-def fmt_value(v) -> str:
-    return html.escape(json.dumps(v, indent=1, ensure_ascii=False)) if v not in (None, {}, []) else ""
-
-
-def short(v) -> str:
-    """A one-line name of a decision's action or outcome: its kind/verb if it has one."""
-    if isinstance(v, dict):
-        for key in ("action", "kind", "verb", "type", "status", "result"):
-            if isinstance(v.get(key), (str, int, float, bool)):
-                return f"{key}={v[key]}"
-    text = json.dumps(v, ensure_ascii=False) if v not in (None, {}) else "-"
-    return text if len(text) < 80 else text[:77] + "..."
 
 
 # -- the app -----------------------------------------------------------------------------
@@ -269,129 +302,61 @@ def build_app(feed: Feed, admin, *, admin_token: str, require_token: bool) -> St
             return await handler(request)
         return wrapped
 
+    def linker(request):
+        tq = token_qs(request)
+        agent_ids = {a["agent_id"] for a in feed.agents}
+
+        def link(id_, prefix: str | None = None) -> str:
+            if not id_:
+                return ""
+            where = prefix or ("/agents/" if id_ in agent_ids else "/artifacts/")
+            return f'<a href="{where}{e(id_)}{tq}">{e(id_)}</a>'
+        return link
+
     async def world(request):
-        s = feed.snapshot()
-        inv = s.get("invariant_holds")
-        cards = [("Agents", "agents", s.get("agents", "?")),
-                 ("Scrip supply", "supply", s.get("total_balances", "?")),
-                 ("Ledger invariant", "invariant", "holds" if inv else ("BROKEN" if inv is False else "?")),
-                 ("Minted / burned", "mintburn", f"{s.get('minted', '?')} / {s.get('burned', '?')}"),
-                 ("Events/s (10 s)", "rate", s["rate"]),
-                 ("Last event", "lastseq", s.get("last_event_seq", "?")),
-                 ("Isolation", "isolation", s.get("isolation", "?")),
-                 ("World", "paused", "paused" if s.get("paused") else "running")]
-        def cls(i):
-            return {"invariant": " ok" if inv else " bad" if inv is False else "",
-                    "paused": " bad" if s.get("paused") else ""}.get(i, "")
-
-        body = "<h1>World</h1><div class=cards>" + "".join(
-            f'<div class=card><div class=k>{k}</div><div class="v{cls(i)}" id="{i}">{html.escape(str(v))}</div></div>'
-            for k, i, v in cards) + "</div>"
-        body += (f'<h2 style="font-size:16px">Events per second, last {RATE_WINDOW} s</h2>'
-                 f'<div id="sparkbox">{sparkline(s["rates"])}</div>'
-                 f'<p id="error" class="bad">{html.escape(s["error"])}</p>')
-        script = """
-es.addEventListener('stats',function(m){var s=JSON.parse(m.data);
- setText('agents',s.agents);setText('supply',s.total_balances);
- setText('invariant',s.invariant_holds?'holds':'BROKEN');
- document.getElementById('invariant').className='v '+(s.invariant_holds?'ok':'bad');
- setText('mintburn',s.minted+' / '+s.burned);setText('rate',s.rate);setText('lastseq',s.last_event_seq);
- setText('isolation',s.isolation);setText('paused',s.paused?'paused':'running');document.getElementById('paused').className='v'+(s.paused?' bad':'');setText('error',s.error||'');
- var r=s.rates,top=Math.max.apply(null,r.concat([1])),w=360,h=48,st=w/Math.max(1,r.length-1);
- var pts=r.map(function(v,i){return (i*st).toFixed(1)+','+(h-2-(v/top)*(h-4)).toFixed(1);}).join(' ');
- document.querySelector('#spark polyline').setAttribute('points',pts);});
-"""
-        return page("World", body, script, token_qs(request))
-
-    def agent_row(a: dict, tq: str) -> str:
-        def n(v):
-            return "-" if v is None else html.escape(str(v))
-        aid = html.escape(a["agent_id"])
-        comp = "-" if a["compute"] is None else f"{a['compute']} / {a['compute_capacity']:g}"
-        return (f'<tr data-agent="{aid}"><td><a href="/agents/{aid}{tq}">{aid}</a>'
-                f'{" (deleted)" if a["deleted"] else ""}</td><td class=num>{a["scrip"]}</td>'
-                f'<td class=num>{html.escape(comp)}</td><td class=num>{n(a["llm_budget"])}</td>'
-                f'<td class=num>{n(a["llm_spent"])}</td></tr>')
+        return pages_world.world(feed, token_qs(request), request.query_params.get("range") == "week")
 
     async def agents(request):
-        tq = token_qs(request)
-        rows = "".join(agent_row(a, tq) for a in feed.agents)
-        body = ("<h1>Agents</h1><table><thead><tr><th>Agent</th><th>Scrip</th><th>Compute</th>"
-                "<th>LLM budget left (µ$)</th><th>LLM spent (µ$)</th></tr></thead>"
-                f'<tbody id="agents">{rows}</tbody></table>')
-        script = """
-var tq=%s;
-es.addEventListener('agents',function(m){var a=JSON.parse(m.data);
- document.getElementById('agents').innerHTML=a.map(function(x){
-  var n=function(v){return v==null?'-':esc(v);};
-  var c=x.compute==null?'-':x.compute+' / '+x.compute_capacity;
-  return '<tr data-agent="'+esc(x.agent_id)+'"><td><a href="/agents/'+encodeURIComponent(x.agent_id)+tq+'">'+esc(x.agent_id)+'</a>'+(x.deleted?' (deleted)':'')+
-   '</td><td class=num>'+x.scrip+'</td><td class=num>'+esc(c)+'</td><td class=num>'+n(x.llm_budget)+'</td><td class=num>'+n(x.llm_spent)+'</td></tr>';}).join('');});
-""" % json.dumps(tq)
-        return page("Agents", body, script, tq)
+        return pages_agents.agents(feed, token_qs(request))
 
     async def agent(request):
-        from agent_runtime.errors import EcologyError
+        return await pages_agents.agent(feed, admin, request.path_params["agent_id"], token_qs(request), linker(request))
 
-        aid = request.path_params["agent_id"]
-        tq = token_qs(request)
-        try:
-            decisions = await asyncio.to_thread(lambda: admin.list_decisions(aid, limit=500).decisions)
-        except EcologyError as e:
-            return page(aid, f"<h1>{html.escape(aid)}</h1><p class=bad>{html.escape(e.reason)}: "
-                             f"{html.escape(e.message or '')}</p>", "", tq)
-        me = next((a for a in feed.agents if a["agent_id"] == aid), None)
-        head = (f'<p>scrip <b id="scrip">{me["scrip"]}</b>, compute {me["compute"]}, LLM budget left '
-                f'{me["llm_budget"]} µ$</p>') if me else ""
-        rows = []
-        for d in decisions:
-            action, outcome = _ints(json_format.MessageToDict(d.action)), _ints(json_format.MessageToDict(d.outcome))
-            llm = "".join(f"<div class=muted>{html.escape(x.model)} ({html.escape(x.request_id)})</div>"
-                          f"<b>prompt</b><pre>{fmt_value(json_format.MessageToDict(x.prompt))}</pre>"
-                          f"<b>answer</b><pre>{html.escape(x.answer)}</pre>" for x in d.llm)
-            if not llm and d.llm_request_ids:
-                llm = "<span class=muted>no gateway record: " + html.escape(", ".join(d.llm_request_ids)) + "</span>"
-            rows.append(f'<tr class=decision><td class=num>{d.step}</td><td>{html.escape(d.at.ToJsonString()[:19].replace("T", " "))}</td>'
-                        f'<td><b>{html.escape(short(action))}</b><pre>{fmt_value(action)}</pre></td>'
-                        f'<td><b>{html.escape(short(outcome))}</b><pre>{fmt_value(outcome)}</pre></td>'
-                        f'<td>{llm}</td></tr>')
-        body = (f"<h1>Agent {html.escape(aid)}</h1>{head}<p>{len(decisions)} decisions (oldest first)</p>"
-                "<table><thead><tr><th>Step</th><th>At</th><th>Action</th><th>Outcome</th><th>LLM</th></tr></thead>"
-                f"<tbody>{''.join(rows)}</tbody></table>")
-        script = """
-var me=%s;
-es.addEventListener('agents',function(m){JSON.parse(m.data).forEach(function(x){if(x.agent_id===me)setText('scrip',x.scrip);});});
-""" % json.dumps(aid)
-        return page(aid, body, script, tq)
+    async def artifacts(request):
+        return await pages_artifacts.artifacts(admin, request, token_qs(request), linker(request))
+
+    async def artifact(request):
+        return await pages_artifacts.artifact(admin, request.path_params["artifact_id"], token_qs(request),
+                                              linker(request))
+
+    async def market(request):
+        return await pages_market.market(feed, admin, token_qs(request), linker(request))
+
+    async def history(request):
+        return JSONResponse(feed.history.columns(request.query_params.get("range") == "week"))
 
     def filters(request) -> tuple[list[str], list[str]]:
         def split(name):
             return [p for v in request.query_params.getlist(name) for p in v.split(",") if p]
         return split("type"), split("principal")
 
-    def event_row(e: dict) -> str:
-        data = json.dumps(e["data"], ensure_ascii=False)
-        return (f'<tr><td class=num>{e["seq"]}</td><td title="{html.escape(e["at"])}">{html.escape(clock(e["at"]))}</td><td>{html.escape(e["type"])}</td>'
-                f'<td>{html.escape(e["principal_id"])}</td><td>{html.escape(e["artifact_id"])}</td>'
-                f'<td>{html.escape(", ".join(e["related_ids"]))}</td><td><code>{html.escape(data)}</code></td></tr>')
-
     async def events_page(request):
         types, principals = filters(request)
-        rows = "".join(event_row(e) for e in reversed(feed.recent(types, principals)[-200:]))
+        artifact_q = request.query_params.get("artifact", "")
+        link = linker(request)
+        evs = [x for x in feed.recent(types, principals) if not artifact_q or x["artifact_id"] == artifact_q]
+        rows = [event_row(x, link) for x in reversed(evs[-200:])]
         t = request.query_params.get("token")
-        hidden = f'<input type=hidden name=token value="{html.escape(t)}">' if t else ""
+        hidden = f'<input type=hidden name=token value="{e(t)}">' if t else ""
         body = ("<h1>Events</h1><form>type <input name=type placeholder=\"ledger.* or ledger.transfer\" "
-                f'value="{html.escape(",".join(types))}"> principal <input name=principal '
-                f'value="{html.escape(",".join(principals))}">{hidden} <button>filter</button></form>'
-                "<table><thead><tr><th>Seq</th><th>At</th><th>Type</th><th>Principal</th><th>Artifact</th>"
-                f'<th>Related</th><th>Data</th></tr></thead><tbody id="events">{rows}</tbody></table>')
-        script = """
-es.addEventListener('event',function(m){var e=JSON.parse(m.data);var tb=document.getElementById('events');
- var tr=document.createElement('tr');tr.innerHTML='<td class=num>'+e.seq+'</td><td title="'+esc(e.at)+'">'+esc(e.at.substring(11,23))+'</td><td>'+esc(e.type)+'</td><td>'+
-  esc(e.principal_id)+'</td><td>'+esc(e.artifact_id)+'</td><td>'+esc(e.related_ids.join(', '))+'</td><td><code>'+esc(JSON.stringify(e.data))+'</code></td>';
- tb.insertBefore(tr,tb.firstChild);while(tb.rows.length>500)tb.deleteRow(-1);});
-"""
-        return page("Events", body, script, token_qs(request))
+                f'value="{e(",".join(types))}"> principal <input name=principal '
+                f'value="{e(",".join(principals))}"> artifact <input name=artifact value="{e(artifact_q)}">'
+                f"{hidden} <button>filter</button></form>" + table(EVENT_HEADERS, rows, "events"))
+        script = JS_EVENT_ROW + """
+var tq=%s, art=%s;
+es.addEventListener('event',function(m){var e=JSON.parse(m.data);if(art&&e.artifact_id!==art)return;prependEvent('events',e,tq,500);});
+""" % (json.dumps(token_qs(request)), json.dumps(artifact_q))
+        return page("Events", body, script, token_qs(request), "/events")
 
     async def stream(request):
         """Server-sent events: `stats` and `agents` every poll, `event` per matching event
@@ -403,13 +368,15 @@ es.addEventListener('event',function(m){var e=JSON.parse(m.data);var tb=document
         async def gen():
             try:
                 yield f"event: stats\ndata: {json.dumps(feed.snapshot())}\n\n"
-                yield f"event: agents\ndata: {json.dumps(feed.agents)}\n\n"
+                yield f"event: agents\ndata: {json.dumps({'agents': feed.agents, 'last': feed.last_actions()})}\n\n"
                 while True:
                     try:
                         kind, data = await asyncio.wait_for(queue.get(), timeout=15)
                     except asyncio.TimeoutError:
                         yield ": keep-alive\n\n"
                         continue
+                    if kind == "close":
+                        return
                     if kind == "event" and not matches(data, types, principals):
                         continue
                     yield f"event: {kind}\ndata: {json.dumps(data)}\n\n"
@@ -419,9 +386,69 @@ es.addEventListener('event',function(m){var e=JSON.parse(m.data);var tb=document
         return StreamingResponse(gen(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    return Starlette(routes=[Route("/", guard(world)), Route("/agents", guard(agents)),
-                             Route("/agents/{agent_id:path}", guard(agent)),
-                             Route("/events", guard(events_page)), Route("/stream", guard(stream))])
+    # -- controls (POST; see the module docstring for the CSRF header) ----------------------
+
+    def control(fn):
+        async def wrapped(request):
+            from agent_runtime.errors import EcologyError
+
+            if request.headers.get("x-ecology-dashboard") != "1":
+                return JSONResponse({"message": "controls need the header X-Ecology-Dashboard: 1"}, status_code=403)
+            try:
+                body = await request.json()
+            except ValueError:
+                body = {}
+            try:
+                result = await asyncio.to_thread(fn, request, body if isinstance(body, dict) else {})
+            except EcologyError as err:
+                return JSONResponse({"reason": err.reason, "message": f"{err.reason}: {err.message}"}, status_code=400)
+            feed._poll_once()  # the pages show the change at once
+            feed._publish("stats", feed.snapshot())
+            feed._publish("agents", {"agents": feed.agents, "last": feed.last_actions()})
+            return JSONResponse(result)
+        return guard(wrapped)
+
+    def world_control(request, body):
+        action = request.path_params["action"]
+        if action == "pause":
+            r = admin.pause()
+        elif action == "resume":
+            r = admin.resume()
+        elif action == "step":
+            r = admin.step(int(body.get("calls") or 1))
+        else:
+            return {"message": f"no control {action!r}"}
+        return {"paused": r.paused, "steps_left": r.steps_left,
+                "message": f"world {'paused' if r.paused else 'running'}" + (f", {r.steps_left} steps left" if r.paused else "")}
+
+    def agent_control(request, body):
+        aid, action = request.path_params["agent_id"], request.path_params["action"]
+        r = (admin.stop_agent if action == "stop" else admin.start_agent)(aid, memo="dashboard")
+        return {"agent_id": r.agent_id, "stopped": r.stopped, "changed": r.changed,
+                "message": f"agent {r.agent_id} {'stopped' if r.stopped else 'started'}"
+                           + ("" if r.changed else " (it already was)")}
+
+    routes = [
+        Route("/control/{action:str}", control(world_control), methods=["POST"]),
+        Route("/agents/{agent_id:str}/{action:str}", control(agent_control), methods=["POST"]),
+        Route("/", guard(world)), Route("/agents", guard(agents)),
+        Route("/agents/{agent_id:path}", guard(agent)),
+        Route("/artifacts", guard(artifacts)), Route("/artifacts/{artifact_id:path}", guard(artifact)),
+        Route("/market", guard(market)), Route("/history.json", guard(history)),
+        Route("/events", guard(events_page)), Route("/stream", guard(stream)),
+    ]
+    static = StaticFiles(directory=str(UPLOT_DIST), check_dir=False)
+
+    async def static_files(scope, receive, send):
+        from starlette.requests import Request
+
+        if not authorized(Request(scope)):
+            await PlainTextResponse("the admin token is required\n", status_code=401)(scope, receive, send)
+            return
+        await static(scope, receive, send)
+
+    routes.append(Mount("/static/uplot", app=static_files))
+    return Starlette(routes=routes)
 
 
 def make_server(admin, admin_token: str, listen: str):
@@ -455,9 +482,15 @@ class Background:
         self.server, self.feed = make_server(admin, admin_token, listen)
         self.thread = threading.Thread(target=self.server.run, daemon=True, name="dashboard")
         self.thread.start()
+        deadline = time.monotonic() + 15
+        while not self.server.started:   # uvicorn ends its thread (sys.exit) when it cannot bind
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                self.feed.stop()
+                raise OSError(f"the dashboard cannot listen on {listen}")
+            time.sleep(0.02)
 
     def stop(self) -> None:
+        self.feed.stop()       # first: open event streams end, so the server stops at once
         self.server.should_exit = True
-        self.feed.stop()
         self.thread.join(timeout=5)
         self.feed.admin.close()

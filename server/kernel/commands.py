@@ -292,6 +292,20 @@ def _control(w: World, conn, i: dict) -> None:
     grants.record_control(conn, i["type"], w.kernel.clock(), i["data"])
 
 
+@command("agent_control")
+def _agent_control(w: World, conn, i: dict) -> bool:
+    return grants.set_stopped(conn, i["agent_id"], i["memo"], i["stop"], w.kernel.clock())
+
+
+@command("query_genesis")
+def _query_genesis(w: World, conn, i: dict) -> Any:
+    """Admin.QueryGenesis: a read-only genesis method, on the writer as an agent's call of it
+    runs (genesis_debt.status settles overdue debts first: then it changes rows)."""
+    from server.kernel.artifacts import SYSTEM_ACCOUNT
+
+    return w.kernel.genesis[i["artifact_id"]].call(conn, SYSTEM_ACCOUNT, i["method"], i["args"], w.kernel.clock())
+
+
 @command("grant")
 def _grant(w: World, conn, i: dict) -> dict:
     return grants.grant(conn, i["agent_id"], i["scrip"], i["llm_budget"], i["memo"], w.kernel.clock())

@@ -41,3 +41,14 @@ def grant(conn, agent_id: str, scrip: int, llm_budget: int, memo: str, now: floa
 def record_control(conn, type_: str, now: float, data: dict) -> None:
     """`world.paused`, `world.resumed` or `world.stepped`: the operator's run control."""
     events.append(conn, type_, principal_id=SYSTEM_ACCOUNT, now=now, data=data)
+
+
+def set_stopped(conn, agent_id: str, memo: str, stop: bool, now: float) -> bool:
+    """Admin.StopAgent / StartAgent: the durable flag (the server's in-memory set,
+    server/rpc/pause.py WorldGate.stopped, follows it) and its event. True if it changed."""
+    changed = conn.stopped_add(agent_id, now, memo) if stop else conn.stopped_remove(agent_id)
+    if changed:
+        events.append(conn, "agent.stopped" if stop else "agent.started", principal_id=SYSTEM_ACCOUNT,
+                      artifact_id=agent_id, now=now, related=[agent_id], data={"memo": memo})
+    return changed
+

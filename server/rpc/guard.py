@@ -357,6 +357,14 @@ class RpcGuard(grpc.aio.ServerInterceptor):
         return sum(1 for p in list(self._principals.values())
                    if p.in_flight or p.streams or now - p.bucket.updated_at < seconds)
 
+    def activity(self, principal_id: str) -> tuple[int, int, float] | None:
+        """(calls open, streams open, seconds since its last call) of a principal, or None
+        when the guard holds no record of it (it has not called recently)."""
+        p = self._principals.get(principal_id)
+        if p is None:
+            return None
+        return p.in_flight, p.streams, max(0.0, self._clock() - p.bucket.updated_at)
+
     def refresh_principal_rate(self, principal_id: str) -> None:
         """Re-read `per_principal_rate` for this principal on its next call (the balance
         is kept, clamped to the new burst)."""

@@ -5,11 +5,17 @@ genesis methods READ_ONLY_GENESIS) are refused UNAVAILABLE / WORLD_PAUSED
 with a RetryInfo, before any work is done; reads go on; the mint resolves no round. `step(n)`
 lets the next n mutating calls through without resuming. The state is the server process's
 (a restarted server runs); every change is recorded as an event by the Admin service.
+
+Stopped agents (Admin.StopAgent / StartAgent): `stopped` holds the ids of agents the
+operator stopped; every call made with such an agent's credential - reads and streams too -
+is refused FAILED_PRECONDITION / AGENT_STOPPED (no RetryInfo). Unlike the pause this is
+durable: server/storage/stopped.py keeps it, and the server loads it at start.
 """
 
 from __future__ import annotations
 
 from server.errors import KernelError, Reason
+from server.rpc.guard import CALLER
 
 WORLD_MUTATIONS = frozenset({
     "/ecology.v1.World/WriteArtifact",
@@ -32,6 +38,7 @@ class WorldGate:
     def __init__(self) -> None:
         self.paused = False
         self.steps_left = 0
+        self.stopped: set[str] = set()
 
     def pause(self) -> None:
         self.paused = True
@@ -49,7 +56,13 @@ class WorldGate:
         self.steps_left += calls
 
     def admit(self, method: str, request) -> None:
-        """Called by the guard for every admitted agent call (server/rpc/guard.py)."""
+        """Called by the guard for every admitted agent call (server/rpc/guard.py), with
+        CALLER set to the calling agent."""
+        if self.stopped:
+            caller = CALLER.get(None)
+            if caller is not None and caller.principal_id in self.stopped:
+                raise KernelError(Reason.AGENT_STOPPED, f"agent {caller.principal_id} is stopped by the operator "
+                                  "(ecology agent start resumes it)")
         if not self.paused or method not in WORLD_MUTATIONS:
             return
         if method.endswith("/InvokeArtifact") and (request.artifact_id, request.method) in READ_ONLY_GENESIS:

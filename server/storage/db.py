@@ -199,6 +199,14 @@ MIGRATIONS: list[str] = [
     """,
     # 5: the operation log, for exact replay (server/storage/oplog.py, server/kernel/commands.py)
     oplog.MIGRATION,
+    # 6: agents stopped by the operator (Admin.StopAgent, server/storage/stopped.py)
+    """
+    CREATE TABLE stopped_agents (
+        agent_id    TEXT PRIMARY KEY,
+        at          REAL NOT NULL,                 -- server time it was stopped
+        memo        TEXT NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -61,7 +61,7 @@ class Executor:
         # Set by the server (exact replay): called inside the op's savepoint after an op
         # that is not a recorded command (server/kernel/commands.py) changed rows, so the
         # oplog says where a replay has to stop.
-        self.on_unrecorded: Callable[[sqlite3.Connection, Op], None] | None = None
+        self.on_unrecorded: Callable[[Any, Op], None] | None = None
 
     def start(self) -> None:
         self._thread.start()

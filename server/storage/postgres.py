@@ -124,6 +124,10 @@ PG_MIGRATIONS: list[str] = [
         seq BIGINT PRIMARY KEY, command TEXT NOT NULL, inputs TEXT NOT NULL, record TEXT NOT NULL
     );
     """,
+    # 5 -> 6: agents stopped by the operator (db.MIGRATIONS[5]).
+    """
+    CREATE TABLE stopped_agents (agent_id TEXT PRIMARY KEY, at DOUBLE PRECISION NOT NULL, memo TEXT NOT NULL);
+    """,
 ]
 
 # Every text column compares byte-wise, as SQLite's do: ids page and sort the same way
@@ -245,6 +249,18 @@ class PostgresStore(Store):
 
     def read_end(self) -> None:
         self.conn.execute("ROLLBACK")
+
+    # -- agents the operator stopped -------------------------------------------------
+
+    def stopped_all(self) -> set[str]:
+        return {r[0] for r in self._all("SELECT agent_id FROM stopped_agents")}
+
+    def stopped_add(self, agent_id: str, at: float, memo: str) -> bool:
+        return self._run("INSERT INTO stopped_agents (agent_id, at, memo) VALUES (%s, %s, %s) "
+                         "ON CONFLICT DO NOTHING", (agent_id, at, memo)) == 1
+
+    def stopped_remove(self, agent_id: str) -> bool:
+        return self._run("DELETE FROM stopped_agents WHERE agent_id = %s", (agent_id,)) == 1
 
     # -- the operation log -----------------------------------------------------------
 

@@ -73,6 +73,18 @@ class SqliteStore(sqlite3.Connection, Store):
     def read_end(self) -> None:
         self.execute("ROLLBACK")
 
+    # -- agents the operator stopped -------------------------------------------------
+
+    def stopped_all(self) -> set[str]:
+        return {r[0] for r in self.execute("SELECT agent_id FROM stopped_agents")}
+
+    def stopped_add(self, agent_id: str, at: float, memo: str) -> bool:
+        return self.execute("INSERT OR IGNORE INTO stopped_agents (agent_id, at, memo) VALUES (?, ?, ?)",
+                            (agent_id, at, memo)).rowcount == 1
+
+    def stopped_remove(self, agent_id: str) -> bool:
+        return self.execute("DELETE FROM stopped_agents WHERE agent_id = ?", (agent_id,)).rowcount == 1
+
     # -- the operation log -----------------------------------------------------------
 
     def oplog_append(self, command: str, inputs: str, record: str) -> None:

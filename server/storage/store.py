@@ -76,6 +76,19 @@ class Store:
     def read_end(self) -> None:
         raise NotImplementedError
 
+    # -- agents the operator stopped (Admin.StopAgent / StartAgent) --------------------
+
+    def stopped_all(self) -> set[str]:
+        raise NotImplementedError
+
+    def stopped_add(self, agent_id: str, at: float, memo: str) -> bool:
+        """True when the agent was not stopped before."""
+        raise NotImplementedError
+
+    def stopped_remove(self, agent_id: str) -> bool:
+        """True when the agent was stopped."""
+        raise NotImplementedError
+
     # -- the operation log (exact replay: oplog.py, server/kernel/commands.py) -----------
 
     def oplog_append(self, command: str, inputs: str, record: str) -> None:
