@@ -354,8 +354,9 @@ class _Base:
 
     def _fail_over(self, err: EcologyError, failed: grpc.Channel) -> None:
         """After `err` on channel `failed`: move to the active server it names, else to the
-        next address. A no-op when another thread already moved, or with one address."""
-        if not self.failover and not err.active:
+        next address. A no-op when another thread already moved, or with one address (a
+        client given one server stays with it, and sees STANDBY)."""
+        if not self.failover:
             return
         with self._switch:
             if self._channel is not failed or self._closed.is_set():
