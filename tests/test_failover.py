@@ -18,6 +18,7 @@ from server.storage import db
 from tests.conftest import fails, pg_server
 from tests.failover_cluster import Cluster, start_client
 from tests.pg import PgServer
+from tests.test_js_agent import NODE, NPM, js_agent, run_agent  # noqa: F401 (js_agent: a fixture)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -192,5 +193,24 @@ def test_connection_cut_during_commit_is_outcome_unknown(own_pg, tmp_path):
             again = w.transfer(b.agent_id, 7, request_id="cut-1")
             assert again["amount"] == 7 and w.balance() == 1000 - 7  # applied once: it had committed
         side.close()
+    finally:
+        cluster.stop()
+
+
+@pytest.mark.skipif(not (NODE and NPM), reason="the JavaScript agent needs Node.js and npm")
+def test_js_agent_goes_from_the_standby_to_the_active_server(pg, tmp_path, js_agent):
+    """examples/js-agent given "standby,active" follows STANDBY's hint and does its work there."""
+    js_dir = js_agent
+    cluster = Cluster(tmp_path, pg.new_database(), 2).start()
+    try:
+        active, standby = cluster.nodes
+        with AdminClient(active.socket, cluster.admin_token) as admin:
+            a, b = admin.create_agent("js_fo_a"), admin.create_agent("js_fo_b")
+        code, summary, out, err = run_agent(js_dir, f"{standby.socket},{active.socket}", a.token,
+                                            ECOLOGY_TRANSFER_TO=b.agent_id, ECOLOGY_TRANSFER_AMOUNT="5")
+        assert code == 0 and summary["ok"], (out, err)
+        assert summary["failovers"] >= 1 and summary["transfer"]["replay_same_outcome"]
+        with WorldClient(active.socket, b.token) as w:
+            assert w.balance() == 1000 + 5
     finally:
         cluster.stop()
