@@ -26,6 +26,19 @@ Resilience (what a long-running agent wants), opt-in with `retry=RetryPolicy()`:
 
 Without a policy (the default) every call is made once and fails fast, as a test or an
 operator tool wants.
+
+Several servers (one active, standbys on the same PostgreSQL database; server/standby.py):
+give the addresses as one comma list, `WorldClient("hostA:50051,hostB:50051", token)` (and
+so `ECOLOGY_SERVER=a,b`). The client talks to one at a time. A call that fails because
+the server is gone (UNAVAILABLE without ErrorInfo, DEADLINE_EXCEEDED), is a standby
+(STANDBY; its ErrorInfo names the active server under `active`, which is preferred), or
+lost its database during COMMIT (OUTCOME_UNKNOWN) moves the client to the next server:
+the hinted active one, else the next address in the list. The call is then retried there
+when that is safe: STANDBY always (a standby applies nothing); the others only with a
+request id (a policy gives every mutating call one, and a retry keeps it, so the new
+server answers the first outcome instead of applying it again). With several addresses a
+policy does not use wait_for_ready (a dead server must fail fast to be left) and keeps
+trying for `failover_seconds`; without a policy each other address is tried once.
 """
 
 from __future__ import annotations
@@ -117,6 +130,10 @@ class RetryPolicy:
     # Reasons retried after their RetryInfo.
     retry_reasons: frozenset = frozenset({"RATE_LIMITED", "TOO_MANY_IN_FLIGHT", "INSUFFICIENT_RESOURCES",
                                           "LLM_UNAVAILABLE"})
+    # Several addresses: how long to keep looking for the active server (a takeover takes
+    # a few seconds), and the longest pause between two tries meanwhile.
+    failover_seconds: float = 30.0
+    failover_max_delay: float = 0.5
 
     def backoff(self, attempt: int) -> float:
         """Delay before retry number `attempt` (1-based) after a lost connection."""
@@ -125,6 +142,21 @@ class RetryPolicy:
 
 
 CONNECTION_REASONS = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
+# Refusals that send a client with several addresses to another server.
+FAILOVER_REASONS = frozenset({"STANDBY", "OUTCOME_UNKNOWN"})
+
+
+def split_targets(target: str) -> list[str]:
+    """"a,b" -> ["a", "b"]: the addresses of one world's servers, in order of preference."""
+    targets = [t.strip() for t in str(target).split(",") if t.strip()]
+    if not targets:
+        raise EcologyError(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGS", f"no server address in {target!r}")
+    return targets
+
+
+def should_fail_over(err: EcologyError) -> bool:
+    """The server that answered cannot serve this call, another one may."""
+    return is_connection_error(err) or err.reason in FAILOVER_REASONS
 
 
 def is_connection_error(err: EcologyError) -> bool:
@@ -135,7 +167,8 @@ def is_connection_error(err: EcologyError) -> bool:
 
 def call_with_retry(fn: Callable[..., T], *args: Any, policy: RetryPolicy | None = None,
                     idempotent: bool = True, sleep: Callable[[float], Any] | None = None,
-                    on_retry: Callable[[EcologyError, float], Any] | None = None, **kwargs: Any) -> T:
+                    on_retry: Callable[[EcologyError, float], Any] | None = None, failover: bool = False,
+                    **kwargs: Any) -> T:
     """Call `fn(*args, **kwargs)`; when it raises an EcologyError that waiting can fix,
     wait and call again, a bounded number of times:
 
@@ -145,11 +178,17 @@ def call_with_retry(fn: Callable[..., T], *args: Any, policy: RetryPolicy | None
     * a lost connection (UNAVAILABLE, DEADLINE_EXCEEDED without ErrorInfo), only when
       `idempotent`: exponential backoff, at most `policy.unavailable_attempts` tries.
 
+    With `failover` (the client has several addresses and `fn` moves between them):
+    STANDBY is retried (idempotent or not: a standby applied nothing), and so are a lost
+    connection and OUTCOME_UNKNOWN when `idempotent`, with short pauses (at most
+    `policy.failover_max_delay`) for up to `policy.failover_seconds`.
+
     Anything else, and the last failure, is raised. `sleep` (default time.sleep) may
     raise to abandon the wait; `on_retry(err, delay)` is told about every retry."""
     policy = policy or RetryPolicy()
     sleep = sleep or time.sleep
     refused = lost = 0
+    lost_since = None
     while True:
         try:
             return fn(*args, **kwargs)
@@ -159,6 +198,13 @@ def call_with_retry(fn: Callable[..., T], *args: Any, policy: RetryPolicy | None
                 if refused >= policy.attempts or err.retry_after > policy.max_delay:
                     raise
                 delay = err.retry_after
+            elif failover and (err.reason == "STANDBY" or idempotent and should_fail_over(err)):
+                lost += 1
+                now = time.monotonic()
+                lost_since = now if lost_since is None else lost_since
+                if now - lost_since > policy.failover_seconds:
+                    raise
+                delay = 0.0 if lost == 1 else min(policy.failover_max_delay, policy.backoff(lost - 1) / 2)
             elif idempotent and is_connection_error(err):
                 lost += 1
                 if lost >= policy.unavailable_attempts:
@@ -256,21 +302,79 @@ class TlsOptions:
         return grpc.secure_channel(target, creds, options=opts)
 
 
+class _FailoverStub:
+    """The generated stub of the client's current server, resolved at every call, so a
+    retry after a fail-over goes to the new server."""
+
+    def __init__(self, client: "_Base", factory) -> None:
+        self._client = client
+        self._factory = factory
+        self._stubs: dict[int, Any] = {}
+
+    def __getattr__(self, name: str):
+        return functools.partial(self._call, name)
+
+    def _call(self, name: str, *args, **kwargs):
+        channel = self._client._channel
+        stub = self._stubs.get(id(channel))
+        if stub is None:
+            stub = self._stubs[id(channel)] = self._factory(channel)
+        return getattr(stub, name)(*args, **kwargs)
+
+
 class _Base:
     def __init__(self, target: str, token: str, *, channel: grpc.Channel | None = None,
                  retry: RetryPolicy | None = None, tls: TlsOptions | None = None) -> None:
-        """`tls`: reach a TCP address over TLS (TlsOptions; `TlsOptions.from_env()` reads
-        $ECOLOGY_CA_FILE and friends). Unix sockets are always plaintext."""
-        self.target = target
+        """`target`: "host:port", "unix:PATH", or several as a comma list (one world's
+        active server and standbys; see the module docstring). `tls`: reach a TCP address
+        over TLS (TlsOptions; `TlsOptions.from_env()` reads $ECOLOGY_CA_FILE and friends).
+        Unix sockets are always plaintext."""
+        self.targets = split_targets(target) if channel is None else [target]
+        self.target = self.targets[0]
         self.retry = retry
+        self._tls = tls
+        self._switch = threading.Lock()
+        self._channels: dict[str, grpc.Channel] = {}
         if channel is None:
-            if tls is not None and not target.startswith("unix:"):
-                channel = tls.channel(target, CHANNEL_OPTIONS)
-            else:
-                channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+            channel = self._connect(self.target)
+        self._channels[self.target] = channel
         self._channel = channel
         self._md = (("authorization", f"Bearer {token}"),)
         self._closed = threading.Event()
+        self.failovers = 0
+
+    @property
+    def failover(self) -> bool:
+        return len(self.targets) > 1
+
+    def _connect(self, target: str) -> grpc.Channel:
+        if self._tls is not None and not target.startswith("unix:"):
+            return self._tls.channel(target, CHANNEL_OPTIONS)
+        return grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+
+    def _fail_over(self, err: EcologyError, failed: grpc.Channel) -> None:
+        """After `err` on channel `failed`: move to the active server it names, else to the
+        next address. A no-op when another thread already moved, or with one address (a
+        client given one server stays with it, and sees STANDBY)."""
+        if not self.failover:
+            return
+        with self._switch:
+            if self._channel is not failed or self._closed.is_set():
+                return
+            hint = err.active
+            if hint and hint != self.target:
+                if hint not in self.targets:
+                    self.targets.append(hint)
+                nxt = hint
+            else:
+                nxt = self.targets[(self.targets.index(self.target) + 1) % len(self.targets)]
+            if nxt == self.target:
+                return
+            channel = self._channels.get(nxt)
+            if channel is None:
+                channel = self._channels[nxt] = self._connect(nxt)
+            self.target, self._channel = nxt, channel
+            self.failovers += 1
 
     def _sleep(self, seconds: float) -> None:
         """A retry's wait; closing the client abandons it."""
@@ -282,21 +386,34 @@ class _Base:
         policy = self.retry
 
         def once():
+            channel = self._channel
             try:
                 if policy is None:
                     return rpc(request, metadata=self._md, timeout=timeout)
                 return rpc(request, metadata=self._md, timeout=timeout or policy.call_timeout,
-                           wait_for_ready=policy.wait_for_ready)
+                           wait_for_ready=policy.wait_for_ready and not self.failover)
             except grpc.RpcError as err:
-                raise EcologyError.from_rpc_error(err) from None
+                e = EcologyError.from_rpc_error(err)
+                if should_fail_over(e):
+                    self._fail_over(e, channel)
+                raise e from None
             except ValueError as err:  # "Cannot invoke RPC on closed channel!"
                 if self._closed.is_set():
                     raise EcologyError(grpc.StatusCode.CANCELLED, "CANCELLED", str(err)) from None
                 raise
 
         if policy is None:
+            if not self.failover:
+                return once()
+            for _ in range(len(self.targets)):  # each other server once
+                try:
+                    return once()
+                except EcologyError as err:
+                    if not (err.reason == "STANDBY" or idempotent and should_fail_over(err)):
+                        raise
             return once()
-        return call_with_retry(once, policy=policy, idempotent=idempotent, sleep=self._sleep)
+        return call_with_retry(once, policy=policy, idempotent=idempotent, sleep=self._sleep,
+                               failover=self.failover)
 
     def _request_id(self, given: str) -> str:
         """With a policy, mutating calls carry an idempotency key so retries are safe."""
@@ -305,9 +422,10 @@ class _Base:
         return uuid.uuid4().hex
 
     def close(self) -> None:
-        """Close the channel: calls in progress (on any thread) end with CANCELLED."""
+        """Close the channels: calls in progress (on any thread) end with CANCELLED."""
         self._closed.set()
-        self._channel.close()
+        for channel in list(self._channels.values()):
+            channel.close()
 
     def __enter__(self):
         return self
@@ -333,6 +451,7 @@ class Subscription:
         self.resume = resume
         self.reconnects = 0
         self._call = None
+        self._channel = None
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._failures = 0
@@ -347,8 +466,10 @@ class Subscription:
         remaining = self._remaining()
         if remaining is not None and remaining <= 0:
             raise EcologyError(grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED", "subscription timed out")
-        call = self._client._open_events(self.last_seq, self._filters, timeout=remaining,
-                                         wait_for_ready=self.resume and self.reconnects > 0 or None)
+        self._channel = self._client._channel
+        call = self._client._open_events(
+            self.last_seq, self._filters, timeout=remaining,
+            wait_for_ready=self.resume and self.reconnects > 0 and not self._client.failover or None)
         with self._lock:
             if self._closed.is_set():
                 call.cancel()
@@ -373,12 +494,14 @@ class Subscription:
                 if self._closed.is_set() or rpc_err.code() == grpc.StatusCode.CANCELLED:
                     raise StopIteration from None
                 err = EcologyError.from_rpc_error(rpc_err)
+                if should_fail_over(err):
+                    self._client._fail_over(err, self._channel)
                 if not self.resume or err.reason == "DEADLINE_EXCEEDED" and self._deadline is not None:
                     raise err from None
                 if err.retry_after is not None and err.reason in ("RATE_LIMITED", "TOO_MANY_IN_FLIGHT"):
                     delay = err.retry_after
-                elif is_connection_error(err) or err.reason in ("INTERNAL", "TOO_MANY_STREAMS"):
-                    delay = self._backoff()
+                elif should_fail_over(err) or err.reason in ("INTERNAL", "TOO_MANY_STREAMS"):
+                    delay = min(0.5, self._backoff()) if self._client.failover else self._backoff()
                 else:
                     raise err from None
             except ValueError:                   # the channel was closed under us
@@ -427,7 +550,7 @@ class WorldClient(_Base):
 
     def __init__(self, target: str, token: str, **kw) -> None:
         super().__init__(target, token, **kw)
-        self._stub = world_pb2_grpc.WorldStub(self._channel)
+        self._stub = _FailoverStub(self, world_pb2_grpc.WorldStub)
 
     def get_state(self, timeout: float | None = 30) -> world_pb2.GetStateResponse:
         return self._unary(self._stub.GetState, world_pb2.GetStateRequest(), timeout=timeout)
@@ -629,7 +752,7 @@ class AdminClient(_Base):
 
     def __init__(self, target: str, admin_token: str, **kw) -> None:
         super().__init__(target, admin_token, **kw)
-        self._stub = admin_pb2_grpc.AdminStub(self._channel)
+        self._stub = _FailoverStub(self, admin_pb2_grpc.AdminStub)
 
     def create_agent(self, name: str, config: str = "{}", *, metadata: dict | None = None,
                      interface: list | None = None, **overrides: Any) -> admin_pb2.CreateAgentResponse:

@@ -12,8 +12,12 @@ class EcologyError(Exception):
     field, for INVALID_ARGS), `retry_after` (seconds, only when waiting can help)."""
 
     def __init__(self, code: grpc.StatusCode, reason: str, message: str,
-                 field: str | None = None, retry_after: float | None = None) -> None:
+                 field: str | None = None, retry_after: float | None = None,
+                 metadata: dict[str, str] | None = None) -> None:
         super().__init__(f"{reason}: {message}")
+        # ErrorInfo.metadata (e.g. STANDBY's "active": the active server's address).
+        self.metadata = dict(metadata or {})
+        self.active = self.metadata.get("active") or None
         self.code = code
         self.reason = reason
         self.message = message
@@ -23,7 +27,7 @@ class EcologyError(Exception):
     @classmethod
     def from_rpc_error(cls, err: grpc.RpcError) -> "EcologyError":
         code = err.code()
-        reason, field, retry = code.name, None, None
+        reason, field, retry, metadata = code.name, None, None, {}
         status = rpc_status.from_call(err) if hasattr(err, "trailing_metadata") else None
         if status is not None:
             for detail in status.details:
@@ -32,8 +36,9 @@ class EcologyError(Exception):
                     detail.Unpack(info)
                     reason = info.reason
                     field = info.metadata.get("field")
+                    metadata = dict(info.metadata)
                 elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
                     ri = error_details_pb2.RetryInfo()
                     detail.Unpack(ri)
                     retry = ri.retry_delay.seconds + ri.retry_delay.nanos / 1e9
-        return cls(code, reason, err.details() or "", field, retry)
+        return cls(code, reason, err.details() or "", field, retry, metadata)

@@ -23,6 +23,7 @@ from grpc_health.v1 import health, health_pb2
 
 from ecology.v1 import admin_pb2, admin_pb2_grpc, world_pb2, world_pb2_grpc
 from server.config import Config, ConfigError
+from server.errors import KernelError, Reason
 from server.kernel.kernel import Kernel
 from server.llm.backend import make_backend
 from server.llm.gateway import LlmGateway
@@ -39,12 +40,14 @@ from server.rpc.world import WorldService
 from server.sandbox import Sandbox, SandboxSettings
 from server.sandbox.notice import isolation_note, isolation_warning
 from server.storage import db, oplog
+from server.standby import WATCHDOG_SECONDS, Lease
 from server.storage.executor import Executor
 from server.tls import TlsFiles, is_loopback
 
 log = structlog.get_logger("server")
 
 READY_FILE = "server.json"
+HEALTH_NAMES = ("", "ecology.v1.World", "ecology.v1.Admin")
 PURGE_INTERVAL_SECONDS = 60.0
 
 
@@ -82,8 +85,13 @@ class WorldServer:
         self.agent_backend = ""  # set by `ecology run` once its launcher picked a backend
         self.started = time.monotonic()
         self._tasks: list[asyncio.Task] = []
+        self._loop = None
 
     async def start(self) -> None:
+        """Listen, then become active at once (SQLite, or the writer lock of a PostgreSQL
+        database is free), or stand by until the lock is free (server/standby.py). Returns
+        once listening; `self.active` says which (`self.activated` is set on takeover)."""
+        self._loop = asyncio.get_running_loop()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock = open(self.data_dir / "lock", "w")
         try:
@@ -91,11 +99,14 @@ class WorldServer:
         except BlockingIOError:
             raise RuntimeError(f"data directory {self.data_dir} is in use by another server") from None
         admin_token = resolve_admin_token(self.config, self.data_dir)
-        llm_backend = make_backend(self.config.llm)  # a missing API key stops the start here
+        self.llm_backend = make_backend(self.config.llm)  # a missing API key stops the start here
 
-        path = self.config.storage["url"] or self.data_dir / db.DB_FILE  # a PostgreSQL URL or the SQLite file
+        self.db_path = path = self.config.storage["url"] or self.data_dir / db.DB_FILE  # a PostgreSQL URL or the SQLite file
         self.writer_conn = db.open_store(path)
-        self.schema_version = db.migrate(self.writer_conn)
+        self.active = False
+        self.activated = asyncio.Event()
+        self.fenced = asyncio.Event()  # the writer lost its database session: `ecology serve` exits 3
+        self.lease: Lease | None = None
         sb = self.config["sandbox"]
         # [sandbox] also holds kernel policy (max_depth, default_max_spend): pass on only
         # what the workers need. isolation = "bwrap" that cannot be had raises here.
@@ -111,27 +122,12 @@ class WorldServer:
             print(f"ecology: {warning}", file=sys.stderr, flush=True)
         self.kernel = Kernel(self.config, clock=self.clock, sandbox=self.sandbox)
         self.executor = Executor(self.writer_conn, max_batch=self.config.server["max_batch"])
+        self.executor.on_connection_lost = self._connection_lost_threadsafe
         # Ops that are not recorded commands are marked in the oplog (exact replay stops there).
         self.executor.on_unrecorded = oplog.append_unrecorded
         # User contracts, code checks and user code run here, never on the writer thread.
         self.outside = Outside(self.kernel, self.executor)
-        # The first op of every start (a recorded command, with the effective configuration):
-        # bootstrap the genesis artifacts, and release the LLM reservations of calls a crash
-        # interrupted (they hold budget nobody will settle).
-        released = self.outside.commands.run_blocking("start", {"config": self.config.data})
-        if released:
-            log.warning("llm_reservations_released", count=released)
-        self.llm = LlmGateway(self.kernel, self.executor, llm_backend)
-        oracle_cfg = self.config.oracle
-        if oracle_cfg["scorer"] == "llm":
-            self.kernel.genesis["genesis_oracle"].scorer = LlmScorer(
-                self.kernel, self.executor, llm_backend, oracle_cfg["llm_model"])
-        self.mint = MintRunner(self.kernel, self.executor)
-        self.reader = db.open_store(path)
-        self.credentials = Credentials(admin_token)
-        self.credentials.load(self.reader)
-        self.hub = EventHub(self.reader)
-        self.executor.on_commit(self.hub.notify)
+        self.credentials = Credentials(admin_token)  # loaded from the database on activation
         self.metrics_listen = self.config.server["metrics_listen"]
         if self.metrics_listen:
             from server.metrics import Metrics
@@ -139,10 +135,8 @@ class WorldServer:
             self.metrics = Metrics()
             self.metrics.watch(db_path=path, sandbox=self.sandbox)
             self.executor.on_batch = self.metrics.observe_batch
-            self.hub.listeners.append(self.metrics.observe_events)
         else:
             self.metrics = None
-        self.executor.start()
 
         self.tls = self._tls_files()
         self.insecure_addresses: list[str] = []
@@ -159,6 +153,7 @@ class WorldServer:
             ),
             per_principal_rate=self._rpc_override,
         )
+        self.guard.standby = self._not_yet_active
         max_msg = self.config.server["max_message_bytes"]
         # The guard wraps every handler at registration (`guarded`), not as an interceptor.
         self.grpc_server = grpc.aio.server(
@@ -175,9 +170,7 @@ class WorldServer:
             self.guard.metrics = self.metrics
             self.metrics.watch(guard=self.guard)
         self.gate = WorldGate()
-        self.gate.stopped = self.reader.stopped_all()  # durable (Admin.StopAgent)
         self.guard.gate = self.gate.admit
-        self.mint.is_paused = lambda: self.gate.paused
         guarded = self.guard.guarded(self.grpc_server)
         world_pb2_grpc.add_WorldServicer_to_server(WorldService(self), guarded)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self), guarded)
@@ -195,24 +188,122 @@ class WorldServer:
                        "bearer tokens cross the network in clear; use --tls-cert/--tls-key")
             log.warning("insecure_listener", listen=address, message=warning)
             print(warning, file=sys.stderr, flush=True)
+        for name in HEALTH_NAMES:
+            await self._set_health(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.grpc_server.start()
         for address in self.addresses:
             if address.startswith("unix:"):
                 # Agents run as other users (containers, sandboxes); every call is
                 # authenticated by its token, so anyone may connect.
                 os.chmod(address[len("unix:"):], 0o666)
-        for name in ("", "ecology.v1.World", "ecology.v1.Admin"):
-            await self._set_health(name, health_pb2.HealthCheckResponse.SERVING)
+        self.metrics_address = ""
+        if self.writer_conn.supports_lease:
+            self.advertise = self.config.server.get("advertise") or self.addresses[0]
+            self.lease = Lease(self.writer_conn, self.advertise)
+            if not await asyncio.to_thread(self.lease.try_acquire):
+                self.guard.standby = self.lease.refusal
+                await asyncio.to_thread(self.lease.active_address)
+                self._write_ready_file("standby")
+                log.warning("standby", listen=self.addresses, active=self.lease.active_address() or None,
+                            data_dir=str(self.data_dir))
+                self._tasks.append(asyncio.create_task(self._stand_by()))
+                return
+        await self._activate()
+
+    def _not_yet_active(self) -> KernelError:
+        return KernelError(Reason.STANDBY, "this server is starting and not active yet", metadata={"active": ""})
+
+    async def _stand_by(self) -> None:
+        try:
+            await self.lease.wait()
+            log.warning("takeover", advertise=self.advertise)
+            await self._activate()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("standby_failed")
+            self.fenced.set()
+
+    async def _activate(self) -> None:
+        """What a restart does, then SERVING: the server becomes the world's writer."""
+        path = self.db_path
+
+        def recover() -> int:
+            version = db.migrate(self.writer_conn)
+            # The first op of every start (a recorded command, with the effective configuration):
+            # bootstrap the genesis artifacts, and release the LLM reservations of calls a crash
+            # interrupted (they hold budget nobody will settle).
+            released = self.outside.commands.run_blocking("start", {"config": self.config.data})
+            if released:
+                log.warning("llm_reservations_released", count=released)
+            return version
+
+        self.schema_version = await asyncio.to_thread(recover)
+        self.llm = LlmGateway(self.kernel, self.executor, self.llm_backend)
+        oracle_cfg = self.config.oracle
+        if oracle_cfg["scorer"] == "llm":
+            self.kernel.genesis["genesis_oracle"].scorer = LlmScorer(
+                self.kernel, self.executor, self.llm_backend, oracle_cfg["llm_model"])
+        self.mint = MintRunner(self.kernel, self.executor)
+        self.mint.is_paused = lambda: self.gate.paused
+        self.reader = db.open_store(path)
+        self.credentials.load(self.reader)
+        self.gate.stopped = self.reader.stopped_all()  # durable (Admin.StopAgent)
+        self.hub = EventHub(self.reader)  # starts from the last event number in the database
+        self.executor.on_commit(self.hub.notify)
+        if self.metrics is not None:
+            self.hub.listeners.append(self.metrics.observe_events)
+        self.executor.start()
         self._tasks.append(asyncio.create_task(self._purge_loop()))
         if oracle_cfg["enabled"]:
             self._tasks.append(asyncio.create_task(self.mint.run_forever()))
-        self.metrics_address = ""
+        if self.lease is not None:
+            self._tasks.append(asyncio.create_task(self._watchdog()))
         if self.metrics_listen:
             self.metrics_address = self.metrics.serve(self.metrics_listen)
-        self._write_ready_file()
+        self.active = True
+        self.guard.standby = None
+        for name in HEALTH_NAMES:
+            await self._set_health(name, health_pb2.HealthCheckResponse.SERVING)
+        self._write_ready_file("active")
+        self.activated.set()
         log.info("server_started", listen=self.addresses, metrics=self.metrics_address or None, data_dir=str(self.data_dir),
                  schema_version=self.schema_version, sandbox_isolation=self.sandbox.isolation,
                  sandbox_note=isolation_note(self.sandbox.isolation), llm_backend=self.llm.backend.name)
+
+    async def _watchdog(self) -> None:
+        """Finds a lost writer session while the world is idle (a busy one finds it at its
+        next commit): one ping through the writer every WATCHDOG_SECONDS."""
+        while not self.executor.fenced:
+            await asyncio.sleep(WATCHDOG_SECONDS)
+            try:
+                await self.executor.run(lambda conn: conn.ping())
+            except KernelError:
+                pass
+            except Exception:
+                log.exception("watchdog_ping_failed")
+
+    def _connection_lost_threadsafe(self) -> None:
+        """The executor's writer thread saw the database session die (fenced already)."""
+        try:
+            self._loop.call_soon_threadsafe(self._fence)
+        except RuntimeError:
+            pass
+
+    def _fence(self) -> None:
+        if self.fenced.is_set():
+            return
+        self.active = False
+        self.guard.standby = lambda: KernelError(
+            Reason.STANDBY, "this server lost its database session and with it the writer lock; it is exiting",
+            metadata={"active": ""})
+        for name in HEALTH_NAMES:
+            result = self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+            if asyncio.iscoroutine(result):
+                asyncio.ensure_future(result)
+        log.critical("writer_lock_lost", message="the database session holding the writer lock is gone; "
+                     "nothing more is applied here; exiting (status 3)")
+        self.fenced.set()
 
     def _rpc_override(self, principal_id: str) -> tuple[float, float] | None:
         override = self.credentials.rpc_limits(principal_id)
@@ -261,8 +352,9 @@ class WorldServer:
             raise RuntimeError(f"could not listen on {address}")
         return f"{host}:{bound}"
 
-    def _write_ready_file(self) -> None:
-        info = {"pid": os.getpid(), "listen": self.addresses}
+    def _write_ready_file(self, role: str) -> None:
+        """<data-dir>/server.json: pid, listen addresses, role ("active" or "standby")."""
+        info = {"pid": os.getpid(), "listen": self.addresses, "role": role}
         if self.metrics_address:
             info["metrics"] = f"http://{self.metrics_address}/metrics"
         tmp = self.data_dir / (READY_FILE + ".tmp")
@@ -288,20 +380,27 @@ class WorldServer:
             return
         self.stopping = True
         grace = self.config.server["shutdown_grace_seconds"] if grace is None else grace
-        for name in ("", "ecology.v1.World", "ecology.v1.Admin"):
+        for name in HEALTH_NAMES:
             await self._set_health(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.hub.notify()
+        active = self.activated.is_set()
+        if active:
+            self.hub.notify()
         for t in self._tasks:
             t.cancel()
         await self.grpc_server.stop(grace)
-        await self.llm.aclose()  # queues the release of calls cut short, before the writer stops
-        self.executor.stop()
-        self.outside.close()
+        if active:
+            await self.llm.aclose()  # queues the release of calls cut short, before the writer stops
+            self.executor.stop()
+            self.outside.close()
         self.sandbox.close()
         if self.metrics is not None:
             self.metrics.close()
-        self.reader.close()
-        self.writer_conn.close()
+        for store in (getattr(self, "reader", None), self.writer_conn):
+            if store is not None:
+                try:
+                    store.close()
+                except Exception:  # a session already gone (fenced)
+                    pass
         (self.data_dir / READY_FILE).unlink(missing_ok=True)
         for address in self.addresses:
             if address.startswith("unix:"):

@@ -60,6 +60,8 @@ def _serve(args) -> int:
             print("ecology: invalid configuration: --database takes postgresql://USER@HOST:PORT/DB", file=sys.stderr)
             return 2
         config.storage["url"] = args.database
+    if getattr(args, "advertise", None):
+        config.server["advertise"] = args.advertise
 
     async def main() -> int:
         server = WorldServer(config, args.data_dir, args.listen or None)
@@ -72,9 +74,21 @@ def _serve(args) -> int:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        print(json.dumps({"event": "serving", "listen": server.addresses,
+        print(json.dumps({"event": "serving" if server.active else "standby", "listen": server.addresses,
                           "data_dir": str(Path(args.data_dir).resolve())}), flush=True)
-        await stop.wait()
+        stopped = asyncio.create_task(stop.wait())
+        fenced = asyncio.create_task(server.fenced.wait())
+        await asyncio.wait({stopped, fenced}, return_when=asyncio.FIRST_COMPLETED)
+        if server.fenced.is_set():
+            # server/standby.py: the writer lock is gone with the database session; exit
+            # loudly so that a supervisor restarts this server, as a standby.
+            print("ecology: lost the database session holding the writer lock; nothing more is "
+                  "applied here; exiting with status 3", file=sys.stderr, flush=True)
+            try:
+                await server.stop(0)
+            except Exception:
+                pass
+            return 3
         await server.stop()
         return 0
 
@@ -378,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="keep the world's state in PostgreSQL (postgresql://USER@HOST:PORT/DB) instead of "
                             "SQLite in the data directory ([storage] url)")
     serve.add_argument("--log-level", default="info")
+    serve.add_argument("--advertise", metavar="ADDR",
+                       help="with --database: the address the active server gives clients and standbys "
+                            "(default: its first --listen address)")
     serve.add_argument("--tls-cert", help="PEM certificate: TLS on every TCP listener")
     serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
     serve.add_argument("--tls-client-ca", help="require client certificates from this CA (mutual TLS)")

@@ -48,6 +48,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "insecure": False,
         # Serve Prometheus metrics at http://HOST:PORT/metrics ("" = off); see server/metrics.py.
         "metrics_listen": "",
+        # With several servers on one PostgreSQL database (server/standby.py): the address
+        # the active server tells clients and standbys ("" = its first listen address).
+        "advertise": "",
     },
     "limits": {
         "max_content_bytes": 1024 * 1024,

@@ -42,6 +42,8 @@ class Reason(str, enum.Enum):
     MINT_DISABLED = "MINT_DISABLED"
     WORLD_PAUSED = "WORLD_PAUSED"
     AGENT_STOPPED = "AGENT_STOPPED"
+    STANDBY = "STANDBY"
+    OUTCOME_UNKNOWN = "OUTCOME_UNKNOWN"
     INTERNAL = "INTERNAL"
 
     @property
@@ -76,6 +78,8 @@ _CODES = {
     Reason.MINT_DISABLED: grpc.StatusCode.FAILED_PRECONDITION,
     Reason.WORLD_PAUSED: grpc.StatusCode.UNAVAILABLE,
     Reason.AGENT_STOPPED: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.STANDBY: grpc.StatusCode.UNAVAILABLE,
+    Reason.OUTCOME_UNKNOWN: grpc.StatusCode.UNAVAILABLE,
     Reason.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 
@@ -92,8 +96,11 @@ class KernelError(Exception):
         field: str | None = None,
         retry_after: float | None = None,
         code: grpc.StatusCode | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
+        # Extra ErrorInfo.metadata entries (STANDBY: "active", the active server's address).
+        self.metadata = metadata or {}
         self.reason = reason
         self.message = message
         self.field = field
@@ -157,5 +164,7 @@ REASON_HELP: dict[Reason, str] = {
     Reason.MINT_DISABLED: "genesis_oracle: the mint is disabled in this world (oracle.enabled = false); bids are refused, held bids can still be cancelled.",
     Reason.WORLD_PAUSED: "The operator paused the world (ecology pause): writes, deletes and invokes wait; reads work. RetryInfo says when to try again.",
     Reason.AGENT_STOPPED: "The operator stopped this agent (ecology agent stop): every call it makes is refused until `ecology agent start`; the agent runtime exits 0 on it.",
+    Reason.STANDBY: "This server is a standby (another server holds the database's writer lock): every World and Admin call is refused; ErrorInfo.metadata['active'] is the active server's advertised address. Nothing was applied; call the active server.",
+    Reason.OUTCOME_UNKNOWN: "The database connection broke while the call's transaction was committing: it may or may not have been applied. Retry with the same request_id (on this server once it is back, or on the one that took over) to learn the real outcome.",
     Reason.INTERNAL: "A server fault; nothing was applied.",
 }

@@ -128,6 +128,9 @@ class MainJob:
         logs.configure("warning", file=log_file)
         server = WorldServer(self.config, self.data_dir, [f"unix:{self.socket}", *self.listen])
         await server.start()
+        if not server.active:  # a standby on a shared PostgreSQL database (server/standby.py)
+            self.say("standby: another server holds this database's writer lock; waiting to take over")
+            await server.activated.wait()
         self.server = server
         try:
             return await self._run(server)

@@ -6,7 +6,10 @@
 // (google.rpc.Status in the `grpc-status-details-bin` trailer), honouring RetryInfo.
 //
 // Environment:
-//   ECOLOGY_SERVER           "host:port" or "unix:/path/to/socket"      (default 127.0.0.1:50051)
+//   ECOLOGY_SERVER           "host:port" or "unix:/path/to/socket"      (default 127.0.0.1:50051);
+//                            several as a comma list (active server and standbys): the agent
+//                            fails over on a lost connection, STANDBY (to ErrorInfo "active")
+//                            and OUTCOME_UNKNOWN, retrying with the same request_id
 //   ECOLOGY_TOKEN            the agent's bearer token                    (required)
 //   ECOLOGY_TRANSFER_TO      recipient of the transfer                   (no transfer when unset)
 //   ECOLOGY_TRANSFER_AMOUNT  scrip to transfer                           (default 1)
@@ -136,6 +139,7 @@ function decodeError(err) {
       out.reason = info.reason;
       out.domain = info.domain;
       if (info.metadata && info.metadata.field) out.field = info.metadata.field;
+      if (info.metadata && info.metadata.active) out.active = info.metadata.active;
     } else if (typeName === 'google.rpc.RetryInfo') {
       const ri = rpcRoot.lookupType(typeName).toObject(
         rpcRoot.lookupType(typeName).decode(any.value), { longs: Number, defaults: true });
@@ -165,12 +169,43 @@ function channelCredentials(target, env) {
   return grpc.credentials.createSsl(read('ECOLOGY_CA_FILE'), read('ECOLOGY_KEY_FILE'), read('ECOLOGY_CERT_FILE'));
 }
 
+// Fail over to another server (several addresses): the server is gone, is a standby, or lost
+// its database during COMMIT. STANDBY applied nothing, so any call may go elsewhere; the others
+// only when a retry is safe (a read, or a mutation with a request_id).
+const READS = new Set(['GetState', 'ReadArtifact', 'ListArtifacts']);
+const FAILOVER_SECONDS = 30;
+
 class Agent {
   constructor(target, token, timeoutSeconds) {
-    this.client = new World(target, channelCredentials(target, process.env));
+    this.targets = target.split(',').map((t) => t.trim()).filter(Boolean);
+    this.target = this.targets[0];
+    this.clients = new Map();
     this.token = token;
     this.timeout = timeoutSeconds;
     this.retries = 0;
+    this.failovers = 0;
+  }
+
+  get client() {
+    if (!this.clients.has(this.target)) {
+      this.clients.set(this.target, new World(this.target, channelCredentials(this.target, process.env)));
+    }
+    return this.clients.get(this.target);
+  }
+
+  /** Move to the server an error names as active, else to the next address. */
+  failOver(info) {
+    let next = info.active;
+    if (!next || next === this.target) {
+      next = this.targets[(this.targets.indexOf(this.target) + 1) % this.targets.length];
+    } else if (!this.targets.includes(next)) {
+      this.targets.push(next);
+    }
+    if (next !== this.target) {
+      log(`failing over from ${this.target} to ${next} (${info.reason})`);
+      this.target = next;
+      this.failovers += 1;
+    }
   }
 
   once(rpc, request) {
@@ -182,11 +217,29 @@ class Agent {
     });
   }
 
+  /** once(), going from server to server while that helps (several addresses only). */
+  async onceFailingOver(rpc, request) {
+    const safe = READS.has(rpc) || Boolean(request.request_id);
+    const started = Date.now();
+    for (;;) {
+      try {
+        return await this.once(rpc, request);
+      } catch (err) {
+        const info = decodeError(err);
+        const lost = info.reason === 'UNAVAILABLE' || info.reason === 'DEADLINE_EXCEEDED' || info.reason === 'OUTCOME_UNKNOWN';
+        const go = this.targets.length > 1 && (info.reason === 'STANDBY' || (safe && lost));
+        if (!go || Date.now() - started > FAILOVER_SECONDS * 1000) throw err;
+        this.failOver(info);
+        await sleep(0.1);
+      }
+    }
+  }
+
   /** Unary call; on an error with RetryInfo, wait the given delay and retry once (same request,
    *  so the same request_id: the server applies a mutation at most once). */
   async call(rpc, request) {
     try {
-      return await this.once(rpc, request);
+      return await this.onceFailingOver(rpc, request);
     } catch (err) {
       const info = decodeError(err);
       log(`${rpc}: error ${info.code} reason=${info.reason} retry_after=${info.retry_after ?? 'none'}: ${info.message}`);
@@ -195,7 +248,7 @@ class Agent {
       this.retries += 1;
       await sleep(info.retry_after);
       try {
-        return await this.once(rpc, request);
+        return await this.onceFailingOver(rpc, request);
       } catch (err2) {
         throw new CallError(rpc, decodeError(err2));
       }
@@ -210,7 +263,7 @@ class Agent {
   }
 
   close() {
-    this.client.close();
+    for (const client of this.clients.values()) client.close();
   }
 }
 
@@ -305,6 +358,7 @@ async function main() {
     summary.scrip_after = after.scrip;
     delete summary.step;
     summary.retries = agent.retries;
+    summary.failovers = agent.failovers;
     summary.ok = true;
   } catch (err) {
     if (err instanceof CallError) {
@@ -315,6 +369,7 @@ async function main() {
       summary.error = { reason: 'CLIENT_ERROR', message: String(err.message || err) };
     }
     summary.retries = agent.retries;
+    summary.failovers = agent.failovers;
   } finally {
     agent.close();
   }

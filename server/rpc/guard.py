@@ -336,6 +336,9 @@ class RpcGuard(grpc.aio.ServerInterceptor):
         self.metrics = None  # server.metrics.Metrics, when the server serves /metrics
         # gate(method, request) for admitted agent calls: raises KernelError to refuse (server/rpc/pause.py)
         self.gate = None
+        # While set, every World and Admin call is refused with the KernelError it returns,
+        # before authentication (a standby, server/standby.py); health and reflection answer.
+        self.standby: Callable[[], KernelError] | None = None
         self._bind_certs = bind_client_certs
         self._cert_principals: dict[bytes, Any] = {}
         self._is_admin_token = is_admin_token
@@ -644,6 +647,7 @@ class RpcGuard(grpc.aio.ServerInterceptor):
             orig = handler.stream_stream if handler.response_streaming else handler.stream_unary
         else:
             orig = handler.unary_stream if handler.response_streaming else handler.unary_unary
+        guard = self
         admit = self._admit
         refuse = self._refuse
         log_call = self._log_call
@@ -667,6 +671,11 @@ class RpcGuard(grpc.aio.ServerInterceptor):
             caller = None
             code = "OK"
             try:
+                standby = guard.standby
+                if standby is not None and kind != _OPEN:
+                    err = standby()
+                    code = err.code.name
+                    await abort(context, err)
                 try:
                     caller, p = admit(kind, context, streaming)
                 except _Reject as rej:

@@ -49,6 +49,8 @@ def to_status(err: KernelError) -> grpc.Status:
     info = error_details_pb2.ErrorInfo(reason=err.reason.value, domain=DOMAIN)
     if err.field:
         info.metadata["field"] = _clip(err.field, MAX_FIELD_BYTES)
+    for key, value in err.metadata.items():
+        info.metadata[key] = _clip(value, MAX_FIELD_BYTES)
     details = [info]
     retry = None
     if err.retry_after is not None and math.isfinite(err.retry_after):

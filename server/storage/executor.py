@@ -47,6 +47,11 @@ class Failed:
 _STOP = object()
 
 
+def fenced_error() -> KernelError:
+    return KernelError(Reason.STANDBY, "this server lost its database session and with it the writer lock; "
+                       "nothing was applied here: call the active server")
+
+
 class Executor:
     def __init__(self, conn: Store, *, max_batch: int = 512) -> None:
         self._conn = conn
@@ -62,6 +67,13 @@ class Executor:
         # that is not a recorded command (server/kernel/commands.py) changed rows, so the
         # oplog says where a replay has to stop.
         self.on_unrecorded: Callable[[Any, Op], None] | None = None
+        # Fencing (several servers on one database, server/standby.py): once the writer's
+        # database session is gone, so is the writer lock it held, and another server may
+        # be writing. From then on nothing is applied here: every op is refused STANDBY
+        # without touching the database, and `on_connection_lost` (set by the server) is
+        # called once, on the writer thread.
+        self.fenced = False
+        self.on_connection_lost: Callable[[], None] | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -122,6 +134,10 @@ class Executor:
         conn = self._conn
         outcomes: list[tuple[bool, Any]] = []
         started = time.perf_counter()
+        committing = False
+        if self.fenced:
+            self._answer(batch, [(False, fenced_error())] * len(batch), started)
+            return
         try:
             conn.tx_begin()
             for op, _future, _loop in batch:
@@ -143,16 +159,35 @@ class Executor:
                     else:
                         outcomes.append((True, result))
                 conn.release("op")
+            committing = True
             conn.tx_commit()
         except Exception as err:
-            # The commit itself failed (disk full, I/O error): nothing is acknowledged.
-            log.exception("commit_failed", error=repr(err))
-            try:
-                conn.tx_rollback()
-            except Exception:
-                pass
-            failure = KernelError(Reason.INTERNAL, "storage failure; nothing was applied")
+            lost = conn.connection_lost(err)
+            log.exception("commit_failed", error=repr(err), connection_lost=lost, during_commit=committing)
+            if lost and committing:
+                # COMMIT was sent and no answer came back: the transaction may or may not
+                # have committed. Never claim either; a retry with the same request_id
+                # (the idempotency record is in the same transaction) tells.
+                failure = KernelError(Reason.OUTCOME_UNKNOWN,
+                                      "the database connection broke during COMMIT: the outcome is unknown; "
+                                      "retry with the same request_id to learn it")
+            elif lost:
+                failure = fenced_error()  # COMMIT never sent: nothing can have been applied
+            else:
+                # The commit itself failed (disk full, I/O error): nothing is acknowledged.
+                try:
+                    conn.tx_rollback()
+                except Exception:
+                    pass
+                failure = KernelError(Reason.INTERNAL, "storage failure; nothing was applied")
             outcomes = [(False, failure)] * len(batch)
+            if lost and not self.fenced:
+                self.fenced = True
+                if self.on_connection_lost is not None:
+                    self.on_connection_lost()
+        self._answer(batch, outcomes, started)
+
+    def _answer(self, batch: list, outcomes: list, started: float) -> None:
         self.batches += 1
         self.ops += len(batch)
         if self.on_batch is not None:

@@ -35,6 +35,8 @@ _COLUMNS = (
 )
 _AGENT = "has_standing = 1 AND can_execute = 1 AND substr(id, 1, 8) != 'genesis_'"
 _BID_COLUMNS = "artifact_id, bidder, amount, placed_at, seq"
+# The advisory lock key of the world's single writer (server/standby.py): "ecology" in ASCII.
+WRITER_LOCK_KEY = 0x65636F6C6F6779
 
 PG_MIGRATIONS: list[str] = [
     # 0 -> 1: the initial schema (db.MIGRATIONS[0]).
@@ -163,12 +165,18 @@ def _like(text: str) -> str:
 
 
 class PostgresStore(Store):
-    def __init__(self, url: str, *, readonly: bool = False) -> None:
+    supports_lease = True
+
+    def __init__(self, url: str, *, readonly: bool = False, application_name: str = "ecology") -> None:
         self.url = url
         self.readonly = readonly
         self._changes = 0
-        self.conn = psycopg.connect(url, autocommit=True)
+        self.conn = psycopg.connect(url, autocommit=True, application_name=application_name)
         self.conn.execute("SET synchronous_commit = on")
+        # A session whose client vanished without closing its socket (host lost, network
+        # cut) is found dead by the server in ~4 s, releasing the writer lock it held.
+        self.conn.execute("SET tcp_keepalives_idle = 1; SET tcp_keepalives_interval = 1; "
+                          "SET tcp_keepalives_count = 3")
         if readonly:
             self.conn.execute("SET default_transaction_read_only = on")
 
@@ -286,7 +294,7 @@ class PostgresStore(Store):
         names = [r[0] for r in self._all(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() "
             "AND table_type = 'BASE TABLE' ORDER BY table_name")]
-        return [n for n in names if n not in NOT_STATE and n != "schema_version"]
+        return [n for n in names if n not in NOT_STATE and n not in ("schema_version", "server_lease")]
 
     def table_rows(self, table: str) -> tuple[list[str], Iterable[tuple]]:
         cols = [r[0] for r in self._all(
@@ -294,6 +302,44 @@ class PostgresStore(Store):
             "AND table_name = %s ORDER BY ordinal_position", (table,))]
         order = ", ".join(f'"{c}"' for c in cols)
         return cols, self.conn.execute(f'SELECT {order} FROM "{table}" ORDER BY {order}')
+
+    # -- the writer lease (server/standby.py) ------------------------------------------
+    # A session-level advisory lock: PostgreSQL releases it when the session ends, however
+    # it ends (server killed, connection cut). The lease table is not world state and not
+    # versioned: it only says where the holder is.
+
+    def lease_try(self) -> bool:
+        return bool(self._one("SELECT pg_try_advisory_lock(%s)", (WRITER_LOCK_KEY,))[0])
+
+    def lease_publish(self, address: str, pid: int, host: str, at: float) -> None:
+        self.conn.execute("CREATE TABLE IF NOT EXISTS server_lease (id INTEGER PRIMARY KEY CHECK (id = 1), "
+                          "address TEXT NOT NULL, pid BIGINT NOT NULL, host TEXT NOT NULL, "
+                          "since DOUBLE PRECISION NOT NULL, backend_pid BIGINT NOT NULL)")
+        self.conn.execute("INSERT INTO server_lease VALUES (1, %s, %s, %s, %s, pg_backend_pid()) "
+                          "ON CONFLICT (id) DO UPDATE SET address = EXCLUDED.address, pid = EXCLUDED.pid, "
+                          "host = EXCLUDED.host, since = EXCLUDED.since, backend_pid = EXCLUDED.backend_pid",
+                          (address, pid, host, at))
+
+    def lease_holder(self) -> dict | None:
+        if self._one("SELECT to_regclass('server_lease')")[0] is None:
+            return None
+        row = self._one(
+            "SELECT l.address, l.pid, l.host, l.since FROM server_lease l WHERE l.id = 1 AND EXISTS ("
+            "SELECT 1 FROM pg_locks k WHERE k.locktype = 'advisory' AND k.granted AND k.pid = l.backend_pid "
+            "AND k.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND ((k.classid::bigint << 32) | k.objid::bigint) = %s AND k.objsubid = 1)", (WRITER_LOCK_KEY,))
+        return {"address": row[0], "pid": row[1], "host": row[2], "since": row[3]} if row else None
+
+    def ping(self) -> None:
+        self.conn.execute("SELECT 1")
+
+    def connection_lost(self, err: BaseException) -> bool:
+        return self.conn.broken or self.conn.closed or isinstance(err, psycopg.OperationalError) and (
+            self.conn.info.transaction_status == psycopg.pq.TransactionStatus.UNKNOWN)
+
+    def backend_pid(self) -> int:
+        """This session's server process (tests cut it with pg_terminate_backend)."""
+        return self.conn.info.backend_pid
 
     # -- artifacts -----------------------------------------------------------------
 

@@ -118,6 +118,34 @@ class Store:
     def table_rows(self, table: str) -> tuple[list[str], Iterable[tuple]]:
         """(column names, every row as a tuple in a canonical order: all columns)."""
         raise NotImplementedError
+    # -- the writer lease (several servers on one database; server/standby.py) -----------
+    # Only backends a second server can share implement these (PostgreSQL); SQLite's
+    # single server is enforced by the data directory's lock file.
+
+    supports_lease = False
+
+    def lease_try(self) -> bool:
+        """Try to take the world's writer lock for this store's session, without waiting.
+        True: this session holds it (until the session ends, however it ends)."""
+        raise NotImplementedError
+
+    def lease_publish(self, address: str, pid: int, host: str, at: float) -> None:
+        """As the lock's holder: record the address clients should use (autocommit)."""
+        raise NotImplementedError
+
+    def lease_holder(self) -> dict | None:
+        """{"address", "pid", "host", "since"} of the server holding the lock now, or None
+        when nobody holds it (or it never said where it is)."""
+        raise NotImplementedError
+
+    def ping(self) -> None:
+        """One round trip to the database: raises if the session is gone."""
+        raise NotImplementedError
+
+    def connection_lost(self, err: BaseException) -> bool:
+        """Whether `err` (raised by this store) means the database session is gone, so
+        that whatever it held (its transaction, the writer lock) is gone with it."""
+        return False
 
     # -- artifacts ---------------------------------------------------------------------
 
