@@ -292,9 +292,10 @@ def _sandbox_cpu(inputs, record):
     root = inputs["chain"]["root"]
     if root is None or root["cpu"] <= 0:
         return False
-    # Enough CPU to put the payer deep into compute debt: its later calls (committed when
-    # recorded) now fail, or - if it made none - its compute bucket differs.
-    root["cpu"] *= 1e6
+    # Enough CPU to put the payer deep into compute debt (this world's buckets refill at
+    # 10^6/s up to 10^9): its later calls (committed when recorded) now fail, or - if it
+    # made none - its compute bucket differs.
+    root["cpu"] += 1e7
     return True
 
 
