@@ -139,6 +139,59 @@ def test_watch_events_is_subscribe_for_the_operator(server):
     assert e.value.reason == "ADMIN_ONLY"
 
 
+def test_watch_event_batches_are_watch_events_several_to_a_message(server):
+    """Admin.WatchEventBatches: the same events as WatchEvents, in order, up to max_events a
+    message; events committed while the server waits out interval_ms go out together."""
+    import grpc
+
+    from agent_runtime import AdminClient, EcologyError
+    from ecology.v1 import admin_pb2
+
+    alice, bob = server.agent("alice"), server.agent("bob")
+    for i in range(12):
+        alice.transfer("bob", 1, memo=f"t{i}")
+    admin = server.admin()
+    last = admin.get_stats().last_event_seq
+    with admin.watch_events() as sub:
+        plain = [next(sub).seq for _ in range(last)]
+    raw = admin._stub.WatchEventBatches(admin_pb2.WatchEventBatchesRequest(max_events=5), metadata=admin._md)
+    sizes, seqs = [], []
+    for batch in raw:
+        sizes.append(len(batch.events))
+        seqs.extend(e.seq for e in batch.events)
+        if len(seqs) >= last:
+            break
+    raw.cancel()
+    assert seqs == plain and max(sizes) == 5 and len(sizes) == -(-last // 5)  # a backlog: full batches
+    with admin.watch_event_batches(types=["ledger.transfer"], principal_ids=["bob"], max_events=4) as sub:
+        mine = [next(sub) for _ in range(12)]
+    assert [e.data["memo"] for e in mine] == [f"t{i}" for i in range(12)]
+
+    # Live: after a batch the server waits interval_ms; what commits meanwhile is one batch.
+    raw = admin._stub.WatchEventBatches(admin_pb2.WatchEventBatchesRequest(
+        after_seq=last - 1, interval_ms=3000, types=["ledger.transfer"]), metadata=admin._md)
+    first = next(raw)
+    assert [e.data["memo"] for e in first.events] == ["t11"]
+    for i in range(4):
+        bob.transfer("alice", 1, memo=f"back{i}")
+    second = next(raw)
+    raw.cancel()
+    assert [e.data["memo"] for e in second.events] == [f"back{i}" for i in range(4)]
+    with admin.watch_event_batches(after_seq=last - 1, interval=0.05) as sub:
+        assert next(sub).seq == last and sub.buffered == 4  # the four transfers back: the same batch
+        assert [next(sub).seq for _ in range(4)] == [last + 1, last + 2, last + 3, last + 4]
+        assert sub.buffered == 0 and sub.last_seq == last + 4
+
+    for bad, reason in ((dict(interval_ms=-1), "INVALID_ARGS"), (dict(interval_ms=10_001), "INVALID_ARGS"),
+                        (dict(max_events=1001), "INVALID_ARGS"), (dict(after_seq=-1), "INVALID_ARGS")):
+        with pytest.raises(grpc.RpcError) as e:
+            next(admin._stub.WatchEventBatches(admin_pb2.WatchEventBatchesRequest(**bad), metadata=admin._md))
+        assert EcologyError.from_rpc_error(e.value).reason == reason, bad
+    with pytest.raises(EcologyError) as e:
+        next(AdminClient(server.socket, alice.token).watch_event_batches(resume=False))
+    assert e.value.reason == "ADMIN_ONLY"
+
+
 def test_pages_show_the_world_agents_and_decisions(server, dash_factory):
     alice, bob = server.agent("alice"), server.agent("bob")
     alice.transfer("bob", 7, memo="hello")
