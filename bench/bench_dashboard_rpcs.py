@@ -8,8 +8,9 @@ runs first for `--warm` seconds, so the ledger, events and decisions are not emp
 1. Server CPU per call of each Admin RPC the dashboard makes (GetStats, ListAgents; and
    ListEvents, which its Agent/Artifact pages use when opened), `--calls` calls in a loop
    from one client; the idle CPU over the same time is subtracted.
-2. Server CPU per delivered event of an Admin.WatchEvents stream catching up inside the
-   hub's in-memory window (`--events` events; the cost of sending, not of reading them).
+2. Server CPU per delivered event of an Admin.WatchEvents stream (one message per event)
+   and of an Admin.WatchEventBatches stream (200 a message) catching up inside the hub's
+   in-memory window (`--events` events; the cost of sending, not of reading them).
 3. With the load running, an `ecology dashboard` process with one SSE reader: the
    dashboard's calls per second by method (from the server's `grpc_server_handled_total`,
    the load's own methods left out), the events its stream received, and the CPU of the
@@ -123,6 +124,16 @@ def main() -> int:
         cpu, wall = cpu_seconds(proc.pid) - c0, time.monotonic() - t0
         sub.close()
         rows.append(("WatchEvents, per event (catch-up)", max(0.0, cpu - idle * wall) / max(got, 1) * 1e6))
+        sub = admin.watch_event_batches(after_seq=stats.last_event_seq - n, max_events=200)
+        c0, t0 = cpu_seconds(proc.pid), time.monotonic()
+        got = 0
+        for _ in sub:
+            got += 1
+            if got >= n:
+                break
+        cpu, wall = cpu_seconds(proc.pid) - c0, time.monotonic() - t0
+        sub.close()
+        rows.append(("WatchEventBatches of 200, per event", max(0.0, cpu - idle * wall) / max(got, 1) * 1e6))
         print(f"\n{'server CPU per call':<36} {'us':>8}")
         for name, us in rows:
             print(f"{name:<36} {us:8.1f}")
@@ -170,7 +181,8 @@ def main() -> int:
             rate = (after[key] - before.get(key, 0)) / wall
             if rate:
                 print(f"  {key[0]}.{key[1]:<24} {rate:7.2f}/s")
-        print(f"  stream events to the dashboard       {(e1 - e0) / wall:7.0f}/s (one message each)")
+        print(f"  stream events to the dashboard       {(e1 - e0) / wall:7.0f}/s (WatchEventBatches: at most 4 "
+              "messages/s)")
         print(f"server CPU {scpu / wall * 1e3:.0f} ms/s ({scpu / max(got['calls'], 1) * 1e6:.0f} us per agent call); "
               f"dashboard process CPU {dcpu / wall * 1e3:.0f} ms/s; SSE bytes {sse_bytes[0]}")
         load.close()
