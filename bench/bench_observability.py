@@ -172,6 +172,7 @@ VARIANTS = {  # name: (log level info, --metrics + scraper, dashboard + SSE read
     "log": (True, False, False),
     "metrics": (False, True, False),
     "dashboard": (False, False, True),
+    "logmetrics": (True, True, False),
 }
 
 
@@ -322,6 +323,9 @@ def main() -> int:
     ap.add_argument("--no-traces", dest="traces", action="store_false", help="steps without RecordDecision")
     ap.add_argument("--split", action="store_true",
                     help="also measure log only, metrics only and dashboard only (five servers)")
+    ap.add_argument("--variants", metavar="A,B",
+                    help="pair the baseline with these instead: observed, log, metrics, dashboard, "
+                         "logmetrics (log + metrics, no dashboard)")
     ap.add_argument("--profile", metavar="DIR", help="cProfile the observed server into DIR")
     ap.add_argument("--keep", action="store_true", help="keep the working directory (logs, databases)")
     ap.add_argument("--pin", action="store_true",
@@ -337,6 +341,10 @@ def main() -> int:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-observability-"))
     names = ["baseline", "observed"] + (["log", "metrics", "dashboard"] if args.split else [])
+    if args.variants:
+        names = ["baseline"] + [v for v in args.variants.split(",") if v != "baseline"]
+        if any(v not in VARIANTS for v in names):
+            raise SystemExit(f"--variants: names among {', '.join(v for v in VARIANTS if v != 'baseline')}")
     servers = [Served(work, name, args) for name in names]
     loads = [Load(s, args) for s in servers]
     per_call: dict[str, list[float]] = {s.name: [] for s in servers}
