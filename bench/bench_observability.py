@@ -11,7 +11,8 @@ goes to a file as with `ecology run`):
 * observed: `--log-level info` (the default: one access-log line per call), `--metrics`
   with a scraper GETting /metrics every second, and an `ecology dashboard --server ...`
   process with a real SSE client reading its /stream (the dashboard itself holds an
-  Admin.WatchEvents stream and polls GetStats + ListAgents every second).
+  Admin.WatchEventBatches stream, at most 4 messages/s, polls GetStats every second and
+  ListAgents every 5 s, as with the World page open).
 
 Both get the same load: `--agents` agent principals (one token and one channel each),
 spread over `--clients` client processes, each agent paced at `--steps-per-second` steps,
@@ -30,6 +31,12 @@ overhead. Prints per-round figures, then best (lowest) and median CPU per call, 
 ratio observed / baseline both as best against best and as the median of the per-round
 (paired) ratios, with their spread. Asserts nothing. The machine may be shared: the spread across
 rounds says how noisy the run was.
+
+`--pin`: with `taskset`, both servers run on the first CPU and everything else of the
+benchmark (load clients, the dashboard process, this process with the scraper and the SSE
+reader) on the last, so the observers cannot take the servers' CPU: the observed server's
+extra CPU per call is then its own work, not contention (other programs on the machine
+are not pinned).
 
 `--profile DIR`: run the observed server under cProfile (its pstats file is written when the
 server stops) and print its top functions; the CPU figures of a profiled run are not
@@ -147,12 +154,25 @@ async def client_main(sock: str, tokens: list[tuple[str, str]], peers: list[str]
 # ----------------------------------------------------------------- the servers
 
 
+def pin(enabled: bool, which: int) -> list[str]:
+    """`taskset -c N` argv prefix with --pin: the servers on the first CPU (which=0), the
+    load clients, the dashboard and this process (scraper, SSE reader) on the second."""
+    if not enabled:
+        return []
+    cpus = sorted(os.sched_getaffinity(0) if not PINNED else PINNED)
+    return ["taskset", "-c", str(cpus[0] if which == 0 else cpus[-1])]
+
+
+PINNED: set[int] = set()
+
+
 VARIANTS = {  # name: (log level info, --metrics + scraper, dashboard + SSE reader)
     "baseline": (False, False, False),
     "observed": (True, True, True),
     "log": (True, False, False),
     "metrics": (False, True, False),
     "dashboard": (False, False, True),
+    "logmetrics": (True, True, False),
 }
 
 
@@ -160,13 +180,13 @@ class Served:
     def __init__(self, work: Path, name: str, args) -> None:
         log_info, metrics, dashboard = VARIANTS[name]
         observed = name == "observed"
-        self.name, self.work = name, work
+        self.name, self.work, self.args = name, work, args
         self.data = work / name
         self.data.mkdir(parents=True)
         self.sock = f"unix:{work / (name + '.sock')}"
         self.admin_token = "adm_" + uuid.uuid4().hex
         env = {**os.environ, "PYTHONPATH": str(ROOT), "ECOLOGY_ADMIN_TOKEN": self.admin_token}
-        argv = [sys.executable]
+        argv = pin(args.pin, 0) + [sys.executable]
         if observed and args.profile:
             argv += ["-m", "cProfile", "-o", str(Path(args.profile) / "observed.pstats")]
         argv += ["-m", "server.cli", "serve", "--data-dir", str(self.data), "--listen", self.sock,
@@ -211,7 +231,7 @@ class Served:
         port = free_port()
         (self.work / f"{self.name}.admin").write_text(self.admin_token)
         self.dashboard = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "dashboard", "--server", self.sock, "--admin-token-file",
+            pin(self.args.pin, 1) + [sys.executable, "-m", "server.cli", "dashboard", "--server", self.sock, "--admin-token-file",
              str(self.work / f"{self.name}.admin"), "--listen", f"127.0.0.1:{port}"],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(self.work / f"{self.name}-dashboard.log", "wb"))
         deadline = time.monotonic() + 30
@@ -257,7 +277,7 @@ class Load:
             mine = served.tokens[k * per:(k + 1) * per]
             if not mine:
                 continue
-            p = subprocess.Popen([sys.executable, __file__, "--client", served.sock, json.dumps(mine),
+            p = subprocess.Popen(pin(args.pin, 1) + [sys.executable, __file__, "--client", served.sock, json.dumps(mine),
                                   json.dumps(peers), str(args.steps_per_second), str(int(args.traces))],
                                  cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -303,13 +323,28 @@ def main() -> int:
     ap.add_argument("--no-traces", dest="traces", action="store_false", help="steps without RecordDecision")
     ap.add_argument("--split", action="store_true",
                     help="also measure log only, metrics only and dashboard only (five servers)")
+    ap.add_argument("--variants", metavar="A,B",
+                    help="pair the baseline with these instead: observed, log, metrics, dashboard, "
+                         "logmetrics (log + metrics, no dashboard)")
     ap.add_argument("--profile", metavar="DIR", help="cProfile the observed server into DIR")
     ap.add_argument("--keep", action="store_true", help="keep the working directory (logs, databases)")
+    ap.add_argument("--pin", action="store_true",
+                    help="taskset: both servers on one CPU, the clients, dashboard, scraper and SSE reader on another")
     args = ap.parse_args()
+    if args.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            raise SystemExit("--pin needs two CPUs")
+        PINNED.update(cpus)
+        os.sched_setaffinity(0, {cpus[-1]})  # this process: the scraper and the SSE reader
     if args.profile:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-observability-"))
     names = ["baseline", "observed"] + (["log", "metrics", "dashboard"] if args.split else [])
+    if args.variants:
+        names = ["baseline"] + [v for v in args.variants.split(",") if v != "baseline"]
+        if any(v not in VARIANTS for v in names):
+            raise SystemExit(f"--variants: names among {', '.join(v for v in VARIANTS if v != 'baseline')}")
     servers = [Served(work, name, args) for name in names]
     loads = [Load(s, args) for s in servers]
     per_call: dict[str, list[float]] = {s.name: [] for s in servers}

@@ -139,6 +139,60 @@ def test_watch_events_is_subscribe_for_the_operator(server):
     assert e.value.reason == "ADMIN_ONLY"
 
 
+def test_watch_event_batches_are_watch_events_several_to_a_message(server):
+    """Admin.WatchEventBatches: the same events as WatchEvents, in order, up to max_events a
+    message; events committed while the server waits out interval_ms go out together."""
+    import grpc
+
+    from agent_runtime import AdminClient, EcologyError
+    from ecology.v1 import admin_pb2
+
+    alice, bob = server.agent("alice"), server.agent("bob")
+    for i in range(12):
+        alice.transfer("bob", 1, memo=f"t{i}")
+    admin = server.admin()
+    last = admin.get_stats().last_event_seq
+    with admin.watch_events() as sub:
+        plain = [next(sub).seq for _ in range(last)]
+    raw = admin._stub.WatchEventBatches(admin_pb2.WatchEventBatchesRequest(max_events=5), metadata=admin._md)
+    sizes, seqs = [], []
+    for batch in raw:
+        sizes.append(len(batch.events))
+        seqs.extend(e.seq for e in batch.events)
+        if len(seqs) >= last:
+            break
+    raw.cancel()
+    assert seqs == plain and max(sizes) == 5 and len(sizes) == -(-last // 5)  # a backlog: full batches
+    with admin.watch_event_batches(types=["ledger.transfer"], principal_ids=["bob"], max_events=4) as sub:
+        mine = [next(sub) for _ in range(12)]
+    assert [e.data["memo"] for e in mine] == [f"t{i}" for i in range(12)]
+
+    # Live: after a batch the server waits interval_ms; what commits meanwhile is one batch.
+    raw = admin._stub.WatchEventBatches(admin_pb2.WatchEventBatchesRequest(
+        after_seq=last - 1, interval_ms=3000, types=["ledger.transfer"]), metadata=admin._md)
+    first = next(raw)
+    assert [e.data["memo"] for e in first.events] == ["t11"]
+    for i in range(4):
+        bob.transfer("alice", 1, memo=f"back{i}")
+    second = next(raw)
+    raw.cancel()
+    assert [e.data["memo"] for e in second.events] == [f"back{i}" for i in range(4)]
+    back = [e.seq for e in second.events]
+    with admin.watch_event_batches(after_seq=last - 1, interval=0.05, types=["ledger.transfer"]) as sub:
+        assert next(sub).seq == last and sub.buffered == 4  # the four transfers back: the same batch
+        assert [next(sub).seq for _ in range(4)] == back
+        assert sub.buffered == 0 and sub.last_seq == back[-1]
+
+    for bad, reason in ((dict(interval_ms=-1), "INVALID_ARGS"), (dict(interval_ms=10_001), "INVALID_ARGS"),
+                        (dict(max_events=1001), "INVALID_ARGS"), (dict(after_seq=-1), "INVALID_ARGS")):
+        with pytest.raises(grpc.RpcError) as e:
+            next(admin._stub.WatchEventBatches(admin_pb2.WatchEventBatchesRequest(**bad), metadata=admin._md))
+        assert EcologyError.from_rpc_error(e.value).reason == reason, bad
+    with pytest.raises(EcologyError) as e:
+        next(AdminClient(server.socket, alice.token).watch_event_batches(resume=False))
+    assert e.value.reason == "ADMIN_ONLY"
+
+
 def test_pages_show_the_world_agents_and_decisions(server, dash_factory):
     alice, bob = server.agent("alice"), server.agent("bob")
     alice.transfer("bob", 7, memo="hello")
@@ -191,10 +245,11 @@ def test_stream_delivers_an_event_after_a_transfer(server, dash_factory):
 
     threading.Timer(1.0, lambda: alice.transfer("bob", 3, memo=memo)).start()
     t0 = time.monotonic()
-    got = sse_events(dash.base, "/stream?type=ledger.transfer",
+    got = sse_events(dash.base, "/stream?type=ledger.transfer&agents=1",
                      lambda evs: any(k == "event" and memo in json.dumps(d) for k, d in evs), timeout=10)
     kinds = [k for k, _ in got]
-    assert kinds[:2] == ["stats", "agents"]
+    assert kinds[:2] == ["stats", "agents"]  # agents=1: a page that shows the agents list
+    assert {a["agent_id"] for k, d in got if k == "agents" for a in d["agents"]} >= {"alice", "bob"}
     events = [d for k, d in got if k == "event"]
     assert events and all(e["type"] == "ledger.transfer" for e in events)
     assert any(memo in json.dumps(e) for e in events), got
@@ -202,6 +257,10 @@ def test_stream_delivers_an_event_after_a_transfer(server, dash_factory):
     # The transfer (an agent's event after the dashboard started) shows in the actions rate.
     got = sse_events(dash.base, "/stream", lambda evs: any(k == "stats" and d["rate"] > 0 for k, d in evs))
     assert any(k == "stats" and d["rate"] > 0 and d["invariant_holds"] for k, d in got), got
+    # Without agents=1 (the World page) the stream carries no agents list: between two polls'
+    # stats messages there is none.
+    got = sse_events(dash.base, "/stream", lambda evs: [k for k, _ in evs].count("stats") >= 3)
+    assert [k for k, _ in got].count("stats") >= 3 and "agents" not in [k for k, _ in got], got
 
 
 def test_non_loopback_listen_requires_the_admin_token(server, dash_factory):

@@ -246,6 +246,28 @@ class WatchEventsRequest(_message.Message):
     principal_ids: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, after_seq: _Optional[int] = ..., types: _Optional[_Iterable[str]] = ..., artifact_ids: _Optional[_Iterable[str]] = ..., principal_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class WatchEventBatchesRequest(_message.Message):
+    __slots__ = ("after_seq", "types", "artifact_ids", "principal_ids", "interval_ms", "max_events")
+    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    TYPES_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_IDS_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_IDS_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    after_seq: int
+    types: _containers.RepeatedScalarFieldContainer[str]
+    artifact_ids: _containers.RepeatedScalarFieldContainer[str]
+    principal_ids: _containers.RepeatedScalarFieldContainer[str]
+    interval_ms: int
+    max_events: int
+    def __init__(self, after_seq: _Optional[int] = ..., types: _Optional[_Iterable[str]] = ..., artifact_ids: _Optional[_Iterable[str]] = ..., principal_ids: _Optional[_Iterable[str]] = ..., interval_ms: _Optional[int] = ..., max_events: _Optional[int] = ...) -> None: ...
+
+class EventBatch(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[_world_pb2.Event]
+    def __init__(self, events: _Optional[_Iterable[_Union[_world_pb2.Event, _Mapping]]] = ...) -> None: ...
+
 class StopAgentRequest(_message.Message):
     __slots__ = ("agent_id", "memo")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]

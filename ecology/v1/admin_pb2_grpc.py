@@ -81,6 +81,11 @@ class AdminStub:
                 request_serializer=ecology_dot_v1_dot_admin__pb2.WatchEventsRequest.SerializeToString,
                 response_deserializer=ecology_dot_v1_dot_world__pb2.Event.FromString,
                 _registered_method=True)
+        self.WatchEventBatches = channel.unary_stream(
+                '/ecology.v1.Admin/WatchEventBatches',
+                request_serializer=ecology_dot_v1_dot_admin__pb2.WatchEventBatchesRequest.SerializeToString,
+                response_deserializer=ecology_dot_v1_dot_admin__pb2.EventBatch.FromString,
+                _registered_method=True)
         self.StopAgent = channel.unary_unary(
                 '/ecology.v1.Admin/StopAgent',
                 request_serializer=ecology_dot_v1_dot_admin__pb2.StopAgentRequest.SerializeToString,
@@ -181,6 +186,13 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchEventBatches(self, request, context):
+        """WatchEvents' stream with several events per message (see WatchEventBatchesRequest).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def StopAgent(self, request, context):
         """Stop one agent: its calls are refused AGENT_STOPPED until StartAgent (durable).
         """
@@ -270,6 +282,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.WatchEvents,
                     request_deserializer=ecology_dot_v1_dot_admin__pb2.WatchEventsRequest.FromString,
                     response_serializer=ecology_dot_v1_dot_world__pb2.Event.SerializeToString,
+            ),
+            'WatchEventBatches': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEventBatches,
+                    request_deserializer=ecology_dot_v1_dot_admin__pb2.WatchEventBatchesRequest.FromString,
+                    response_serializer=ecology_dot_v1_dot_admin__pb2.EventBatch.SerializeToString,
             ),
             'StopAgent': grpc.unary_unary_rpc_method_handler(
                     servicer.StopAgent,
@@ -546,6 +563,33 @@ class Admin:
             '/ecology.v1.Admin/WatchEvents',
             ecology_dot_v1_dot_admin__pb2.WatchEventsRequest.SerializeToString,
             ecology_dot_v1_dot_world__pb2.Event.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEventBatches(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ecology.v1.Admin/WatchEventBatches',
+            ecology_dot_v1_dot_admin__pb2.WatchEventBatchesRequest.SerializeToString,
+            ecology_dot_v1_dot_admin__pb2.EventBatch.FromString,
             options,
             channel_credentials,
             insecure,

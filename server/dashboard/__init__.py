@@ -1,7 +1,8 @@
 """The live web dashboard (`ecology dashboard`, `ecology run --dashboard`).
 
 A client of the world server's gRPC API only (it never opens the database): one
-Admin.WatchEvents stream and a GetStats/ListAgents poll every second feed an in-memory
+Admin.WatchEventBatches stream, a GetStats poll every second and ListAgents (every second
+while a page shows the agents list, else every 5 s) feed an in-memory
 `Feed`; pages are server-rendered HTML and update themselves from server-sent events
 (`/stream`). See server/dashboard/app.py and the README section "Dashboard"."""
 

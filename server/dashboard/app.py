@@ -14,6 +14,16 @@
   above, the header `X-Ecology-Dashboard: 1`: a page of another site cannot send it without
   a CORS preflight this app never grants, so a loopback dashboard cannot be driven by a
   cross-site form (CSRF).
+* What it asks of the server (it shares the server's cores, and its calls are pure
+  overhead for the server): GetStats every POLL_SECONDS; ListAgents (about 5x GetStats'
+  server CPU with 100 agents) every POLL_SECONDS only while a page showing the agents
+  list is open (its EventSource asks `/stream?agents=1`), else every AGENTS_SECONDS (the
+  charts' agents alive / Gini / LLM spend are then up to that old), and at once after a
+  control; events through Admin.WatchEventBatches, at most one stream message per
+  EVENTS_INTERVAL seconds instead of one per event (one message cost the server ~90 us;
+  at 200 events/s that was more than the access log and the metrics together). The
+  event rate figures count events by the second they were received, so they lag by up to
+  EVENTS_INTERVAL.
 * History: the Feed keeps the World page's time series (history.py) and the recent events
   by kind in memory, starting BACKFILL events before it started; older history of one
   artifact or agent is read through Admin.ListEvents when its page is opened.
@@ -42,6 +52,8 @@ from server.dashboard.history import History, gini
 from server.dashboard.render import EVENT_HEADERS, JS_EVENT_ROW, UPLOT_DIST, e, event_row, page, table
 
 POLL_SECONDS = 1.0
+AGENTS_SECONDS = 5.0  # ListAgents while no page showing the agents list is open
+EVENTS_INTERVAL = 0.25  # Admin.WatchEventBatches interval
 RECENT_EVENTS = 2000
 BACKFILL = 5000       # events before the dashboard started that it reads into its feed
 RATE_WINDOW = 60      # seconds of per-second counts kept
@@ -130,6 +142,8 @@ class Feed:
         self._invokes: collections.Counter = collections.Counter()  # receipt second -> artifact.invoked
         self._lock = threading.Lock()
         self._listeners: set = set()  # (loop, queue)
+        self._agent_listeners: set = set()  # those of pages showing the agents list
+        self._agents_at = 0.0  # monotonic time of the last ListAgents
         self._stop = threading.Event()
         self._sub = None
         self._live_after = 0
@@ -140,7 +154,7 @@ class Feed:
         self._poll_once()
         self._live_after = (self.stats or {}).get("last_event_seq", 0)  # older ones are history, not rate
         self.start_seq = max(0, self._live_after - BACKFILL)
-        self._sub = self.admin.watch_events(after_seq=self.start_seq)
+        self._sub = self.admin.watch_event_batches(after_seq=self.start_seq, interval=EVENTS_INTERVAL)
         for target in (self._watch, self._poll):
             threading.Thread(target=target, daemon=True, name=f"dashboard{target.__name__}").start()
         return self
@@ -154,6 +168,7 @@ class Feed:
     # -- producers (threads) ------------------------------------------------------------
 
     def _watch(self) -> None:
+        batch: list[dict] = []
         try:
             for ev in self._sub:
                 d = event_dict(ev)
@@ -177,18 +192,26 @@ class Feed:
                             self._invokes[sec] += 1
                 if t == "oracle.resolved":
                     self.history.add_mint(d)
-                self._publish("event", d)
+                batch.append(d)
+                if not self._sub.buffered:  # the end of the server's batch: one message to each page
+                    self._publish("events", batch)
+                    batch = []
         except Exception as e:  # noqa: BLE001 - shown on the pages
             self.error = f"event stream ended: {e}"
 
-    def _poll_once(self) -> None:
+    def _poll_once(self, agents: bool = True) -> bool:
+        """GetStats, and ListAgents if `agents`; True when the agents were refreshed."""
         try:
-            stats, agents = self.admin.get_stats(), self.admin.list_agents()
-            self.stats, self.agents, self.error = stats_dict(stats), [agent_dict(a) for a in agents], ""
+            stats = self.admin.get_stats()
+            listed = self.admin.list_agents() if agents else None
         except Exception as e:  # noqa: BLE001 - shown on the pages; retried next second
             self.error = f"{type(e).__name__}: {e}"
-            return
+            return False
+        self.stats, self.error = stats_dict(stats), ""
+        if listed is not None:
+            self.agents, self._agents_at = [agent_dict(a) for a in listed], time.monotonic()
         self._sample()
+        return listed is not None
 
     def _sample(self) -> None:
         s, now = self.stats, time.time()
@@ -211,9 +234,16 @@ class Feed:
 
     def _poll(self) -> None:
         while not self._stop.wait(POLL_SECONDS):
-            self._poll_once()
+            agents = bool(self._agent_listeners) or time.monotonic() - self._agents_at >= AGENTS_SECONDS - 0.05
+            refreshed = self._poll_once(agents)
             self._publish("stats", self.snapshot())
-            self._publish("agents", {"agents": self.agents, "last": self.last_actions()})
+            if refreshed:
+                self.publish_agents()
+
+    def publish_agents(self) -> None:
+        if self._agent_listeners:
+            self._publish("agents", {"agents": self.agents, "last": self.last_actions()},
+                          self._agent_listeners)
 
     def rates(self, counts=None) -> list[int]:
         """Events received in each of the last RATE_WINDOW whole seconds, oldest first."""
@@ -257,8 +287,8 @@ class Feed:
             after = r.scanned_to
         return out
 
-    def _publish(self, kind: str, data) -> None:
-        for loop, queue in list(self._listeners):
+    def _publish(self, kind: str, data, listeners=None) -> None:
+        for loop, queue in list(self._listeners if listeners is None else listeners):
             def put(q=queue):
                 try:
                     q.put_nowait((kind, data))
@@ -267,15 +297,20 @@ class Feed:
             try:
                 loop.call_soon_threadsafe(put)
             except RuntimeError:
-                self._listeners.discard((loop, queue))
+                self.unlisten((loop, queue))
 
-    def listen(self):
+    def listen(self, agents: bool = False):
+        """A queue of (kind, data) for one /stream; `agents`: it also gets the agents list
+        (and keeps ListAgents at every poll while it is open)."""
         item = (asyncio.get_running_loop(), asyncio.Queue(maxsize=1000))
         self._listeners.add(item)
+        if agents:
+            self._agent_listeners.add(item)
         return item
 
     def unlisten(self, item) -> None:
         self._listeners.discard(item)
+        self._agent_listeners.discard(item)
 
 
 # -- the app -----------------------------------------------------------------------------
@@ -359,16 +394,18 @@ es.addEventListener('event',function(m){var e=JSON.parse(m.data);if(art&&e.artif
         return page("Events", body, script, token_qs(request), "/events")
 
     async def stream(request):
-        """Server-sent events: `stats` and `agents` every poll, `event` per matching event
-        (filters `type` and `principal` as on /events)."""
+        """Server-sent events: `stats` every poll, `event` per matching event (filters `type`
+        and `principal` as on /events), and with `agents=1` `agents` at every poll."""
         types, principals = filters(request)
-        item = feed.listen()
+        with_agents = request.query_params.get("agents") == "1"
+        item = feed.listen(agents=with_agents)
         queue = item[1]
 
         async def gen():
             try:
                 yield f"event: stats\ndata: {json.dumps(feed.snapshot())}\n\n"
-                yield f"event: agents\ndata: {json.dumps({'agents': feed.agents, 'last': feed.last_actions()})}\n\n"
+                if with_agents:
+                    yield f"event: agents\ndata: {json.dumps({'agents': feed.agents, 'last': feed.last_actions()})}\n\n"
                 while True:
                     try:
                         kind, data = await asyncio.wait_for(queue.get(), timeout=15)
@@ -377,7 +414,11 @@ es.addEventListener('event',function(m){var e=JSON.parse(m.data);if(art&&e.artif
                         continue
                     if kind == "close":
                         return
-                    if kind == "event" and not matches(data, types, principals):
+                    if kind == "events":
+                        out = "".join(f"event: event\ndata: {json.dumps(d)}\n\n"
+                                      for d in data if matches(d, types, principals))
+                        if out:
+                            yield out
                         continue
                     yield f"event: {kind}\ndata: {json.dumps(data)}\n\n"
             finally:
@@ -404,7 +445,7 @@ es.addEventListener('event',function(m){var e=JSON.parse(m.data);if(art&&e.artif
                 return JSONResponse({"reason": err.reason, "message": f"{err.reason}: {err.message}"}, status_code=400)
             feed._poll_once()  # the pages show the change at once
             feed._publish("stats", feed.snapshot())
-            feed._publish("agents", {"agents": feed.agents, "last": feed.last_actions()})
+            feed.publish_agents()
             return JSONResponse(result)
         return guard(wrapped)
 

@@ -45,7 +45,8 @@ button.danger{border-color:#b3261e;color:#b3261e}.controls{display:flex;gap:8px;
 JS_COMMON = """
 function esc(s){return String(s==null?'':s).replace(/[&<>"]/g,c=>({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]));}
 function setText(id,v){var e=document.getElementById(id);if(e)e.textContent=v;}
-var es=new EventSource('/stream'+location.search);
+var q=location.search;if(STREAM_AGENTS)q+=(q?'&':'?')+'agents=1';  // agents=1: this page shows the agents list
+var es=new EventSource('/stream'+q);
 es.onopen=function(){setText('live','live');};
 es.onerror=function(){setText('live','reconnecting');};
 // Close the stream when the page goes away: a browser allows 6 connections per host, and a
@@ -70,7 +71,15 @@ def page(title: str, body: str, script: str, token_qs: str, active: str = "", he
         f"<style>{CSS}</style>{head}</head><body><header><b>Agent Ecology</b>{nav}"
         f'<span id="live" class="muted">connecting</span></header><main>{body}'
         f'<p id="control-result" class="muted"></p></main>'
-        f"<script>{JS_COMMON}{script}</script></body></html>")
+        f"<script>var STREAM_AGENTS={'true' if needs_agents(script) else 'false'};{JS_COMMON}{script}</script>"
+        "</body></html>")
+
+
+def needs_agents(script: str) -> bool:
+    """A page whose script listens to the stream's `agents` messages asks for them
+    (`/stream?agents=1`): the dashboard then refreshes the agents every second instead of
+    every AGENTS_SECONDS (server/dashboard/app.py)."""
+    return "addEventListener('agents'" in script
 
 
 def table(headers: list[str], rows: list[str], body_id: str = "", empty: str = "none yet") -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from ecology.v1 import admin_pb2, admin_pb2_grpc, world_pb2
@@ -9,7 +10,8 @@ from server.errors import KernelError, Reason, invalid
 from server.kernel import artifacts, events, traces
 from server.rpc import convert
 from server.rpc.pause import READ_ONLY_GENESIS
-from server.rpc.world import event_stream, translate_errors
+from server.rpc.status import abort
+from server.rpc.world import event_pages, event_stream, translate_errors
 from server.storage.db import SCHEMA_VERSION
 
 ACTIVE_SECONDS = 60.0
@@ -129,6 +131,22 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         """World.Subscribe's stream for the operator (server/rpc/world.py event_stream)."""
         async for message in event_stream(self.rt, request, context):
             yield message
+
+    async def WatchEventBatches(self, request, context):
+        """WatchEvents' events, up to max_events per message, at most one message per
+        interval_ms while the stream is live (server/rpc/world.py event_pages)."""
+        try:
+            if not 0 <= request.interval_ms <= 10_000:
+                raise invalid("interval_ms", "must be 0..10000")
+            if not 0 <= request.max_events <= 1000:
+                raise invalid("max_events", "must be 0..1000 (0 means 1000)")
+        except KernelError as err:
+            await abort(context, err)
+        limit, pause = request.max_events or 1000, request.interval_ms / 1000
+        async for page in event_pages(self.rt, request, context, limit=limit):
+            yield admin_pb2.EventBatch(events=page)
+            if pause and len(page) < limit:  # a full batch: a backlog, the next goes at once
+                await asyncio.sleep(pause)
 
     # -- stopping one agent (server/rpc/pause.py WorldGate.stopped, server/storage/stopped.py) --
 

@@ -41,11 +41,12 @@ def translate_errors(fn):
     return wrapper
 
 
-async def event_stream(rt, request, context):
-    """The event stream of World.Subscribe and Admin.WatchEvents: validate the filters
-    (after_seq, types, artifact_ids, principal_ids), then yield matching events after
-    `after_seq` from the EventHub, then live ones, until the client cancels or the server
-    stops."""
+async def event_pages(rt, request, context, limit: int = 0):
+    """Validate the filters (after_seq, types, artifact_ids, principal_ids), then yield
+    lists of matching events (protobuf, seq order, never empty) after `after_seq` from the
+    EventHub, then live ones, until the client cancels or the server stops. `limit` > 0
+    gathers up to that many events into one list while more are ready (batches); 0 yields
+    what one hub read returns."""
     try:
         max_filters = rt.config.limits["max_subscribe_filters"]
         for name in ("types", "artifact_ids", "principal_ids"):
@@ -62,15 +63,29 @@ async def event_stream(rt, request, context):
     while True:
         wake = hub.current()
         found, after = hub.after(after, types, artifact_set, principal_set)
-        for message in found:
-            yield message
-        if not found and after >= hub.last_seq:
+        while limit and found and len(found) < limit and after < hub.last_seq:
+            more, after = hub.after(after, types, artifact_set, principal_set)
+            found.extend(more)
+        if found:
+            if limit and len(found) > limit:  # the last read overshot: the rest comes next time
+                found = found[:limit]
+                after = found[-1].seq
+            yield found
+        elif after >= hub.last_seq:
             if rt.stopping:
                 return
             try:
                 await asyncio.wait_for(wake.wait(), timeout=5.0)
             except asyncio.TimeoutError:
                 pass
+
+
+async def event_stream(rt, request, context):
+    """The event stream of World.Subscribe and Admin.WatchEvents: one message per event
+    (see event_pages)."""
+    async for page in event_pages(rt, request, context):
+        for message in page:
+            yield message
 
 
 class WorldService(world_pb2_grpc.WorldServicer):
