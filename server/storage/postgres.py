@@ -210,18 +210,38 @@ class PostgresStore(Store):
         self.conn.execute("BEGIN")
 
     def tx_commit(self) -> None:
+        self._implicit = None
         self.conn.execute("COMMIT")
 
     def tx_rollback(self) -> None:
+        self._implicit = None
         self.conn.execute("ROLLBACK")
 
+    # A savepoint outside a transaction begins one, and releasing that outermost savepoint
+    # commits it, as on SQLite (kernel code called outside the executor, e.g. by tools and
+    # in-process tests, relies on it); PostgreSQL alone would refuse SAVEPOINT there.
+    # `_implicit` is the stack of savepoint names of such a transaction, else None.
+    _implicit: list[str] | None = None
+
     def savepoint(self, name: str) -> None:
+        if self._implicit is None and self.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            self.conn.execute("BEGIN")
+            self._implicit = []
+        if self._implicit is not None:
+            self._implicit.append(name)
         self.conn.execute(f"SAVEPOINT {name}")
 
     def rollback_to(self, name: str) -> None:
         self.conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
+        if self._implicit is not None:
+            del self._implicit[len(self._implicit) - self._implicit[::-1].index(name):]
 
     def release(self, name: str) -> None:
+        if self._implicit is not None:
+            del self._implicit[len(self._implicit) - 1 - self._implicit[::-1].index(name):]
+            if not self._implicit:
+                self.tx_commit()
+                return
         self.conn.execute(f"RELEASE SAVEPOINT {name}")
 
     # -- artifacts -----------------------------------------------------------------
@@ -624,3 +644,25 @@ class PostgresStore(Store):
             return None
         return {"request_id": request_id, "model": x[0], "prompt": json.loads(x[1]), "answer": x[2],
                 "truncated": bool(x[3]), "at": x[4]}
+
+    # -- whole-database views ----------------------------------------------------------
+
+    def dump(self) -> dict:
+        out = {
+            "schema_version": self.schema_version(),
+            "schema": [tuple(r) for r in self._all(
+                "SELECT table_name, column_name, data_type, is_nullable, column_default FROM information_schema.columns "
+                "WHERE table_schema = current_schema() ORDER BY table_name, ordinal_position")]
+            + [tuple(r) for r in self._all(
+                "SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema() "
+                "ORDER BY tablename, indexname")],
+        }
+        tables = [r[0] for r in self._all(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() "
+            "AND table_type = 'BASE TABLE' AND table_name != 'schema_version' ORDER BY table_name")]
+        for table in tables:
+            ncols = self._one("SELECT COUNT(*) FROM information_schema.columns "
+                              "WHERE table_schema = current_schema() AND table_name = %s", (table,))[0]
+            order = ", ".join(str(i + 1) for i in range(ncols))
+            out[table] = [tuple(r) for r in self._all(f"SELECT * FROM {table} ORDER BY {order}")]
+        return out
