@@ -13,7 +13,8 @@ and meaning as sqlite.py, so the kernel cannot tell the two apart:
   jsonb where they look inside.
 - Schema versions: table `schema_version`; PG_MIGRATIONS[i] takes version i to i+1 and
   matches db.MIGRATIONS[i] (tests/test_storage_seam.py checks the counts agree).
-Known difference: PostgreSQL TEXT cannot hold NUL characters; content with U+0000 fails.
+- Text may hold U+0000 as on SQLite: escaped on the way in, unescaped on the way out
+  (see _escape below; PostgreSQL text itself cannot hold it).
 Connections run in autocommit mode: readers see committed state statement by statement,
 like SQLite's readers; the writer opens its transactions explicitly.
 """
@@ -21,10 +22,13 @@ like SQLite's readers; the writer opens its transactions explicitly.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import psycopg
+from psycopg.types.string import StrDumperUnknown as _BaseStrDumper
+from psycopg.types.string import TextLoader as _BaseTextLoader
 
 from server.kernel.artifacts import Artifact, dumps
 from server.storage.store import Store
@@ -152,11 +156,63 @@ def _like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+# PostgreSQL text cannot hold U+0000; SQLite's can, and ids, contents, memos and request ids
+# are the caller's text. Every str parameter is therefore escaped on its way in and every
+# text value unescaped on its way out: U+0000 -> U+0001 U+0001, U+0001 -> U+0001 U+0002.
+# The code is prefix-free and keeps code-point order, so ids still sort and page exactly as
+# on SQLite; text without these two characters (all of it in practice) is stored as is.
+_NUL, _ONE = "\x00", "\x01"
+
+
+def _escape(text: str) -> str:
+    if _NUL in text or _ONE in text:
+        return text.replace(_ONE, "\x01\x02").replace(_NUL, "\x01\x01")
+    return text
+
+
+def _unescape(text: str) -> str:
+    if _ONE in text:
+        return re.sub("\x01([\x01\x02])", lambda m: _NUL if m.group(1) == _ONE else _ONE, text)
+    return text
+
+
+class _StrDumper(_BaseStrDumper):
+    def dump(self, obj: str):
+        return super().dump(_escape(obj))
+
+
+class _TextLoader(_BaseTextLoader):
+    def load(self, data) -> str:
+        return _unescape(super().load(data))
+
+
+class _Row(tuple):
+    """A result row read by index or by column name, like sqlite3.Row (raw `execute` only)."""
+
+    _names: tuple[str, ...] = ()
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            return tuple.__getitem__(self, self._names.index(key))
+        return tuple.__getitem__(self, key)
+
+    def keys(self) -> list[str]:
+        return list(self._names)
+
+
+def _row_by_index_or_name(cursor):
+    names = tuple(c.name for c in cursor.description or ())
+    row_type = type("Row", (_Row,), {"_names": names})
+    return lambda values: row_type(values)
+
+
 class PostgresStore(Store):
     def __init__(self, url: str, *, readonly: bool = False) -> None:
         self.url = url
         self.readonly = readonly
         self.conn = psycopg.connect(url, autocommit=True)
+        self.conn.adapters.register_dumper(str, _StrDumper)
+        self.conn.adapters.register_loader("text", _TextLoader)
         self.conn.execute("SET synchronous_commit = on")
         if readonly:
             self.conn.execute("SET default_transaction_read_only = on")
@@ -176,7 +232,8 @@ class PostgresStore(Store):
     def execute(self, sql: str, params: tuple | list = ()):
         """Raw SQL for tools and tests (as on SqliteStore), with SQLite's `?` placeholders.
         Code outside server/storage never calls it (tests/test_storage_seam.py)."""
-        return self.conn.execute(sql.replace("%", "%%").replace("?", "%s"), params)
+        cur = self.conn.cursor(row_factory=_row_by_index_or_name)
+        return cur.execute(sql.replace("%", "%%").replace("?", "%s"), params)
 
     # -- schema ----------------------------------------------------------------------
 
