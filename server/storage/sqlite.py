@@ -455,9 +455,12 @@ class SqliteStore(sqlite3.Connection, Store):
 
     # -- whole-database views ----------------------------------------------------------
 
+    def schema_version(self) -> int:
+        return self.execute("PRAGMA user_version").fetchone()[0]
+
     def dump(self) -> dict:
         out = {
-            "schema_version": self.execute("PRAGMA user_version").fetchone()[0],
+            "schema_version": self.schema_version(),
             "schema": [tuple(r) for r in self.execute(
                 "SELECT type, name, sql FROM sqlite_master ORDER BY type, name")],
         }

@@ -363,6 +363,10 @@ class Store:
 
     # -- whole-database views (tests, tools) ------------------------------------------
 
+    def schema_version(self) -> int:
+        """The schema version the database is at (0: empty)."""
+        raise NotImplementedError
+
     def dump(self) -> dict:
         """Every table, every row, in a fixed order, plus the schema: {"schema_version": n,
         "schema": [...], TABLE: [row tuples sorted by all columns], ...}. Two dumps of one
