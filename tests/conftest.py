@@ -78,6 +78,12 @@ def storage_config() -> str:
     return f'[storage]\nurl = "{pg_server().new_database()}"\n'
 
 
+def storage_overrides() -> dict:
+    """Config overrides (server.config.build) for tests that build a WorldServer in process:
+    a fresh PostgreSQL database under ECOLOGY_TEST_DATABASE=postgresql, else none (SQLite)."""
+    return {"storage": {"url": pg_server().new_database()}} if TEST_DATABASE == "postgresql" else {}
+
+
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "sqlite_only: checks the SQLite file itself (its PRAGMAs); not collected under "
