@@ -86,8 +86,8 @@ def storage_overrides() -> dict:
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "sqlite_only: checks the SQLite file itself (its PRAGMAs); not collected under "
-        "ECOLOGY_TEST_DATABASE=postgresql, where it has no meaning")
+        "markers", "sqlite_only: checks the SQLite file itself (its PRAGMAs) or a tool that reads only "
+        "it; not collected (deselected, not skipped) under ECOLOGY_TEST_DATABASE=postgresql")
 
 
 def pytest_report_header(config):

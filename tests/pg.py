@@ -121,6 +121,7 @@ class PooledStore(PostgresStore):
             if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 self.conn.execute("ROLLBACK")
             self._implicit = None
+            self._queued = []
             with self.conn.transaction():
                 for sql, params in self._reset:
                     self.conn.execute(sql, params)

@@ -210,6 +210,7 @@ class PostgresStore(Store):
     def __init__(self, url: str, *, readonly: bool = False) -> None:
         self.url = url
         self.readonly = readonly
+        self._queued = []
         self.conn = psycopg.connect(url, autocommit=True)
         self.conn.adapters.register_dumper(str, _StrDumper)
         self.conn.adapters.register_loader("text", _TextLoader)
@@ -217,14 +218,35 @@ class PostgresStore(Store):
         if readonly:
             self.conn.execute("SET default_transaction_read_only = on")
 
+    # Round trips: BEGIN, SAVEPOINT, RELEASE and ROLLBACK TO return nothing the caller
+    # needs, so they are queued (`_queued`) and sent in front of the next statement, in the
+    # same query string (a client-side bound cursor: one round trip, several statements),
+    # or in front of COMMIT. A transfer's 8 savepoint commands and its batch's BEGIN then
+    # cost no round trip of their own (bench/bench_storage.py); every other statement is a
+    # server-side prepared one as before. A failing statement still raises from the Store
+    # method that ran it: the queued commands ahead of it cannot fail short of a broken
+    # connection, which fails the statement too.
+    _queued: list[str]
+
+    def _execute(self, sql: str, params: tuple | list = ()):
+        queued = self._queued
+        if not queued:
+            return self.conn.execute(sql, params)
+        self._queued = []
+        cur = psycopg.ClientCursor(self.conn)
+        cur.execute("; ".join([*queued, sql]), params)
+        while cur.nextset():  # to the result of `sql`, the last one
+            pass
+        return cur
+
     def _one(self, sql: str, params: tuple | list = ()):
-        return self.conn.execute(sql, params).fetchone()
+        return self._execute(sql, params).fetchone()
 
     def _all(self, sql: str, params: tuple | list = ()):
-        return self.conn.execute(sql, params).fetchall()
+        return self._execute(sql, params).fetchall()
 
     def _run(self, sql: str, params: tuple | list = ()) -> int:
-        return self.conn.execute(sql, params).rowcount
+        return self._execute(sql, params).rowcount
 
     def close(self) -> None:
         self.conn.close()
@@ -232,8 +254,14 @@ class PostgresStore(Store):
     def execute(self, sql: str, params: tuple | list = ()):
         """Raw SQL for tools and tests (as on SqliteStore), with SQLite's `?` placeholders.
         Code outside server/storage never calls it (tests/test_storage_seam.py)."""
+        self._flush()
         cur = self.conn.cursor(row_factory=_row_by_index_or_name)
         return cur.execute(sql.replace("%", "%%").replace("?", "%s"), params)
+
+    def _flush(self) -> None:
+        if self._queued:
+            queued, self._queued = self._queued, []
+            self.conn.execute("; ".join(queued))
 
     # -- schema ----------------------------------------------------------------------
 
@@ -246,6 +274,7 @@ class PostgresStore(Store):
     def migrate(self, target: int) -> int:
         """Bring the schema up to `target` (each migration in its own transaction); refuses
         a newer database than this code."""
+        self._flush()
         self.conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         version = self.schema_version()
         if version > target:
@@ -264,15 +293,24 @@ class PostgresStore(Store):
     # -- transactions ----------------------------------------------------------------
 
     def tx_begin(self) -> None:
-        self.conn.execute("BEGIN")
+        self._queued.append("BEGIN")
 
     def tx_commit(self) -> None:
         self._implicit = None
-        self.conn.execute("COMMIT")
+        queued, self._queued = self._queued, []
+        cur = self.conn.execute("; ".join([*queued, "COMMIT"]))
+        while cur.nextset():  # the last result is COMMIT's
+            pass
+        if cur.statusmessage != "COMMIT":
+            # PostgreSQL answers COMMIT in a failed transaction with a ROLLBACK, not an
+            # error: nothing was applied, and the caller must not acknowledge anything.
+            raise psycopg.errors.InFailedSqlTransaction(f"COMMIT was a {cur.statusmessage}: nothing was applied")
 
     def tx_rollback(self) -> None:
         self._implicit = None
-        self.conn.execute("ROLLBACK")
+        self._queued = []
+        if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            self.conn.execute("ROLLBACK")
 
     # A savepoint outside a transaction begins one, and releasing that outermost savepoint
     # commits it, as on SQLite (kernel code called outside the executor, e.g. by tools and
@@ -281,15 +319,16 @@ class PostgresStore(Store):
     _implicit: list[str] | None = None
 
     def savepoint(self, name: str) -> None:
-        if self._implicit is None and self.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-            self.conn.execute("BEGIN")
+        if (self._implicit is None and not self._queued
+                and self.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE):
+            self._queued.append("BEGIN")
             self._implicit = []
         if self._implicit is not None:
             self._implicit.append(name)
-        self.conn.execute(f"SAVEPOINT {name}")
+        self._queued.append(f"SAVEPOINT {name}")
 
     def rollback_to(self, name: str) -> None:
-        self.conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
+        self._queued.append(f"ROLLBACK TO SAVEPOINT {name}")
         if self._implicit is not None:
             del self._implicit[len(self._implicit) - self._implicit[::-1].index(name):]
 
@@ -299,7 +338,7 @@ class PostgresStore(Store):
             if not self._implicit:
                 self.tx_commit()
                 return
-        self.conn.execute(f"RELEASE SAVEPOINT {name}")
+        self._queued.append(f"RELEASE SAVEPOINT {name}")
 
     # -- artifacts -----------------------------------------------------------------
 
