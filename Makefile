@@ -31,8 +31,16 @@ run: setup-run
 serve: install
 	$(VENV)/bin/ecology serve --data-dir $(DATA)
 
+# The whole suite twice: on SQLite (the default backend), then with every world on a real
+# PostgreSQL server started by the tests (ECOLOGY_TEST_DATABASE=postgresql, tests/pg.py).
+# Both always run; the target fails if either failed. Each prints its duration.
 test: setup-test
-	$(PY) -m pytest -q
+	@set +e; \
+	t0=$$(date +%s); ECOLOGY_TEST_DATABASE=sqlite $(PY) -m pytest -q $(PYTEST_ARGS); lite=$$?; \
+	t1=$$(date +%s); ECOLOGY_TEST_DATABASE=postgresql $(PY) -m pytest -q $(PYTEST_ARGS); pg=$$?; \
+	t2=$$(date +%s); \
+	echo "make test: SQLite suite exit $$lite in $$((t1 - t0)) s; PostgreSQL suite exit $$pg in $$((t2 - t1)) s"; \
+	[ $$lite -eq 0 ] && [ $$pg -eq 0 ]
 
 protos: install
 	$(PY) scripts/gen_protos.py

@@ -314,7 +314,7 @@ class Server:
 
 class WorldProc(Server):
     def __init__(self, name: str, workdir: Path, config: str, *, noguard: bool = False,
-                 log_level: str = "info") -> None:
+                 log_level: str = "info", database: str = "") -> None:
         data = workdir / name
         data.mkdir(parents=True, exist_ok=True)
         cfg = workdir / f"{name}.toml"
@@ -327,7 +327,7 @@ class WorldProc(Server):
         else:
             argv = [sys.executable, "-m", "server.cli", "serve"]
         argv += ["--data-dir", str(data), "--listen", "127.0.0.1:0", "--config", str(cfg),
-                 "--log-level", log_level]
+                 "--log-level", log_level, *(["--database", database] if database else [])]
         super().__init__(name, workdir, argv, data / "server.json", env)
 
     def create_agents(self, prefix: str, n: int, **overrides) -> list[tuple[str, str]]:

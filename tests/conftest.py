@@ -36,6 +36,73 @@ def pg_server():
     return _pg_server
 
 
+_open_stores: list = []
+
+
+def new_store(path: Path | None = None, *, migrate: bool = True):
+    """A fresh store for in-process tests (a kernel on its own database, no server):
+    SQLite at `path` (in memory when None), or under ECOLOGY_TEST_DATABASE=postgresql a
+    PostgreSQL store on a fresh schema of the session's server. Migrated unless told not
+    to; closed at the end of the test if the test did not close it."""
+    if TEST_DATABASE == "postgresql":
+        store = pg_server().fresh_store() if migrate else db.open_store(pg_server().new_schema())
+    else:
+        store = db.connect(path or Path(":memory:"))
+        if migrate:
+            db.migrate(store)
+    _open_stores.append(store)
+    return store
+
+
+@pytest.fixture(autouse=True)
+def _close_new_stores():
+    yield
+    while _open_stores:
+        try:
+            _open_stores.pop().close()
+        except Exception:
+            pass
+
+
+def database_args() -> list[str]:
+    """`--database URL` of a fresh PostgreSQL database under ECOLOGY_TEST_DATABASE=postgresql
+    (for tests that start `ecology serve` themselves), else nothing: SQLite in the data dir."""
+    return ["--database", pg_server().new_database()] if TEST_DATABASE == "postgresql" else []
+
+
+def storage_config() -> str:
+    """A `[storage]` TOML section for tests that start `ecology run` (or serve) with their
+    own --config: a fresh PostgreSQL database under ECOLOGY_TEST_DATABASE=postgresql, else ""."""
+    if TEST_DATABASE != "postgresql":
+        return ""
+    return f'[storage]\nurl = "{pg_server().new_database()}"\n'
+
+
+def storage_overrides() -> dict:
+    """Config overrides (server.config.build) for tests that build a WorldServer in process:
+    a fresh PostgreSQL database under ECOLOGY_TEST_DATABASE=postgresql, else none (SQLite)."""
+    return {"storage": {"url": pg_server().new_database()}} if TEST_DATABASE == "postgresql" else {}
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "sqlite_only: checks the SQLite file itself (its PRAGMAs) or a tool that reads only "
+        "it; not collected (deselected, not skipped) under ECOLOGY_TEST_DATABASE=postgresql")
+
+
+def pytest_report_header(config):
+    return f"ecology storage backend: {TEST_DATABASE} (ECOLOGY_TEST_DATABASE)"
+
+
+def pytest_collection_modifyitems(config, items):
+    if TEST_DATABASE != "postgresql":
+        return
+    kept = [i for i in items if i.get_closest_marker("sqlite_only") is None]
+    if len(kept) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in kept])
+        items[:] = kept
+
+
 def pytest_sessionfinish(session, exitstatus):
     if _pg_server is not None:
         _pg_server.stop()

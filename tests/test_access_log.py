@@ -17,7 +17,7 @@ import pytest
 import structlog
 
 from server import logs
-from tests.conftest import ROOT
+from tests.conftest import ROOT, database_args
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ def test_a_server_at_the_default_level_logs_each_call_once(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "ECOLOGY_ADMIN_TOKEN": "adm_test_access"}
     with open(tmp_path / "w.log", "wb") as err:
         proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--data-dir", str(data),
-                                 "--listen", f"unix:{sock}"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+                                 "--listen", f"unix:{sock}", *database_args()], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
     try:
         deadline = time.monotonic() + 30
         while not (data / "server.json").exists():

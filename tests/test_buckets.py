@@ -19,7 +19,7 @@ from server.kernel import resources
 from server.kernel.buckets import EPSILON, INFINITE, TokenBucket
 from server.kernel.kernel import Kernel
 from server.storage import db
-from tests.conftest import check_ledger
+from tests.conftest import check_ledger, new_store
 
 
 class Clock:
@@ -194,8 +194,7 @@ def world(tmp_path):
     """A kernel on a real (in-process) SQLite database with a hand-moved clock, and an
     agent `alice` with compute rate 10/s, capacity 100."""
     clock = Clock()
-    conn = db.connect(tmp_path / db.DB_FILE)
-    db.migrate(conn)
+    conn = new_store(tmp_path / db.DB_FILE)
     cfg = config_mod.build({"agents": {"compute_rate": 10.0, "compute_capacity": 100.0},
                             "costs": {"read": 1.0, "write": 2.0}})
     kernel = Kernel(cfg, clock=clock)

@@ -116,9 +116,10 @@ def test_the_main_jobs_spawn_check_launches_a_funded_spawned_agent(tmp_path):
     from server.app import WorldServer
     from server.config import build
     from server.main_job import MainJob
+    from tests.conftest import storage_overrides
 
     data = tmp_path / "world"
-    job = MainJob(build(), data, agents=0, duration=None, backend="process", brain="scripted", listen=[])
+    job = MainJob(build(storage_overrides()), data, agents=0, duration=None, backend="process", brain="scripted", listen=[])
 
     async def scenario() -> dict:
         data.mkdir()

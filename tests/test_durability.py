@@ -1,5 +1,5 @@
 """Durability: every acknowledged change survives SIGTERM and SIGKILL, a restart gives
-the identical state (every table of the SQLite file), one server per data directory,
+the identical state (every table of the database, SQLite or PostgreSQL), one server per data directory,
 and a versioned schema that refuses to be opened by older code."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import pytest
 
 from agent_runtime.client import WorldClient
 from agent_runtime.errors import EcologyError
-from server.storage import db, oplog
-from tests.conftest import ROOT, check_ledger
+from server.storage import db
+from tests.conftest import ROOT, check_ledger, new_store
 
 # The debtor's one handbook call costs 1 + 30 compute on a 2-unit bucket refilling at
 # 0.5/s: 58 s of debt, far longer than the test.
@@ -33,24 +33,12 @@ enabled = false
 
 
 def dump(server) -> dict:
-    """Every table of the database, every row, in a fixed order; plus schema and version.
-    The oplog is left out: every start appends its `start` command (server/storage/oplog.py)."""
+    """Every table of the database, every row, in a fixed order; plus schema and version
+    (Store.dump: the SQLite file or the PostgreSQL database, whichever the server uses).
+    The oplog is left out (Store.dump): every start appends its `start` command."""
     conn = server.db()
     try:
-        out = {
-            "user_version": conn.execute("PRAGMA user_version").fetchone()[0],
-            "schema": [tuple(r) for r in conn.execute(
-                "SELECT type, name, sql FROM sqlite_master ORDER BY type, name")],
-        }
-        tables = [r[0] for r in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
-        for table in tables:
-            if table in oplog.NOT_STATE:
-                continue
-            ncols = len(conn.execute(f"PRAGMA table_info({table})").fetchall())
-            order = ", ".join(str(i + 1) for i in range(ncols))
-            out[table] = [tuple(r) for r in conn.execute(f"SELECT * FROM {table} ORDER BY {order}")]
-        return out
+        return conn.dump()
     finally:
         conn.close()
 
@@ -90,7 +78,7 @@ def test_restart_after_sigkill_and_sigterm_gives_identical_state(make_server):
     before = dump(server)
 
     # The dump really covers what must survive.
-    assert before["user_version"] == db.SCHEMA_VERSION
+    assert before["schema_version"] == db.SCHEMA_VERSION
     assert [r[0] for r in before["escrow_listings"]] == ["forsale"]
     remembered = {(r[0], r[1]): r[3] for r in before["idempotency"]}
     assert remembered[("alice", "w-doc")] == 1 and remembered[("alice", "t-1")] == 1
@@ -295,50 +283,76 @@ def test_second_server_on_same_data_dir_is_refused(server):
     assert (server.data_dir / "server.json").exists()
 
 
+def _set_schema_version(server, version: int) -> None:
+    """Stamp the server's database with another schema version (the server is stopped)."""
+    if server.database:
+        store = db.open_store(server.database)
+        try:
+            store.execute("UPDATE schema_version SET version = ?", (version,))
+        finally:
+            store.close()
+    else:
+        raw = sqlite3.connect(server.data_dir / db.DB_FILE)
+        raw.execute(f"PRAGMA user_version = {version}")
+        raw.close()
+
+
 def test_schema_version_recorded_and_newer_schema_refused(make_server):
     server = make_server()
     alice = server.agent("alice")
     token = alice.token
     conn = server.db()
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION >= 1
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.schema_version() == db.SCHEMA_VERSION >= 1
     finally:
         conn.close()
     assert server.stop() == 0
 
-    path = server.data_dir / db.DB_FILE
-    raw = sqlite3.connect(path)
-    raw.execute(f"PRAGMA user_version = {db.SCHEMA_VERSION + 1}")
-    raw.close()
+    _set_schema_version(server, db.SCHEMA_VERSION + 1)
     with pytest.raises(RuntimeError):
         server.start()
     log = Path(server.log.name).read_text()
     assert f"database schema version {db.SCHEMA_VERSION + 1} is newer than this server" in log
 
-    # The refused start left the file alone.
-    raw = sqlite3.connect(path)
+    # The refused start left the database alone.
+    conn = server.db()
     try:
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION + 1
-        assert raw.execute("SELECT scrip FROM balances WHERE principal_id='alice'").fetchone()[0] == 1000
-        raw.execute(f"PRAGMA user_version = {db.SCHEMA_VERSION}")
+        assert conn.schema_version() == db.SCHEMA_VERSION + 1
+        assert conn.balance_get("alice") == 1000
     finally:
-        raw.close()
+        conn.close()
+    _set_schema_version(server, db.SCHEMA_VERSION)
     server.start()
     with server.client(token) as again:
         assert again.get_state().scrip == 1000
 
 
-def test_migrations_from_empty_are_versioned_and_idempotent(tmp_path):
-    conn = db.connect(tmp_path / "fresh.sqlite3")
+@pytest.mark.sqlite_only
+def test_sqlite_file_is_wal_with_full_sync(server, tmp_path):
+    """The SQLite durability settings (db.connect): WAL for the server's file, synchronous=FULL."""
+    conn = server.db()
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 0
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        conn.close()
+    fresh = db.connect(tmp_path / "fresh.sqlite3")
+    try:
+        assert fresh.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    finally:
+        fresh.close()
+
+
+def test_migrations_from_empty_are_versioned_and_idempotent(tmp_path):
+    conn = new_store(tmp_path / "fresh.sqlite3", migrate=False)
+    try:
+        assert conn.schema_version() == 0
         assert db.migrate(conn) == db.SCHEMA_VERSION
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert conn.schema_version() == db.SCHEMA_VERSION
+        tables = set(conn.dump())
         assert {"artifacts", "balances", "ledger_entries", "flow", "stock", "credentials", "events",
                 "escrow_listings", "idempotency"} <= tables
+        schema = conn.dump()["schema"]
         assert db.migrate(conn) == db.SCHEMA_VERSION  # nothing to do the second time
-        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert conn.dump()["schema"] == schema
     finally:
         conn.close()

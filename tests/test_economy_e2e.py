@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from agent_runtime import AdminClient, WorldClient
+from tests.conftest import storage_config
 from google.protobuf import json_format
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,7 +26,7 @@ interval_seconds = 4.0
 def test_agents_bid_the_mint_mints_income_is_paid_and_the_invariant_holds(tmp_path):
     data = tmp_path / "world"
     config = tmp_path / "world.toml"
-    config.write_text(CONFIG)
+    config.write_text(CONFIG + storage_config())  # PostgreSQL under ECOLOGY_TEST_DATABASE=postgresql
     admin_token = "adm_e2e_" + os.urandom(8).hex()
     job = subprocess.Popen(
         [sys.executable, "-m", "server.cli", "run", "--no-dashboard", "--agents", "4", "--duration", "45",

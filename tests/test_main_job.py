@@ -8,12 +8,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import storage_config
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_job(data_dir: Path, *args: str, timeout: float = 120) -> dict:
+    # Under ECOLOGY_TEST_DATABASE=postgresql the world lives in one PostgreSQL database per
+    # data directory (the same again when the job is run a second time on it).
+    storage = data_dir.parent / f"{data_dir.name}.storage.toml"
+    if not storage.exists():
+        storage.write_text(storage_config())
     out = subprocess.run(
-        [sys.executable, "-m", "server.cli", "run", "--data-dir", str(data_dir), *args],
+        [sys.executable, "-m", "server.cli", "run", "--data-dir", str(data_dir), "--config", str(storage), *args],
         capture_output=True, text=True, timeout=timeout, cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0, out.stdout + out.stderr

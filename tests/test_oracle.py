@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from pathlib import Path
 
 import grpc
 import pytest
@@ -28,9 +27,8 @@ from server.llm.backend import BackendError, Completion
 from server.oracle import auction
 from server.oracle.runner import MintRunner
 from server.oracle.scoring import LlmScorer, Score, ScoreError, gather, offline_score, parse_score
-from server.storage import db
 from server.storage.executor import Executor
-from tests.conftest import check_ledger, wait_until
+from tests.conftest import check_ledger, new_store, wait_until
 
 ORACLE = "genesis_oracle"
 T0 = 1_700_000_000.0  # a multiple of every interval used here
@@ -45,8 +43,7 @@ class World:
         cfg = config.build({"agents": {"endowment": endowment, "compute_rate": 1e9, "compute_capacity": 1e12},
                             "oracle": {"interval_seconds": INTERVAL, **oracle}})
         self.kernel = Kernel(cfg, clock=lambda: self.now)
-        self.conn = db.connect(Path(":memory:"))
-        db.migrate(self.conn)
+        self.conn = new_store()
         self.ex = Executor(self.conn)
         self.ex.run_blocking(self.kernel.bootstrap)
         self.oracle = self.kernel.genesis[ORACLE]

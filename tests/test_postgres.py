@@ -101,3 +101,117 @@ def test_same_answers_as_sqlite(pg, tmp_path):
     finally:
         lite.close()
         post.close()
+
+
+def test_text_with_nul_and_control_characters_round_trips_and_sorts_as_on_sqlite(pg, tmp_path):
+    """PostgreSQL text cannot hold U+0000; the store escapes it so ids, contents and memos
+    with it are kept exactly and still page in SQLite's (code point) order."""
+    lite = db.connect(tmp_path / "w.sqlite3")
+    post = db.open_store(pg.new_database())
+    ids = ["a", "a\x00", "a\x00b", "a\x01", "a\x01\x02", "a\x02", "\x00", "b\x00\x00"]
+    try:
+        for st in (lite, post):
+            db.migrate(st)
+            st.tx_begin()
+            for i, aid in enumerate(ids):
+                st.artifact_insert(_art(aid, {"k": aid}, 100.0 + i, content=f"x\x00{aid}\x01y"))
+                st.balance_open(aid)
+            st.ledger_entry(1.0, "a\x00", "a\x01", 5, "transfer", "memo\x00\x01")
+            st.tx_commit()
+        for st in (lite, post):
+            assert [a.id for a in st.artifacts_page(after="", limit=100)] == sorted(ids)
+            assert [a.id for a in st.artifacts_page(after="a\x00", limit=100)] == sorted(i for i in ids if i > "a\x00")
+            assert st.artifact_get("a\x00b").content == "x\x00a\x00b\x01y"
+            assert st.artifact_get("a\x00b").metadata == {"k": "a\x00b"}
+            assert st.artifact_get("a\x01") is not None and st.artifact_get("a\x01\x01") is None
+            assert set(st.balances_of(ids)) == set(ids)
+            assert st.ledger_history("a\x00", 0, 10)[0]["memo"] == "memo\x00\x01"
+        assert post.dump()["artifacts"] == [tuple(r) for r in lite.dump()["artifacts"]]
+    finally:
+        lite.close()
+        post.close()
+
+
+def test_savepoint_outside_a_transaction_begins_one_as_on_sqlite(pg):
+    """Kernel code run outside the executor (tools, in-process tests) nests with savepoints
+    only: the outermost one begins a transaction and its release commits it."""
+    st = db.open_store(pg.new_database())
+    reader = db.open_store(st.url, readonly=True)
+    try:
+        db.migrate(st)
+        st.savepoint("tool")
+        st.balance_open("kept")
+        st.savepoint("step")
+        st.balance_open("undone")
+        st.rollback_to("step")
+        st.release("step")
+        assert reader.balance_get("kept") is None  # not committed yet
+        st.release("tool")
+        assert reader.balance_get("kept") == 0 and reader.balance_get("undone") is None
+    finally:
+        reader.close()
+        st.close()
+
+
+def test_a_failing_statement_raises_from_its_own_call_and_a_failed_commit_is_not_a_commit(pg):
+    """Savepoint commands travel in front of the next statement (one round trip): a failing
+    statement still raises from the Store call that ran it, rolling back to the savepoint
+    recovers, and COMMIT of a transaction PostgreSQL has failed raises instead of silently
+    rolling back (the executor then acknowledges nothing)."""
+    import psycopg
+
+    st = db.open_store(pg.new_database())
+    reader = db.open_store(st.url, readonly=True)
+    try:
+        db.migrate(st)
+        st.tx_begin()
+        st.savepoint("op")
+        st.balance_open("a")
+        st.credential_add("h1", "a", 1.0)
+        st.release("op")
+        st.savepoint("op")
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            st.credential_add("h1", "a", 1.0)  # the queued RELEASE/SAVEPOINT went ahead of it
+        st.rollback_to("op")
+        st.release("op")
+        st.savepoint("op")
+        st.balance_open("b")
+        st.release("op")
+        st.tx_commit()
+        assert reader.balances_of(["a", "b"]) == {"a": 0, "b": 0}
+
+        st.tx_begin()
+        st.balance_open("c")
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            st.credential_add("h1", "a", 1.0)
+        with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+            st.tx_commit()  # PostgreSQL would answer ROLLBACK: reported, not taken for a commit
+        assert reader.balance_get("c") is None
+        st.tx_begin()
+        st.balance_open("d")
+        st.tx_commit()  # the store is usable again
+        assert reader.balance_get("d") == 0
+    finally:
+        reader.close()
+        st.close()
+
+
+def test_sqlite_only_tests_are_not_collected_under_postgresql():
+    """A test marked sqlite_only is deselected (not skipped) under ECOLOGY_TEST_DATABASE=postgresql."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    def collected(backend: str) -> str:
+        out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "tests/test_durability.py"],
+                             capture_output=True, text=True, cwd=ROOT, timeout=120,
+                             env={**os.environ, "ECOLOGY_TEST_DATABASE": backend})
+        assert out.returncode == 0, out.stdout + out.stderr
+        return out.stdout
+
+    name = "test_durability.py::test_sqlite_file_is_wal_with_full_sync"
+    assert name in collected("sqlite")
+    on_pg = collected("postgresql")
+    assert name not in on_pg and "1 deselected" in on_pg and "skipped" not in on_pg

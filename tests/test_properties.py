@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -26,9 +25,8 @@ from server.errors import KernelError, Reason
 from server.kernel import ledger
 from server.kernel.artifacts import SYSTEM_ACCOUNT
 from server.kernel.kernel import Kernel
-from server.storage import db
 from server.storage.executor import Executor
-from tests.conftest import check_ledger
+from tests.conftest import check_ledger, new_store
 
 ENDOWMENT = 100
 ESCROW = "genesis_escrow"
@@ -60,8 +58,7 @@ class LedgerMachine(RuleBasedStateMachine):
         cfg = config.build({"agents": {"endowment": ENDOWMENT, "compute_rate": 1e9,
                                        "compute_capacity": 1e12}})
         self.kernel = Kernel(cfg, clock=lambda: self.now)
-        self.conn = db.connect(Path(":memory:"))
-        db.migrate(self.conn)
+        self.conn = new_store()
         self.ex = Executor(self.conn)
         self.ex.run_blocking(self.kernel.bootstrap)
         self.agents: list[str] = []
@@ -526,8 +523,7 @@ def test_one_call_is_one_spend_of_compute():
     cfg = config.build({"agents": {"compute_rate": 1.0, "compute_capacity": 1.5},
                         "costs": {"invoke": 1.0, "genesis_ledger.transfer": 1.0}})
     kernel = Kernel(cfg, clock=lambda: now[0])
-    conn = db.connect(Path(":memory:"))
-    db.migrate(conn)
+    conn = new_store()
     ex = Executor(conn)
     ex.run_blocking(kernel.bootstrap)
     for name in ("a", "b"):

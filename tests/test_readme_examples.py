@@ -257,7 +257,10 @@ def test_every_example_of_the_owned_sections_is_marked():
     assert len(operator) == 1 and marked["operator-commands"][1] == operator[0]
 
 
-@pytest.mark.parametrize("name", sorted(CHECKS))
+# The export example reads the world's SQLite file (`ecology export --data-dir`, which has no
+# PostgreSQL source yet): not collected under ECOLOGY_TEST_DATABASE=postgresql.
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.sqlite_only) if n == "export" else n
+                                  for n in sorted(CHECKS)])
 def test_readme_example_runs(name, tmp_path):
     blocks = marked_blocks(README.read_text())
     lang, code = blocks[name]

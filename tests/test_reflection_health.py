@@ -248,12 +248,12 @@ def test_every_server_log_line_is_json(tmp_path):
     import sys
 
     from agent_runtime import AdminClient, WorldClient
-    from tests.conftest import ROOT, wait_until
+    from tests.conftest import ROOT, database_args, wait_until
 
     data, sock = tmp_path / "data", f"unix:{tmp_path / 's.sock'}"
     env = {**os.environ, "ECOLOGY_ADMIN_TOKEN": "adm_logs", "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--data-dir", str(data), "--listen", sock,
-                             "--listen", "127.0.0.1:0", "--log-level", "info"],
+                             "--listen", "127.0.0.1:0", "--log-level", "info", *database_args()],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_until(lambda: (data / "server.json").exists() or proc.poll() is not None, 30, "server start")

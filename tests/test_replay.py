@@ -23,6 +23,13 @@ from tests.conftest import ROOT, ServerProcess, uid
 
 PY = sys.executable
 
+# These tests read and tamper with the recorded SQLite files directly, so under
+# ECOLOGY_TEST_DATABASE=postgresql they are not collected (deselected, not skipped). Replay of a
+# world recorded on PostgreSQL is covered in every run by
+# test_a_world_on_postgresql_replays_into_sqlite_to_the_same_digest, whose server is always on
+# the tests' PostgreSQL server.
+pytestmark = pytest.mark.sqlite_only
+
 CONFIG = """
 [agents]
 endowment = 100000

@@ -24,7 +24,7 @@ import pytest
 
 from agent_runtime import EcologyError
 from server.storage import db
-from tests.conftest import ROOT, ServerProcess, check_ledger
+from tests.conftest import ROOT, ServerProcess, check_ledger, pg_server
 
 
 def _bwrap_works() -> bool:
@@ -131,14 +131,22 @@ def f(paths, listdirs):
 
 
 def test_read_the_server_database_file(world, mallory):
-    db_path = world.data_dir / db.DB_FILE
-    assert db_path.exists()  # the real path: the server's SQLite file is there on the host
     server_pid = world.proc.pid
-    paths = [str(db_path), f"{db_path}-wal", f"/proc/{server_pid}/root{db_path}",
-             f"/proc/{server_pid}/cwd/{db.DB_FILE}", f"/proc/{server_pid}/fd/3"]
-    value, err = run(mallory, READ_FILES, paths=paths, listdirs=[str(world.data_dir), f"/proc/{server_pid}"])
+    listdirs = [str(world.data_dir), f"/proc/{server_pid}"]
+    if world.database:  # PostgreSQL (tests/pg.py): its data directory and its socket's directory
+        pg = pg_server()
+        assert (pg.data / "PG_VERSION").exists()  # the real paths, there on the host
+        paths = [str(pg.data / "PG_VERSION"), str(pg.data / "global" / "pg_control"),
+                 str(pg.socket_dir / ".s.PGSQL.5432"), f"/proc/{server_pid}/fd/3"]
+        listdirs += [str(pg.data), str(pg.socket_dir)]
+    else:
+        db_path = world.data_dir / db.DB_FILE
+        assert db_path.exists()  # the real path: the server's SQLite file is there on the host
+        paths = [str(db_path), f"{db_path}-wal", f"/proc/{server_pid}/root{db_path}",
+                 f"/proc/{server_pid}/cwd/{db.DB_FILE}", f"/proc/{server_pid}/fd/3"]
+    value, err = run(mallory, READ_FILES, paths=paths, listdirs=listdirs)
     assert err is None, err
-    for key in paths + [f"ls {world.data_dir}", f"ls /proc/{server_pid}"]:
+    for key in paths + [f"ls {d}" for d in listdirs]:
         assert value[key] in ERRORS, f"{key} was reachable: {value[key][:80]}"
     assert_still_serving(world)
 

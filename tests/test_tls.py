@@ -19,7 +19,7 @@ import grpc
 import pytest
 
 from agent_runtime import EcologyError, TlsOptions, WorldClient
-from tests.conftest import ROOT, ServerProcess, fails, wait_until
+from tests.conftest import ROOT, ServerProcess, database_args, fails, wait_until
 from tests.test_js_agent import js_agent, run_agent  # noqa: F401  (js_agent: the npm ci fixture)
 
 
@@ -131,7 +131,7 @@ def test_non_loopback_plaintext_needs_insecure_and_warns(tmp_path):
     assert "needs TLS" in r.stderr and "--insecure" in r.stderr
     # ... and with --insecure it starts, warning that tokens cross the network in clear.
     p = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--data-dir", str(tmp_path / "w"),
-                          "--listen", f"0.0.0.0:{port}", "--insecure"], stdout=subprocess.PIPE,
+                          "--listen", f"0.0.0.0:{port}", "--insecure", *database_args()], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         wait_until(lambda: (tmp_path / "w" / "server.json").exists(), 30, "the server to start")
@@ -199,7 +199,8 @@ def test_agent_in_another_network_namespace_connects_by_tls_only(tmp_path, two_h
     proc = subprocess.Popen(
         ["ip", "netns", "exec", srv_ns, sys.executable, "-m", "server.cli", "serve", "--data-dir", str(data),
          "--listen", f"{server_ip}:{port}", "--listen", f"unix:{sock}", "--tls-cert", files["cert_file"],
-         "--tls-key", files["key_file"], "--tls-client-ca", files["ca_file"], "--log-level", "warning"],
+         "--tls-key", files["key_file"], "--tls-client-ca", files["ca_file"], "--log-level", "warning",
+         *database_args()],
         env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "wb"))
     try:
         wait_until(lambda: (data / "server.json").exists(), 30, "the server to start")

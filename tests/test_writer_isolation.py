@@ -41,12 +41,13 @@ class InProcess:
 
     def __init__(self, data_dir, overrides: dict | None = None) -> None:
         from server.app import WorldServer
+        from tests.conftest import storage_overrides
 
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="test-loop", daemon=True)
         self.thread.start()
         self.socket = data_dir.parent / (data_dir.name + ".sock")
-        self.server = WorldServer(build(overrides or {}), data_dir, [f"unix:{self.socket}"])
+        self.server = WorldServer(build({**storage_overrides(), **(overrides or {})}), data_dir, [f"unix:{self.socket}"])
         self.call(self.server.start())
         self.admin_token = (data_dir / "admin.token").read_text().strip()
         self.threads: list[str] = []  # thread names of every sandbox.call / sandbox.check

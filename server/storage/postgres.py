@@ -13,7 +13,8 @@ and meaning as sqlite.py, so the kernel cannot tell the two apart:
   jsonb where they look inside.
 - Schema versions: table `schema_version`; PG_MIGRATIONS[i] takes version i to i+1 and
   matches db.MIGRATIONS[i] (tests/test_storage_seam.py checks the counts agree).
-Known difference: PostgreSQL TEXT cannot hold NUL characters; content with U+0000 fails.
+- Text may hold U+0000 as on SQLite: escaped on the way in, unescaped on the way out
+  (see _escape below; PostgreSQL text itself cannot hold it).
 Connections run in autocommit mode: readers see committed state statement by statement,
 like SQLite's readers; the writer opens its transactions explicitly.
 """
@@ -21,10 +22,13 @@ like SQLite's readers; the writer opens its transactions explicitly.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import psycopg
+from psycopg.types.string import StrDumperUnknown as _BaseStrDumper
+from psycopg.types.string import TextLoader as _BaseTextLoader
 
 from server.kernel.artifacts import Artifact, dumps
 from server.storage.store import Store
@@ -164,6 +168,56 @@ def _like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+# PostgreSQL text cannot hold U+0000; SQLite's can, and ids, contents, memos and request ids
+# are the caller's text. Every str parameter is therefore escaped on its way in and every
+# text value unescaped on its way out: U+0000 -> U+0001 U+0001, U+0001 -> U+0001 U+0002.
+# The code is prefix-free and keeps code-point order, so ids still sort and page exactly as
+# on SQLite; text without these two characters (all of it in practice) is stored as is.
+_NUL, _ONE = "\x00", "\x01"
+
+
+def _escape(text: str) -> str:
+    if _NUL in text or _ONE in text:
+        return text.replace(_ONE, "\x01\x02").replace(_NUL, "\x01\x01")
+    return text
+
+
+def _unescape(text: str) -> str:
+    if _ONE in text:
+        return re.sub("\x01([\x01\x02])", lambda m: _NUL if m.group(1) == _ONE else _ONE, text)
+    return text
+
+
+class _StrDumper(_BaseStrDumper):
+    def dump(self, obj: str):
+        return super().dump(_escape(obj))
+
+
+class _TextLoader(_BaseTextLoader):
+    def load(self, data) -> str:
+        return _unescape(super().load(data))
+
+
+class _Row(tuple):
+    """A result row read by index or by column name, like sqlite3.Row (raw `execute` only)."""
+
+    _names: tuple[str, ...] = ()
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            return tuple.__getitem__(self, self._names.index(key))
+        return tuple.__getitem__(self, key)
+
+    def keys(self) -> list[str]:
+        return list(self._names)
+
+
+def _row_by_index_or_name(cursor):
+    names = tuple(c.name for c in cursor.description or ())
+    row_type = type("Row", (_Row,), {"_names": names})
+    return lambda values: row_type(values)
+
+
 class PostgresStore(Store):
     supports_lease = True
 
@@ -171,7 +225,10 @@ class PostgresStore(Store):
         self.url = url
         self.readonly = readonly
         self._changes = 0
+        self._queued = []
         self.conn = psycopg.connect(url, autocommit=True, application_name=application_name)
+        self.conn.adapters.register_dumper(str, _StrDumper)
+        self.conn.adapters.register_loader("text", _TextLoader)
         self.conn.execute("SET synchronous_commit = on")
         # A session whose client vanished without closing its socket (host lost, network
         # cut) is found dead by the server in ~4 s, releasing the writer lock it held.
@@ -180,20 +237,41 @@ class PostgresStore(Store):
         if readonly:
             self.conn.execute("SET default_transaction_read_only = on")
 
-    def _exec(self, sql: str, params: tuple | list = ()):
-        cur = self.conn.execute(sql, params)
+    # Round trips: BEGIN, SAVEPOINT, RELEASE and ROLLBACK TO return nothing the caller
+    # needs, so they are queued (`_queued`) and sent in front of the next statement, in the
+    # same query string (a client-side bound cursor: one round trip, several statements),
+    # or in front of COMMIT. A transfer's 8 savepoint commands and its batch's BEGIN then
+    # cost no round trip of their own (bench/bench_storage.py); every other statement is a
+    # server-side prepared one as before. A failing statement still raises from the Store
+    # method that ran it: the queued commands ahead of it cannot fail short of a broken
+    # connection, which fails the statement too.
+    _queued: list[str]
+
+    def _execute(self, sql: str, params: tuple | list = ()):
+        queued = self._queued
+        if not queued:
+            return self._counted(self.conn.execute(sql, params))
+        self._queued = []
+        cur = psycopg.ClientCursor(self.conn)
+        cur.execute("; ".join([*queued, sql]), params)
+        while cur.nextset():  # to the result of `sql`, the last one
+            pass
+        return self._counted(cur)
+
+    def _counted(self, cur):
+        """Counts the rows a statement changed (Store.changes, exact replay)."""
         if (cur.statusmessage or "").startswith(("INSERT", "UPDATE", "DELETE")) and cur.rowcount > 0:
             self._changes += cur.rowcount
         return cur
 
     def _one(self, sql: str, params: tuple | list = ()):
-        return self._exec(sql, params).fetchone()
+        return self._execute(sql, params).fetchone()
 
     def _all(self, sql: str, params: tuple | list = ()):
-        return self._exec(sql, params).fetchall()
+        return self._execute(sql, params).fetchall()
 
     def _run(self, sql: str, params: tuple | list = ()) -> int:
-        return self._exec(sql, params).rowcount
+        return self._execute(sql, params).rowcount
 
     def close(self) -> None:
         self.conn.close()
@@ -201,7 +279,14 @@ class PostgresStore(Store):
     def execute(self, sql: str, params: tuple | list = ()):
         """Raw SQL for tools and tests (as on SqliteStore), with SQLite's `?` placeholders.
         Code outside server/storage never calls it (tests/test_storage_seam.py)."""
-        return self.conn.execute(sql.replace("%", "%%").replace("?", "%s"), params)
+        self._flush()
+        cur = self.conn.cursor(row_factory=_row_by_index_or_name)
+        return cur.execute(sql.replace("%", "%%").replace("?", "%s"), params)
+
+    def _flush(self) -> None:
+        if self._queued:
+            queued, self._queued = self._queued, []
+            self.conn.execute("; ".join(queued))
 
     # -- schema ----------------------------------------------------------------------
 
@@ -214,6 +299,7 @@ class PostgresStore(Store):
     def migrate(self, target: int) -> int:
         """Bring the schema up to `target` (each migration in its own transaction); refuses
         a newer database than this code."""
+        self._flush()
         self.conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         version = self.schema_version()
         if version > target:
@@ -232,22 +318,52 @@ class PostgresStore(Store):
     # -- transactions ----------------------------------------------------------------
 
     def tx_begin(self) -> None:
-        self.conn.execute("BEGIN")
+        self._queued.append("BEGIN")
 
     def tx_commit(self) -> None:
-        self.conn.execute("COMMIT")
+        self._implicit = None
+        queued, self._queued = self._queued, []
+        cur = self.conn.execute("; ".join([*queued, "COMMIT"]))
+        while cur.nextset():  # the last result is COMMIT's
+            pass
+        if cur.statusmessage != "COMMIT":
+            # PostgreSQL answers COMMIT in a failed transaction with a ROLLBACK, not an
+            # error: nothing was applied, and the caller must not acknowledge anything.
+            raise psycopg.errors.InFailedSqlTransaction(f"COMMIT was a {cur.statusmessage}: nothing was applied")
 
     def tx_rollback(self) -> None:
-        self.conn.execute("ROLLBACK")
+        self._implicit = None
+        self._queued = []
+        if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            self.conn.execute("ROLLBACK")
+
+    # A savepoint outside a transaction begins one, and releasing that outermost savepoint
+    # commits it, as on SQLite (kernel code called outside the executor, e.g. by tools and
+    # in-process tests, relies on it); PostgreSQL alone would refuse SAVEPOINT there.
+    # `_implicit` is the stack of savepoint names of such a transaction, else None.
+    _implicit: list[str] | None = None
 
     def savepoint(self, name: str) -> None:
-        self.conn.execute(f"SAVEPOINT {name}")
+        if (self._implicit is None and not self._queued
+                and self.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE):
+            self._queued.append("BEGIN")
+            self._implicit = []
+        if self._implicit is not None:
+            self._implicit.append(name)
+        self._queued.append(f"SAVEPOINT {name}")
 
     def rollback_to(self, name: str) -> None:
-        self.conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
+        self._queued.append(f"ROLLBACK TO SAVEPOINT {name}")
+        if self._implicit is not None:
+            del self._implicit[len(self._implicit) - self._implicit[::-1].index(name):]
 
     def release(self, name: str) -> None:
-        self.conn.execute(f"RELEASE SAVEPOINT {name}")
+        if self._implicit is not None:
+            del self._implicit[len(self._implicit) - 1 - self._implicit[::-1].index(name):]
+            if not self._implicit:
+                self.tx_commit()
+                return
+        self._queued.append(f"RELEASE SAVEPOINT {name}")
 
     def changes(self) -> int:
         return self._changes
@@ -331,7 +447,7 @@ class PostgresStore(Store):
         return {"address": row[0], "pid": row[1], "host": row[2], "since": row[3]} if row else None
 
     def ping(self) -> None:
-        self.conn.execute("SELECT 1")
+        self._one("SELECT 1")
 
     def connection_lost(self, err: BaseException) -> bool:
         return self.conn.broken or self.conn.closed or isinstance(err, psycopg.OperationalError) and (
@@ -753,3 +869,29 @@ class PostgresStore(Store):
             return None
         return {"request_id": request_id, "model": x[0], "prompt": json.loads(x[1]), "answer": x[2],
                 "truncated": bool(x[3]), "at": x[4]}
+
+    # -- whole-database views ----------------------------------------------------------
+
+    def dump(self) -> dict:
+        out = {
+            "schema_version": self.schema_version(),
+            "schema": [tuple(r) for r in self._all(
+                "SELECT table_name, column_name, data_type, is_nullable, column_default FROM information_schema.columns "
+                "WHERE table_schema = current_schema() ORDER BY table_name, ordinal_position")]
+            + [tuple(r) for r in self._all(
+                "SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema() "
+                "ORDER BY tablename, indexname")],
+        }
+        tables = [r[0] for r in self._all(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() "
+            "AND table_type = 'BASE TABLE' AND table_name != 'schema_version' ORDER BY table_name")]
+        from server.storage.oplog import NOT_STATE
+
+        for table in tables:
+            if table in NOT_STATE or table == "server_lease":  # not world state
+                continue
+            ncols = self._one("SELECT COUNT(*) FROM information_schema.columns "
+                              "WHERE table_schema = current_schema() AND table_name = %s", (table,))[0]
+            order = ", ".join(str(i + 1) for i in range(ncols))
+            out[table] = [tuple(r) for r in self._all(f"SELECT * FROM {table} ORDER BY {order}")]
+        return out

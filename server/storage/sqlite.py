@@ -538,3 +538,26 @@ class SqliteStore(sqlite3.Connection, Store):
             return None
         return {"request_id": request_id, "model": x[0], "prompt": json.loads(x[1]), "answer": x[2],
                 "truncated": bool(x[3]), "at": x[4]}
+
+    # -- whole-database views ----------------------------------------------------------
+
+    def schema_version(self) -> int:
+        return self.execute("PRAGMA user_version").fetchone()[0]
+
+    def dump(self) -> dict:
+        out = {
+            "schema_version": self.schema_version(),
+            "schema": [tuple(r) for r in self.execute(
+                "SELECT type, name, sql FROM sqlite_master ORDER BY type, name")],
+        }
+        tables = [r[0] for r in self.execute(
+            "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+        from server.storage.oplog import NOT_STATE
+
+        for table in tables:
+            if table in NOT_STATE:  # not world state: every start appends to the oplog
+                continue
+            ncols = len(self.execute(f"PRAGMA table_info({table})").fetchall())
+            order = ", ".join(str(i + 1) for i in range(ncols))
+            out[table] = [tuple(r) for r in self.execute(f"SELECT * FROM {table} ORDER BY {order}")]
+        return out

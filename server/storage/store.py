@@ -448,3 +448,16 @@ class Store:
     def llm_exchange_get(self, agent_id: str, request_id: str) -> dict | None:
         """request_id, model, prompt (decoded), answer, truncated, at; or None."""
         raise NotImplementedError
+
+    # -- whole-database views (tests, tools) ------------------------------------------
+
+    def schema_version(self) -> int:
+        """The schema version the database is at (0: empty)."""
+        raise NotImplementedError
+
+    def dump(self) -> dict:
+        """Every table, every row, in a fixed order, plus the schema: {"schema_version": n,
+        "schema": [...], TABLE: [row tuples sorted by all columns], ...}. Two dumps of one
+        backend are equal exactly when the stored state is (tests/test_durability.py compares
+        the world before and after a crash this way, on either backend)."""
+        raise NotImplementedError
