@@ -100,6 +100,8 @@ def test_a_subscriber_following_ledger_events_on_a_real_server_gets_every_balanc
     bo.bid("bo.notes", 3)
     bo.transfer_control("bo.notes", "cy")                     # refunds bo's bid
     start = ann.get_state().last_event_seq
+    # Both bids must count for one round: place them just after a (2 s, epoch-aligned) boundary.
+    wait_until(lambda: 0.05 < time.time() % 2.0 < 0.6, 5, "the start of a round")
     bo.bid("ann.notes", 5)
     cy.bid("bo.notes", 4)                                     # bo wins, pays 4: income 1 each, 1 carried
     rounds = wait_until(lambda: [e for e in ann.events(after=start, types=["oracle.resolved"])
