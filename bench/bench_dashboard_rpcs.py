@@ -114,26 +114,22 @@ def main() -> int:
                 after_seq=max(0, stats.last_event_seq - 100), limit=100), args.calls // 3, idle)),
         ]
         n = min(args.events, stats.last_event_seq - 1)
-        sub = admin.watch_events(after_seq=stats.last_event_seq - n)
-        c0, t0 = cpu_seconds(proc.pid), time.monotonic()
-        got = 0
-        for _ in sub:
-            got += 1
-            if got >= n:
-                break
-        cpu, wall = cpu_seconds(proc.pid) - c0, time.monotonic() - t0
-        sub.close()
-        rows.append(("WatchEvents, per event (catch-up)", max(0.0, cpu - idle * wall) / max(got, 1) * 1e6))
-        sub = admin.watch_event_batches(after_seq=stats.last_event_seq - n, max_events=200)
-        c0, t0 = cpu_seconds(proc.pid), time.monotonic()
-        got = 0
-        for _ in sub:
-            got += 1
-            if got >= n:
-                break
-        cpu, wall = cpu_seconds(proc.pid) - c0, time.monotonic() - t0
-        sub.close()
-        rows.append(("WatchEventBatches of 200, per event", max(0.0, cpu - idle * wall) / max(got, 1) * 1e6))
+        def per_event(sub) -> float:
+            """Server CPU (us) per event while `sub` catches up on the last n events."""
+            c0, t0 = cpu_seconds(proc.pid), time.monotonic()
+            got = 0
+            for _ in sub:
+                got += 1
+                if got >= n:
+                    break
+            cpu, wall = cpu_seconds(proc.pid) - c0, time.monotonic() - t0
+            sub.close()
+            return max(0.0, cpu - idle * wall) / max(got, 1) * 1e6
+
+        rows.append(("WatchEvents, per event (catch-up)",
+                     per_event(admin.watch_events(after_seq=stats.last_event_seq - n))))
+        rows.append(("WatchEventBatches of 200, per event",
+                     per_event(admin.watch_event_batches(after_seq=stats.last_event_seq - n, max_events=200))))
         print(f"\n{'server CPU per call':<36} {'us':>8}")
         for name, us in rows:
             print(f"{name:<36} {us:8.1f}")

@@ -61,7 +61,6 @@ from server.app import WorldServer, resolve_admin_token  # noqa: E402
 from server.config import Config  # noqa: E402
 from server.kernel import artifacts, invocation, ledger  # noqa: E402
 from server.kernel.artifacts import SYSTEM_ACCOUNT  # noqa: E402
-from server.storage.store import Store  # noqa: E402
 
 PERSONALITIES = ("builder", "trader", "tester", "coordinator")
 PROGRESS_SECONDS = 3.0
@@ -529,10 +528,6 @@ def dashboard_port_problem(listen: str) -> str | None:
         return (f"the dashboard cannot listen on {listen} (port {port}: {e.strerror or e}); "
                 f"choose another with --dashboard HOST:PORT, or run without it: --no-dashboard")
     return None
-
-
-def _balances(reader: Store, names: list[str]) -> dict[str, int]:
-    return reader.balances_of(names)
 
 
 def _dist(scrip: dict[str, int]) -> str:

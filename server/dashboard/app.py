@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import hmac
-import html
 import ipaddress
 import json
 import threading
@@ -43,7 +42,7 @@ from urllib.parse import urlencode
 
 from google.protobuf import json_format
 from starlette.applications import Starlette
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 

@@ -80,7 +80,7 @@ async def market(feed, admin, tq: str, link):
         + "</div></div><h2>Loans and defaults</h2>"
         + table(["Debt", "Lender", "Borrower", "Holder", "Principal", "Repay", "Repaid", "Status", "Due"], debt_rows,
                 "loans", "no loan yet")
-        + f"<div class=two><div><h2>Oracle bids</h2>"
+        + "<div class=two><div><h2>Oracle bids</h2>"
         + table(["Seq", "At", "Type", "Artifact", "Bidder", "Amount"], bid_rows, "bids", "no bid yet")
         + f"</div><div><h2>Last oracle round ({e(last.get('round', '-'))}: minted {e(last.get('minted', 0))}, "
           f"clearing price {e(last.get('clearing_price') if last.get('clearing_price') is not None else '-')})</h2>"
