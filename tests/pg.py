@@ -80,12 +80,15 @@ class PgServer:
         keeps it for the next caller instead of closing: a new schema and its migrations
         take ~0.2 s, which the property tests would pay once per example; emptying ~2 ms."""
         if self._pool:
-            return self._pool.pop()
+            store = self._pool.pop()
+            store.claim_sole_writer()
+            return store
         from server.storage import db
 
         store = PooledStore(self.new_schema(), self._pool)
         db.migrate(store)
         store.snapshot()
+        store.claim_sole_writer()  # the test's kernel is the only writer of its schema
         return store
 
     def stop(self) -> None:
@@ -120,8 +123,8 @@ class PooledStore(PostgresStore):
         try:
             if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 self.conn.execute("ROLLBACK")
-            self._implicit = None
             self._queued = []
+            self._ended(committed=False)  # also drops the writer's view of the rows
             with self.conn.transaction():
                 for sql, params in self._reset:
                     self.conn.execute(sql, params)

@@ -94,6 +94,7 @@ class Executor:
         try:
             before = self._conn.changes()
             result = op(self._conn)
+            self._conn.flush()
             self._check_recorded(op, before)
         except BaseException:
             self._conn.tx_rollback()
@@ -145,6 +146,7 @@ class Executor:
                 try:
                     before = conn.changes()
                     result = op(conn)
+                    conn.flush()  # held-back writes fail this op, not the batch
                     self._check_recorded(op, before)
                 except KernelError as err:
                     conn.rollback_to("op")

@@ -174,6 +174,7 @@ def _like(text: str) -> str:
 # The code is prefix-free and keeps code-point order, so ids still sort and page exactly as
 # on SQLite; text without these two characters (all of it in practice) is stored as is.
 _NUL, _ONE = "\x00", "\x01"
+_UNKNOWN = object()  # a row the writer's view does not hold (PostgresStore._view)
 
 
 def _escape(text: str) -> str:
@@ -226,6 +227,9 @@ class PostgresStore(Store):
         self.readonly = readonly
         self._changes = 0
         self._queued = []
+        self._view: dict[tuple, Any] = {}
+        self._undo: list[tuple[tuple, Any]] = []
+        self._marks: list[tuple[str, int]] = []
         self.conn = psycopg.connect(url, autocommit=True, application_name=application_name)
         self.conn.adapters.register_dumper(str, _StrDumper)
         self.conn.adapters.register_loader("text", _TextLoader)
@@ -237,32 +241,118 @@ class PostgresStore(Store):
         if readonly:
             self.conn.execute("SET default_transaction_read_only = on")
 
-    # Round trips: BEGIN, SAVEPOINT, RELEASE and ROLLBACK TO return nothing the caller
-    # needs, so they are queued (`_queued`) and sent in front of the next statement, in the
-    # same query string (a client-side bound cursor: one round trip, several statements),
-    # or in front of COMMIT. A transfer's 8 savepoint commands and its batch's BEGIN then
-    # cost no round trip of their own (bench/bench_storage.py); every other statement is a
-    # server-side prepared one as before. A failing statement still raises from the Store
-    # method that ran it: the queued commands ahead of it cannot fail short of a broken
-    # connection, which fails the statement too.
-    _queued: list[str]
+    # Round trips. A statement sent alone costs a round trip to PostgreSQL and ~50 us of
+    # psycopg; SQLite answers in process. So the writer sends as few as it can:
+    # - Queued (`_queued`): BEGIN, SAVEPOINT, RELEASE and ROLLBACK TO return nothing the
+    #   caller needs, and neither do the writes marked `_defer` below (a flow bucket's new
+    #   level, a debit or credit the view already checked, a journal entry, an event, an
+    #   idempotency record, an oplog row). They are sent in front of the next statement, in
+    #   the same query string (a client-side bound cursor: one round trip, several
+    #   statements), at `flush()` (the executor calls it at the end of every operation,
+    #   inside the operation's savepoint, so a failing write fails its own operation and
+    #   nothing else) or in front of COMMIT. Each deferred write says how many rows it must
+    #   change; a different count fails the operation and drops the view (`_send`).
+    # - The view (`_view`): inside a transaction the writer remembers the rows it read or
+    #   wrote of a few hot tables (balances, flow buckets, the last event, journal and
+    #   oplog numbers), so reading them again costs nothing and a debit, credit or insert
+    #   can be decided here and deferred. Every change of the view is undone with the
+    #   savepoint it was made in (`_undo`, `_marks`), and the view is dropped at COMMIT -
+    #   unless this session holds the world's writer lock (`lease_try`, server/standby.py)
+    #   or was told it is the only writer (`claim_sole_writer`): nothing else then writes
+    #   these tables, and the view stays valid from one transaction to the next.
+    # Counting (`changes()`) is the same as on SQLite: a deferred write counts when queued.
+    _queued: list[tuple[str, tuple | list, int | None]]
 
     def _execute(self, sql: str, params: tuple | list = ()):
         queued = self._queued
         if not queued:
             return self._counted(self.conn.execute(sql, params))
         self._queued = []
+        return self._counted(self._send(queued, sql, params))
+
+    def _send(self, queued: list, sql: str | None = None, params: tuple | list = ()):
+        """Queued statements, then `sql` if given, in one round trip; returns the cursor on
+        the last result. Checks every deferred write's row count."""
+        texts, values = [], []
+        for text, args, _rows in queued:
+            texts.append(text)
+            values.extend(args)
+        if sql is not None:
+            texts.append(sql)
+            values.extend(params)
         cur = psycopg.ClientCursor(self.conn)
-        cur.execute("; ".join([*queued, sql]), params)
-        while cur.nextset():  # to the result of `sql`, the last one
-            pass
-        return self._counted(cur)
+        cur.execute("; ".join(texts), values)
+        for i, (text, _args, rows) in enumerate(queued):
+            if rows is not None and cur.rowcount != rows:
+                self._drop_view()
+                raise RuntimeError(f"PostgreSQL changed {cur.rowcount} rows where the writer's view expected "
+                                   f"{rows}: {text}")
+            if i < len(queued) - 1 or sql is not None:
+                cur.nextset()
+        return cur
+
+    def _defer(self, sql: str, params: tuple | list, rows: int = 1) -> None:
+        """A write whose result the caller does not need: queued inside a transaction (it
+        must change exactly `rows` rows), run at once outside one."""
+        if not self._tx:
+            self._run(sql, params)
+            return
+        self._queued.append((sql, params, rows))
+        self._changes += rows
+
+    def flush(self) -> None:
+        if any(rows is not None for _t, _a, rows in self._queued):
+            queued, self._queued = self._queued, []
+            self._send(queued)
 
     def _counted(self, cur):
         """Counts the rows a statement changed (Store.changes, exact replay)."""
         if (cur.statusmessage or "").startswith(("INSERT", "UPDATE", "DELETE")) and cur.rowcount > 0:
             self._changes += cur.rowcount
         return cur
+
+    # -- the writer's view (see "Round trips" above) ------------------------------------
+
+    _tx = False  # inside BEGIN ... COMMIT (explicit or implicit)
+    _sole = False  # the only session that writes this database (holds the writer lock)
+
+    def _viewing(self) -> bool:
+        return self._tx or self._sole
+
+    def _seen(self, key: tuple):
+        return self._view.get(key, _UNKNOWN) if self._viewing() else _UNKNOWN
+
+    def _see(self, key: tuple, value) -> None:
+        """Remember a row's value (or _UNKNOWN to forget it), undone with its savepoint."""
+        if self.readonly or not self._viewing():
+            return
+        old = self._view.get(key, _UNKNOWN)
+        if self._tx:
+            self._undo.append((key, old))
+        if value is _UNKNOWN:
+            self._view.pop(key, None)
+        else:
+            self._view[key] = value
+
+    def _undo_to(self, length: int) -> None:
+        undo, view = self._undo, self._view
+        while len(undo) > length:
+            key, old = undo.pop()
+            if old is _UNKNOWN:
+                view.pop(key, None)
+            else:
+                view[key] = old
+
+    def _drop_view(self) -> None:
+        self._view.clear()
+        self._undo.clear()
+        self._marks = [(name, 0) for name, _ in self._marks]
+
+    def claim_sole_writer(self) -> None:
+        """Nothing but this session writes the database (tests' own schemas; the server
+        after taking the writer lock): the view may outlive a transaction."""
+        self._drop_view()
+        self._sole = True
 
     def _one(self, sql: str, params: tuple | list = ()):
         return self._execute(sql, params).fetchone()
@@ -278,15 +368,18 @@ class PostgresStore(Store):
 
     def execute(self, sql: str, params: tuple | list = ()):
         """Raw SQL for tools and tests (as on SqliteStore), with SQLite's `?` placeholders.
-        Code outside server/storage never calls it (tests/test_storage_seam.py)."""
+        Code outside server/storage never calls it (tests/test_storage_seam.py). It may
+        write anything, so the writer's view is dropped."""
         self._flush()
+        self._drop_view()
         cur = self.conn.cursor(row_factory=_row_by_index_or_name)
         return cur.execute(sql.replace("%", "%%").replace("?", "%s"), params)
 
     def _flush(self) -> None:
+        """Send everything queued (before a statement that bypasses `_execute`)."""
         if self._queued:
             queued, self._queued = self._queued, []
-            self.conn.execute("; ".join(queued))
+            self._send(queued)
 
     # -- schema ----------------------------------------------------------------------
 
@@ -300,6 +393,7 @@ class PostgresStore(Store):
         """Bring the schema up to `target` (each migration in its own transaction); refuses
         a newer database than this code."""
         self._flush()
+        self._drop_view()
         self.conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         version = self.schema_version()
         if version > target:
@@ -318,21 +412,39 @@ class PostgresStore(Store):
     # -- transactions ----------------------------------------------------------------
 
     def tx_begin(self) -> None:
-        self._queued.append("BEGIN")
+        self._queued.append(("BEGIN", (), None))
+        self._begun()
+
+    def _begun(self) -> None:
+        self._tx = True
+        self._undo = []
+        self._marks = []
+
+    def _ended(self, *, committed: bool) -> None:
+        self._tx = False
+        self._implicit = None
+        self._undo = []
+        self._marks = []
+        if not (committed and self._sole):
+            self._view.clear()
 
     def tx_commit(self) -> None:
-        self._implicit = None
+        self.flush()  # deferred writes first: a wrong row count must stop us before COMMIT
         queued, self._queued = self._queued, []
-        cur = self.conn.execute("; ".join([*queued, "COMMIT"]))
-        while cur.nextset():  # the last result is COMMIT's
-            pass
-        if cur.statusmessage != "COMMIT":
+        try:
+            cur = self._send(queued, "COMMIT")
+        except BaseException:
+            self._ended(committed=False)
+            raise
+        committed = cur.statusmessage == "COMMIT"
+        self._ended(committed=committed)
+        if not committed:
             # PostgreSQL answers COMMIT in a failed transaction with a ROLLBACK, not an
             # error: nothing was applied, and the caller must not acknowledge anything.
             raise psycopg.errors.InFailedSqlTransaction(f"COMMIT was a {cur.statusmessage}: nothing was applied")
 
     def tx_rollback(self) -> None:
-        self._implicit = None
+        self._ended(committed=False)
         self._queued = []
         if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             self.conn.execute("ROLLBACK")
@@ -344,26 +456,38 @@ class PostgresStore(Store):
     _implicit: list[str] | None = None
 
     def savepoint(self, name: str) -> None:
-        if (self._implicit is None and not self._queued
+        if (self._implicit is None and not self._tx
                 and self.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE):
-            self._queued.append("BEGIN")
+            self._queued.append(("BEGIN", (), None))
+            self._begun()
             self._implicit = []
         if self._implicit is not None:
             self._implicit.append(name)
-        self._queued.append(f"SAVEPOINT {name}")
+        self._marks.append((name, len(self._undo)))
+        self._queued.append((f"SAVEPOINT {name}", (), None))
+
+    def _mark(self, name: str) -> int:
+        for i in range(len(self._marks) - 1, -1, -1):
+            if self._marks[i][0] == name:
+                return i
+        raise RuntimeError(f"no savepoint {name!r}")
 
     def rollback_to(self, name: str) -> None:
-        self._queued.append(f"ROLLBACK TO SAVEPOINT {name}")
+        i = self._mark(name)
+        self._undo_to(self._marks[i][1])
+        del self._marks[i + 1:]
+        self._queued.append((f"ROLLBACK TO SAVEPOINT {name}", (), None))
         if self._implicit is not None:
             del self._implicit[len(self._implicit) - self._implicit[::-1].index(name):]
 
     def release(self, name: str) -> None:
+        del self._marks[self._mark(name):]
         if self._implicit is not None:
             del self._implicit[len(self._implicit) - 1 - self._implicit[::-1].index(name):]
             if not self._implicit:
                 self.tx_commit()
                 return
-        self._queued.append(f"RELEASE SAVEPOINT {name}")
+        self._queued.append((f"RELEASE SAVEPOINT {name}", (), None))
 
     def changes(self) -> int:
         return self._changes
@@ -388,14 +512,30 @@ class PostgresStore(Store):
 
     # -- the operation log -----------------------------------------------------------
 
+    def _next_seq(self, table: str, insert: str, params: tuple) -> int:
+        """Insert a row numbered MAX(seq)+1 of `table` (`insert` takes the seq first) and
+        return its number: deferred when the view knows the last number, else one
+        statement that reads it."""
+        key = ("seq", table)
+        last = self._seen(key)
+        if last is _UNKNOWN or not self._tx:
+            seq = self._one(f"{insert} SELECT COALESCE(MAX(seq), 0) + 1, "
+                            f"{', '.join(['%s'] * len(params))} FROM {table} RETURNING seq", params)[0]
+        else:
+            seq = last + 1
+            self._defer(f"{insert} VALUES ({', '.join(['%s'] * (len(params) + 1))})", (seq, *params))
+        self._see(key, seq)
+        return seq
+
     def oplog_append(self, command: str, inputs: str, record: str) -> None:
-        self._run("INSERT INTO oplog (seq, command, inputs, record) "
-                  "SELECT COALESCE(MAX(seq), 0) + 1, %s, %s, %s FROM oplog", (command, inputs, record))
+        self._next_seq("oplog", "INSERT INTO oplog (seq, command, inputs, record)", (command, inputs, record))
 
     def oplog_insert(self, seq: int, command: str, inputs: str, record: str) -> None:
         self._run("INSERT INTO oplog VALUES (%s, %s, %s, %s)", (seq, command, inputs, record))
+        self._see(("seq", "oplog"), _UNKNOWN)
 
     def oplog_rows(self) -> Iterable[tuple[int, str, str, str]]:
+        self._flush()
         return self.conn.execute("SELECT seq, command, inputs, record FROM oplog ORDER BY seq")
 
     def has_oplog(self) -> bool:
@@ -417,6 +557,7 @@ class PostgresStore(Store):
             "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
             "AND table_name = %s ORDER BY ordinal_position", (table,))]
         order = ", ".join(f'"{c}"' for c in cols)
+        self._flush()
         return cols, self.conn.execute(f'SELECT {order} FROM "{table}" ORDER BY {order}')
 
     # -- the writer lease (server/standby.py) ------------------------------------------
@@ -425,9 +566,13 @@ class PostgresStore(Store):
     # versioned: it only says where the holder is.
 
     def lease_try(self) -> bool:
-        return bool(self._one("SELECT pg_try_advisory_lock(%s)", (WRITER_LOCK_KEY,))[0])
+        held = bool(self._one("SELECT pg_try_advisory_lock(%s)", (WRITER_LOCK_KEY,))[0])
+        if held:
+            self.claim_sole_writer()  # the lock is what makes this session the only writer
+        return held
 
     def lease_publish(self, address: str, pid: int, host: str, at: float) -> None:
+        self._flush()
         self.conn.execute("CREATE TABLE IF NOT EXISTS server_lease (id INTEGER PRIMARY KEY CHECK (id = 1), "
                           "address TEXT NOT NULL, pid BIGINT NOT NULL, host TEXT NOT NULL, "
                           "since DOUBLE PRECISION NOT NULL, backend_pid BIGINT NOT NULL)")
@@ -559,34 +704,67 @@ class PostgresStore(Store):
     # -- scrip -----------------------------------------------------------------------
 
     def balance_open(self, principal_id: str) -> None:
-        self._run("INSERT INTO balances VALUES (%s, 0) ON CONFLICT DO NOTHING", (principal_id,))
+        key = ("balance", principal_id)
+        seen = self._seen(key)
+        if seen is None:
+            self._defer("INSERT INTO balances VALUES (%s, 0)", (principal_id,))
+            self._see(key, 0)
+        elif seen is _UNKNOWN:
+            if self._run("INSERT INTO balances VALUES (%s, 0) ON CONFLICT DO NOTHING", (principal_id,)):
+                self._see(key, 0)
 
     def balance_get(self, principal_id: str) -> int | None:
+        key = ("balance", principal_id)
+        seen = self._seen(key)
+        if seen is not _UNKNOWN:
+            return seen
         row = self._one("SELECT scrip FROM balances WHERE principal_id = %s", (principal_id,))
-        return row[0] if row else None
+        value = row[0] if row else None
+        self._see(key, value)
+        return value
 
     def balances_of(self, principal_ids: Iterable[str]) -> dict[str, int]:
         return dict(self._all("SELECT principal_id, scrip FROM balances WHERE principal_id = ANY(%s)",
                               (list(principal_ids),)))
 
+    # A debit or credit the view can decide is deferred, relative (scrip - amount), so
+    # PostgreSQL still does the arithmetic and the CHECK (scrip >= 0) still guards it.
     def balance_credit(self, principal_id: str, amount: int) -> bool:
-        return self._run("UPDATE balances SET scrip = scrip + %s WHERE principal_id = %s",
-                         (amount, principal_id)) == 1
+        key = ("balance", principal_id)
+        seen = self._seen(key)
+        if seen is None:
+            return False  # no account: an UPDATE that would change nothing
+        if seen is not _UNKNOWN and self._tx:
+            self._defer("UPDATE balances SET scrip = scrip + %s WHERE principal_id = %s", (amount, principal_id))
+            self._see(key, seen + amount)
+            return True
+        row = self._one("UPDATE balances SET scrip = scrip + %s WHERE principal_id = %s RETURNING scrip",
+                        (amount, principal_id))
+        self._see(key, row[0] if row else None)
+        return row is not None
 
     def balance_debit(self, principal_id: str, amount: int) -> int | None:
+        key = ("balance", principal_id)
+        seen = self._seen(key)
+        if seen is None or (seen is not _UNKNOWN and seen < amount):
+            return None  # no account, or not enough: an UPDATE that would change nothing
+        if seen is not _UNKNOWN and self._tx:
+            self._defer("UPDATE balances SET scrip = scrip - %s WHERE principal_id = %s", (amount, principal_id))
+            self._see(key, seen - amount)
+            return seen - amount
         row = self._one("UPDATE balances SET scrip = scrip - %s WHERE principal_id = %s AND scrip >= %s "
                         "RETURNING scrip", (amount, principal_id, amount))
+        if row:
+            self._see(key, row[0])
         return row[0] if row else None
 
     def ledger_entry(self, at: float, debit: str, credit: str, amount: int, kind: str, memo: str) -> int:
-        return self._one(
-            "INSERT INTO ledger_entries (seq, at, debit, credit, amount, kind, memo) "
-            "SELECT COALESCE(MAX(seq), 0) + 1, %s, %s, %s, %s, %s, %s FROM ledger_entries RETURNING seq",
-            (at, debit, credit, amount, kind, memo))[0]
+        return self._next_seq("ledger_entries", "INSERT INTO ledger_entries (seq, at, debit, credit, amount, kind, memo)",
+                              (at, debit, credit, amount, kind, memo))
 
     def ledger_totals_add(self, *, minted: int = 0, burned: int = 0) -> None:
-        self._run("UPDATE ledger_totals SET minted = minted + %s, burned = burned + %s WHERE id = 1",
-                  (minted, burned))
+        self._defer("UPDATE ledger_totals SET minted = minted + %s, burned = burned + %s WHERE id = 1",
+                    (minted, burned))
 
     def ledger_issued(self) -> tuple[int, int]:
         row = self._one("SELECT minted, burned FROM ledger_totals")
@@ -619,19 +797,36 @@ class PostgresStore(Store):
 
     def flow_create(self, principal_id: str, resource: str, rate: float, capacity: float, balance: float,
                     updated_at: float) -> None:
-        self._run("INSERT INTO flow VALUES (%s, %s, %s, %s, %s, %s)",
-                  (principal_id, resource, rate, capacity, balance, updated_at))
+        self._defer("INSERT INTO flow VALUES (%s, %s, %s, %s, %s, %s)",
+                    (principal_id, resource, rate, capacity, balance, updated_at))
+        self._see(("flow", principal_id, resource), (rate, capacity, balance, updated_at))
 
     def flow_get(self, principal_id: str, resource: str) -> tuple[float, float, float, float] | None:
+        key = ("flow", principal_id, resource)
+        seen = self._seen(key)
+        if seen is not _UNKNOWN:
+            return seen
         row = self._one("SELECT rate, capacity, balance, updated_at FROM flow WHERE principal_id=%s AND resource=%s",
                         (principal_id, resource))
-        return tuple(row) if row else None
+        value = tuple(row) if row else None
+        self._see(key, value)
+        return value
 
     def flow_put(self, principal_id: str, resource: str, rate: float, capacity: float, balance: float,
                  updated_at: float) -> None:
-        self._run("UPDATE flow SET rate=%s, capacity=%s, balance=%s, updated_at=%s "
-                  "WHERE principal_id=%s AND resource=%s",
-                  (rate, capacity, balance, updated_at, principal_id, resource))
+        key = ("flow", principal_id, resource)
+        sql = ("UPDATE flow SET rate=%s, capacity=%s, balance=%s, updated_at=%s "
+               "WHERE principal_id=%s AND resource=%s")
+        params = (rate, capacity, balance, updated_at, principal_id, resource)
+        seen = self._seen(key)
+        if seen is None:
+            self._run(sql, params)  # no such bucket: changes nothing
+        elif seen is not _UNKNOWN and self._tx:
+            self._defer(sql, params)
+            self._see(key, (rate, capacity, balance, updated_at))
+        else:
+            changed = self._run(sql, params)
+            self._see(key, (rate, capacity, balance, updated_at) if changed else None)
 
     def flow_all(self, principal_id: str) -> list[tuple[str, float, float, float, float]]:
         return [tuple(r) for r in self._all(
@@ -675,13 +870,16 @@ class PostgresStore(Store):
 
     def event_append(self, at: float, type_: str, principal_id: str, artifact_id: str, related: list[str],
                      data: dict) -> int:
-        return self._one(
-            "INSERT INTO events (seq, at, type, principal_id, artifact_id, related, data) "
-            "SELECT COALESCE(MAX(seq), 0) + 1, %s, %s, %s, %s, %s, %s FROM events RETURNING seq",
-            (at, type_, principal_id, artifact_id, dumps(list(related)), dumps(data)))[0]
+        return self._next_seq("events", "INSERT INTO events (seq, at, type, principal_id, artifact_id, related, data)",
+                              (at, type_, principal_id, artifact_id, dumps(list(related)), dumps(data)))
 
     def events_last_seq(self) -> int:
-        return self._one("SELECT COALESCE(MAX(seq), 0) FROM events")[0]
+        seen = self._seen(("seq", "events"))
+        if seen is not _UNKNOWN:
+            return seen
+        last = self._one("SELECT COALESCE(MAX(seq), 0) FROM events")[0]
+        self._see(("seq", "events"), last)
+        return last
 
     def events_page(self, after: int, limit: int,
                     keep_type: Callable[[str], bool] | None = None) -> tuple[list[dict], int, int]:
@@ -735,8 +933,8 @@ class PostgresStore(Store):
                          (principal_id, request_id)) is not None
 
     def idem_put(self, principal_id: str, request_id: str, method: str, ok: bool, outcome: Any, at: float) -> None:
-        self._run("INSERT INTO idempotency VALUES (%s,%s,%s,%s,%s,%s)",
-                  (principal_id, request_id, method, int(ok), dumps(outcome), at))
+        self._defer("INSERT INTO idempotency VALUES (%s,%s,%s,%s,%s,%s)",
+                    (principal_id, request_id, method, int(ok), dumps(outcome), at))
 
     def idem_purge(self, before: float) -> int:
         return self._run("DELETE FROM idempotency WHERE at < %s", (before,))

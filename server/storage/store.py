@@ -64,6 +64,12 @@ class Store:
     def release(self, name: str) -> None:
         raise NotImplementedError
 
+    def flush(self) -> None:
+        """Send the writes this store has held back to save round trips (postgres.py);
+        raises what they raise. The executor calls it at the end of every operation,
+        inside the operation's savepoint. A backend that holds nothing back does nothing."""
+        raise NotImplementedError
+
     def changes(self) -> int:
         """Rows inserted, updated or deleted on this connection so far (a counter: callers
         take differences). Exact replay compares an operation's count with its record."""
