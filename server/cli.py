@@ -11,7 +11,7 @@
   ecology agent manifest NAME --server ADDR --token-file F [--namespace NS] [--image IMG] ...
                                 (Kubernetes YAML for one agent; see agent_runtime/launcher/kubernetes.py)
   ecology status
-  ecology export --data-dir DIR --format parquet|csv --out DIR [--force]   (see server/export.py)
+  ecology export --data-dir DIR | --database URL --format parquet|csv --out DIR [--force]   (server/export.py)
   ecology replay DATA_DIR --into NEW_DIR [--until SEQ]   (rebuild a world from its oplog; server/replay.py)
   ecology defaults
 
@@ -361,7 +361,7 @@ def _export(args) -> int:
     from server.export import ExportError, export
 
     try:
-        manifest = export(args.data_dir, args.format, args.out, force=args.force)
+        manifest = export(args.data_dir, args.format, args.out, force=args.force, database=args.database)
     except ExportError as e:
         print(f"ecology: {e}", file=sys.stderr)
         return 1
@@ -515,6 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", help="write the world's tables (ledger, events, artifacts, agents, "
                                         "decisions) as Parquet or CSV files")
     exp.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="the world's data directory (read-only)")
+    exp.add_argument("--database", metavar="URL",
+                     help="the world is on PostgreSQL (postgresql://USER@HOST:PORT/DB, as given to `ecology serve "
+                          "--database`); --data-dir is then not read")
     exp.add_argument("--format", default="parquet", help="parquet (default) or csv")
     exp.add_argument("--out", required=True, help="directory for the files (created; must be empty)")
     exp.add_argument("--force", action="store_true", help="overwrite the files of a non-empty --out")

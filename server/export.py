@@ -2,24 +2,30 @@
 pandas, polars, R, a spreadsheet).
 
     ecology export --data-dir D --format parquet|csv --out DIR [--force]
+    ecology export --database postgresql://... --format parquet|csv --out DIR [--force]
 
 writes one file per table, DIR/<table>.parquet or DIR/<table>.csv, and DIR/manifest.json
 (the columns with their types, row counts, the export time, the schema version).
 
 Decisions, in one place:
 
-* Read-only and consistent. The database is opened with `db.connect(readonly=True)` and
-  every table is read inside ONE read transaction, so the files are a single snapshot of
-  the world even while a server keeps writing to it (SQLite WAL: readers never block the
-  writer, nor it them). It works after a SIGKILL too: the committed transactions are in
+* Where the world is: `--database URL` (a world that `ecology serve --database URL` keeps
+  in PostgreSQL; the same flag as `serve` and `replay`; --data-dir is then not read),
+  else the SQLite file in --data-dir.
+* Read-only and consistent. SQLite: the database is opened with `db.connect(readonly=True)`
+  and every table is read inside ONE read transaction; PostgreSQL: ONE `REPEATABLE READ
+  READ ONLY` transaction. Either way the files are a single snapshot of the world even
+  while a server keeps writing to it (SQLite WAL: readers never block the writer, nor it
+  them). It works after a SIGKILL too: the committed transactions are in
   the WAL file, which the reader sees. (On a cleanly stopped world SQLite still opens the
   WAL index, so world.sqlite3-wal / -shm may appear beside the database; they are empty
   and the next server start removes them. The database file itself is never written.)
 * `--force` overwrites the tables' files and manifest.json in a non-empty --out; other files
   there are left alone.
-* All reading is in `SqliteSource` (server/storage/export_source.py, behind the storage seam), whose methods yield plain rows per table; everything
-  else (the derived `agents` table, types, writing) only consumes those iterators, so
-  another storage backend (PostgreSQL) feeds the export by providing the same methods.
+* All reading is in server/storage/export_source.py (behind the storage seam):
+  `SqliteSource` and `PostgresSource` have the same methods, which yield the same plain
+  rows per table; everything else (the derived `agents` table, types, writing) only
+  consumes those iterators, so the files do not depend on the backend.
 * Column types are chosen, not inferred: integers (seq, amount, scrip, version, bytes,
   micro-dollars) stay 64-bit integers; flags are booleans; JSON columns (event data,
   artifact interface/metadata/state, decision fields, prompts) are JSON text (in Parquet
@@ -104,7 +110,7 @@ TYPE_NAMES = {"i": "int64", "f": "float64 (times: Unix seconds, UTC)", "s": "str
               "j": "JSON text"}
 
 
-from server.storage.export_source import BATCH, ExportError, SqliteSource  # noqa: E402,F401
+from server.storage.export_source import BATCH, ExportError, open_source, shown_url  # noqa: E402,F401
 
 
 # ----------------------------------------------------------------- deriving
@@ -202,8 +208,10 @@ def _write(path: Path, fmt: str, columns, rows: Iterable[tuple]) -> int:
     return n
 
 
-def export(data_dir, fmt: str, out, *, force: bool = False, as_of: float | None = None) -> dict:
-    """Write every table of the world in `data_dir` into `out`; returns the manifest."""
+def export(data_dir, fmt: str, out, *, force: bool = False, as_of: float | None = None,
+           database: str | None = None) -> dict:
+    """Write every table of the world in `data_dir` (or, given, the PostgreSQL `database`)
+    into `out`; returns the manifest."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}: use parquet or csv")
     out = Path(out)
@@ -211,7 +219,7 @@ def export(data_dir, fmt: str, out, *, force: bool = False, as_of: float | None 
         raise ExportError(f"{out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise ExportError(f"{out} is not empty; use --force to overwrite the files in it")
-    source = SqliteSource(Path(data_dir))
+    source = open_source(data_dir, database)
     try:
         out.mkdir(parents=True, exist_ok=True)
         as_of = time.time() if as_of is None else as_of
@@ -226,7 +234,8 @@ def export(data_dir, fmt: str, out, *, force: bool = False, as_of: float | None 
         source.close()
     manifest = {
         "format": fmt, "as_of": as_of, "schema_version": source.schema_version,
-        "data_dir": str(Path(data_dir).resolve()), "times": "float64 Unix seconds (UTC)",
+        **({"database": shown_url(database)} if database else {"data_dir": str(Path(data_dir).resolve())}),
+        "times": "float64 Unix seconds (UTC)",
         "tables": {t: {"file": f"{t}.{fmt}", "rows": counts[t],
                        "columns": {n: TYPE_NAMES[c] for n, c in TABLES[t]}} for t in TABLES},
     }

@@ -86,8 +86,8 @@ def storage_overrides() -> dict:
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "sqlite_only: checks the SQLite file itself (its PRAGMAs) or a tool that reads only "
-        "it; not collected (deselected, not skipped) under ECOLOGY_TEST_DATABASE=postgresql")
+        "markers", "sqlite_only: checks the SQLite file itself (its PRAGMAs) or reads or tampers with "
+        "it directly; not collected (deselected, not skipped) under ECOLOGY_TEST_DATABASE=postgresql")
 
 
 def pytest_report_header(config):

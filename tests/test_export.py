@@ -1,7 +1,12 @@
 """`ecology export`: a real server with real activity (transfers, writes, a loan, an LLM call
 through the offline model, decision traces, a grant), exported in both formats while the
 server runs and again after a SIGKILL, read back with DuckDB and checked against
-`ecology status`, the Admin API and the ledger itself."""
+`ecology status`, the Admin API and the ledger itself.
+
+Every test runs on both backends: on SQLite (`--data-dir`) and, under
+ECOLOGY_TEST_DATABASE=postgresql, on the server's PostgreSQL database (`--database URL`).
+The world is then copied row by row to the other backend and exported again: the files of
+the two sources are identical (SqliteSource and PostgresSource give the same rows)."""
 
 from __future__ import annotations
 
@@ -12,15 +17,15 @@ import sys
 import time
 
 import duckdb
+import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import ROOT
-
-# `ecology export --data-dir` reads the world's SQLite file (server/storage/export_source.py
-# has no PostgreSQL source yet): not collected under ECOLOGY_TEST_DATABASE=postgresql.
-pytestmark = pytest.mark.sqlite_only
+from server.storage import db, export_source
+from tests.conftest import ROOT, pg_server
+from tests.test_durability import _set_schema_version
 
 QUIET = "[oracle]\nenabled = false\n"  # no mint rounds: the world changes only when the test acts
+NUL_TEXT = "nul \x00 one \x01 both \x01\x00 escape-like \x01\x02 end"
 
 
 def ecology(*argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -28,8 +33,13 @@ def ecology(*argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
                           timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
 
 
-def export(data_dir, fmt, out, *extra) -> dict:
-    r = ecology("export", "--data-dir", str(data_dir), "--format", fmt, "--out", str(out), *extra)
+def world_args(server) -> list[str]:
+    """Where the server's world is: its data directory, and its PostgreSQL database if any."""
+    return ["--data-dir", str(server.data_dir), *(["--database", server.database] if server.database else [])]
+
+
+def export(server, fmt, out, *extra) -> dict:
+    r = ecology("export", *world_args(server), "--format", fmt, "--out", str(out), *extra)
     assert r.returncode == 0, r.stderr
     assert r.stderr == ""
     return json.loads(r.stdout)
@@ -47,6 +57,7 @@ def activity(server) -> None:
     bob.transfer("carol", 45)
     carol.transfer("alice", 7)
     alice.write("alice.notes", "a" * 100)
+    carol.write("carol.bytes", NUL_TEXT)  # PostgreSQL text cannot hold U+0000: stored escaped
     bob.write("bob.tool", "def run(x):\n    return x\n")
     bob.write("bob.tool", "def run(x):\n    return x + 1\n")
     answer = alice.complete([{"role": "user", "content": "what sells?"}])
@@ -126,7 +137,7 @@ def test_export_read_back_with_duckdb_agrees_with_status_and_the_ledger(make_ser
     seen = {}
     for fmt in ("parquet", "csv"):
         out = tmp_path / fmt
-        printed = export(server.data_dir, fmt, out)
+        printed = export(server, fmt, out)
         assert sorted(p.name for p in out.iterdir()) == sorted(
             [f"{t}.{fmt}" for t in printed["rows"]] + ["manifest.json"])
         con = tables(out, fmt)
@@ -147,22 +158,63 @@ def test_export_read_back_with_duckdb_agrees_with_status_and_the_ledger(make_ser
     assert abs(at - time.time()) < 600  # Unix seconds
     prompt, = con.execute("SELECT prompt->'$[0]'->>'content' FROM llm_exchanges").fetchone()
     assert prompt == "what sells?"
+    assert con.execute("SELECT content FROM artifacts WHERE id = 'carol.bytes'").fetchall() == [(NUL_TEXT,)]
 
-    # after a SIGKILL (the WAL not checkpointed): the same world
+    # after a SIGKILL (SQLite: the WAL not checkpointed; PostgreSQL: what was committed): the same world
     server.kill()
-    export(server.data_dir, "parquet", tmp_path / "after-kill")
+    export(server, "parquet", tmp_path / "after-kill")
     assert figures(tables(tmp_path / "after-kill", "parquet")) == seen["parquet"]
+
+    # the same rows copied to the other backend export to the same files, byte for byte (CSV)
+    # and value for value, type for type (Parquet)
+    if server.database:
+        other_dir, other_url = tmp_path / "copy", None
+        other_dir.mkdir()
+        copy_world(db.open_store(server.database, readonly=True), db.connect(other_dir / db.DB_FILE))
+    else:
+        other_dir, other_url = tmp_path / "nowhere", pg_server().new_database()
+        copy_world(db.connect(server.data_dir / db.DB_FILE, readonly=True), db.open_store(other_url))
+    from server.export import export as export_in_process
+
+    as_of = time.time()
+    for fmt in ("parquet", "csv"):
+        export_in_process(server.data_dir, fmt, tmp_path / f"a-{fmt}", as_of=as_of, database=server.database or None)
+        export_in_process(other_dir, fmt, tmp_path / f"b-{fmt}", as_of=as_of, database=other_url)
+        for t in printed["rows"]:
+            a, b = tmp_path / f"a-{fmt}" / f"{t}.{fmt}", tmp_path / f"b-{fmt}" / f"{t}.{fmt}"
+            if fmt == "csv":
+                assert a.read_bytes() == b.read_bytes(), t
+            else:
+                assert pq.read_table(a).equals(pq.read_table(b), check_metadata=True), t
+    assert pq.read_table(tmp_path / "b-parquet" / "artifacts.parquet").to_pydict()["content"].count(NUL_TEXT) == 1
+
+
+def copy_world(src, dst) -> None:
+    """Every state table of the store `src`, row by row, into the freshly migrated store `dst`."""
+    try:
+        db.migrate(dst)
+        dst.execute("BEGIN")
+        for table in src.state_tables():
+            cols, rows = src.table_rows(table)
+            dst.execute(f"DELETE FROM {table}")  # ledger_totals' row from the migration
+            for row in list(rows):
+                dst.execute(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", row)
+        dst.execute("COMMIT")
+    finally:
+        src.close()
+        dst.close()
 
 
 def test_export_refuses_bad_requests_with_one_line_and_status_1(server, tmp_path):
-    def refused(*argv: str, says: str) -> None:
+    def refused(*argv: str, says: str) -> subprocess.CompletedProcess:
         r = ecology("export", *argv)
         assert r.returncode == 1, (r.returncode, r.stderr)
         assert r.stdout == ""
         assert len(r.stderr.splitlines()) == 1 and r.stderr.startswith("ecology: ") and says in r.stderr, r.stderr
+        return r
 
-    data = str(server.data_dir)
-    refused("--data-dir", data, "--format", "xlsx", "--out", str(tmp_path / "x"), says="unknown format 'xlsx'")
+    world = world_args(server)
+    refused(*world, "--format", "xlsx", "--out", str(tmp_path / "x"), says="unknown format 'xlsx'")
     assert not (tmp_path / "x").exists()
     refused("--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "y"), says="does not exist")
     (tmp_path / "empty-dir").mkdir()
@@ -170,16 +222,61 @@ def test_export_refuses_bad_requests_with_one_line_and_status_1(server, tmp_path
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    refused("--data-dir", data, "--out", str(out), says="not empty; use --force")
+    refused(*world, "--out", str(out), says="not empty; use --force")
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
-    export(data, "csv", out, "--force")
+    export(server, "csv", out, "--force")
     assert (out / "agents.csv").exists() and (out / "keep.txt").read_text() == "mine"
-    refused("--data-dir", data, "--out", str(out / "keep.txt"), says="not a directory")
+    refused(*world, "--out", str(out / "keep.txt"), says="not a directory")
+    # PostgreSQL: not a PostgreSQL URL; nothing listening there (the password is not printed)
+    refused("--database", "mysql://root@localhost/world", "--out", str(tmp_path / "y"),
+            says="--database takes postgresql://USER@HOST:PORT/DB")
+    r = refused("--database", f"postgresql://ecology:s3cret@/world?host={tmp_path / 'no-socket-here'}",
+                "--out", str(tmp_path / "y"), says="ecology: cannot connect to postgresql://ecology:***@/world?host=")
+    assert "s3cret" not in r.stderr and not (tmp_path / "y").exists()
+    # a schema this ecology does not read, newer or older (the server's own database, either backend)
+    server.stop()
+    where = shown_world(server)
+    _set_schema_version(server, db.SCHEMA_VERSION + 1)
+    refused(*world, "--out", str(tmp_path / "y"), says=f"ecology: {where} has schema version {db.SCHEMA_VERSION + 1}, "
+            f"this ecology reads {db.SCHEMA_VERSION}: export it with a newer ecology")
+    _set_schema_version(server, db.SCHEMA_VERSION - 1)
+    refused(*world, "--out", str(tmp_path / "y"), says=f"ecology: {where} has schema version {db.SCHEMA_VERSION - 1}, "
+            f"this ecology reads {db.SCHEMA_VERSION}: start `ecology serve` on it once to migrate it")
+    assert not (tmp_path / "y").exists()
+
+
+def shown_world(server) -> str:
+    return export_source.shown_url(server.database) if server.database else str(server.data_dir / db.DB_FILE)
+
+
+def test_one_snapshot_for_every_table_read_in_batches(server, monkeypatch):
+    """What a server commits after the source's first read is in none of its tables; the rows
+    come in batches (BATCH = 2 here) and all of them come."""
+    alice, bob = server.agent("alice"), server.agent("bob")
+    alice.transfer("bob", 5)
+    monkeypatch.setattr(export_source, "BATCH", 2)
+    source = export_source.open_source(server.data_dir, server.database or None)
+    try:
+        bob.transfer("alice", 3)  # committed after the snapshot
+        ledger, events = list(source.ledger_entries()), list(source.events())
+        facts = source.agent_facts()
+    finally:
+        source.close()
+    assert [(r[2], r[3], r[4]) for r in ledger if r[5] == "transfer"] == [("alice", "bob", 5)]
+    assert facts["balances"]["alice"] == 995 and facts["balances"]["bob"] == 1005
+    assert len(ledger) == status(server)["ledger_entries"] - 1 >= 3
+    assert [r[0] for r in events] == list(range(1, len(events) + 1)) and len(events) > 4
+    fresh = export_source.open_source(server.data_dir, server.database or None)
+    try:
+        assert len(list(fresh.events())) > len(events)
+        assert fresh.agent_facts()["balances"]["alice"] == 998
+    finally:
+        fresh.close()
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "csv"])
 def test_an_empty_world_exports_empty_tables_with_their_columns(server, tmp_path, fmt):
-    export(server.data_dir, fmt, tmp_path / "out")
+    export(server, fmt, tmp_path / "out")
     con = tables(tmp_path / "out", fmt)
     assert con.execute("SELECT count(*) FROM agents").fetchall() == [(0,)]
     names = [r[0] for r in con.execute("DESCRIBE agents").fetchall()]

@@ -12,7 +12,9 @@ How a block runs: in a fresh view of the repository (a temporary directory of sy
 the checkout, where `.venv/bin/ecology` is this interpreter's `ecology` command) with
 its own server whose data directory is `./data`, so commands run as they are written.
 Only addresses and tokens are substituted: `127.0.0.1:50051` becomes the server's TCP
-address and `/tmp/ecology.sock` its unix socket; `$TOKEN` / `$ECOLOGY_TOKEN` hold the
+address and `/tmp/ecology.sock` its unix socket; under ECOLOGY_TEST_DATABASE=postgresql,
+where the server keeps the world in PostgreSQL, `ecology export --data-dir ./data` is
+given that database's address too (`--database URL`, as an operator would); `$TOKEN` / `$ECOLOGY_TOKEN` hold the
 token of agent `alice` (created beforehand, with `bob`, where the block needs them) and
 `$ECOLOGY_ADMIN_TOKEN` the admin token.
 """
@@ -82,8 +84,12 @@ class View:
             self.tokens[name] = self.server.agent(name).token
 
     def substitute(self, code: str) -> str:
-        return (code.replace("127.0.0.1:50051", self.server.tcp)
+        code = (code.replace("127.0.0.1:50051", self.server.tcp)
                 .replace("/tmp/ecology.sock", self.server.socket.removeprefix("unix:")))
+        if self.server.database:
+            code = code.replace("ecology export --data-dir ./data",
+                                f"ecology export --data-dir ./data --database '{self.server.database}'")
+        return code
 
     def run(self, lang: str, code: str, timeout: float = 240) -> subprocess.CompletedProcess:
         env = {k: v for k, v in os.environ.items()
@@ -257,10 +263,7 @@ def test_every_example_of_the_owned_sections_is_marked():
     assert len(operator) == 1 and marked["operator-commands"][1] == operator[0]
 
 
-# The export example reads the world's SQLite file (`ecology export --data-dir`, which has no
-# PostgreSQL source yet): not collected under ECOLOGY_TEST_DATABASE=postgresql.
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.sqlite_only) if n == "export" else n
-                                  for n in sorted(CHECKS)])
+@pytest.mark.parametrize("name", sorted(CHECKS))
 def test_readme_example_runs(name, tmp_path):
     blocks = marked_blocks(README.read_text())
     lang, code = blocks[name]
