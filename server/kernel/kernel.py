@@ -564,13 +564,13 @@ class Kernel:
 
     def get_state(self, conn, caller: str) -> dict:
         now = self.clock()
-        snap = resources.snapshot(conn, caller, now)
+        flow_rows, stock_rows, scrip, last_seq = conn.principal_state(caller)
         return {
             "now": now,
             "principal_id": caller,
-            "scrip": ledger.balance(conn, caller) or 0,
-            **snap,
-            "last_event_seq": events.last_seq(conn),
+            "scrip": scrip or 0,
+            **resources.snapshot(conn, caller, now, (flow_rows, stock_rows)),
+            "last_event_seq": last_seq,
             "next_mint_at": self._next_mint_at(now),
         }
 

@@ -833,6 +833,15 @@ class PostgresStore(Store):
             "SELECT resource, rate, capacity, balance, updated_at FROM flow WHERE principal_id=%s "
             "ORDER BY resource", (principal_id,))]
 
+    def principal_state(self, principal_id: str) -> tuple[list, list, int | None, int]:
+        row = self._one(
+            "SELECT (SELECT json_agg(json_build_array(resource, rate, capacity, balance, updated_at) "
+            "ORDER BY resource) FROM flow WHERE principal_id = %s), "
+            "(SELECT json_agg(json_build_array(resource, quota, used) ORDER BY resource) FROM stock "
+            "WHERE principal_id = %s), (SELECT scrip FROM balances WHERE principal_id = %s), "
+            "(SELECT COALESCE(MAX(seq), 0) FROM events)", (principal_id, principal_id, principal_id))
+        return ([tuple(r) for r in row[0] or ()], [tuple(r) for r in row[1] or ()], row[2], row[3])
+
     def stock_create(self, principal_id: str, resource: str, quota: int, *, if_missing: bool = False) -> None:
         self._run(f"INSERT INTO stock VALUES (%s, %s, %s, 0){' ON CONFLICT DO NOTHING' if if_missing else ''}",
                   (principal_id, resource, quota))

@@ -318,6 +318,10 @@ class SqliteStore(sqlite3.Connection, Store):
             "SELECT resource, rate, capacity, balance, updated_at FROM flow WHERE principal_id=? ORDER BY resource",
             (principal_id,))]
 
+    def principal_state(self, principal_id: str) -> tuple[list, list, int | None, int]:
+        return (self.flow_all(principal_id), self.stock_all(principal_id), self.balance_get(principal_id),
+                self.events_last_seq())
+
     def stock_create(self, principal_id: str, resource: str, quota: int, *, if_missing: bool = False) -> None:
         self.execute(f"INSERT {'OR IGNORE ' if if_missing else ''}INTO stock VALUES (?, ?, ?, 0)",
                      (principal_id, resource, quota))

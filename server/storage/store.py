@@ -273,6 +273,11 @@ class Store:
         """(resource, rate, capacity, balance, updated_at) by resource name."""
         raise NotImplementedError
 
+    def principal_state(self, principal_id: str) -> tuple[list, list, int | None, int]:
+        """What GetState shows, in one read: (flow_all, stock_all, balance_get, events_last_seq)
+        of one principal. One statement on PostgreSQL (one round trip instead of four)."""
+        raise NotImplementedError
+
     def stock_create(self, principal_id: str, resource: str, quota: int, *, if_missing: bool = False) -> None:
         """A stock row with `quota` and used 0 (if_missing: keep an existing row)."""
         raise NotImplementedError
