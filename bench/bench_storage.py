@@ -31,6 +31,22 @@ from bench_server import (  # noqa: E402
     CONCURRENCY, RAISED_CONFIG, Bench, Point, WorldProc, best, fmt_errors, print_table, world_specs)
 
 GOAL = {"transfer (durable)": 0.8, "GetState": 0.8}
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def pg_cpu_seconds(data_dir: Path) -> float:
+    """CPU time used so far by a PostgreSQL server: its postmaster and every process it
+    started (the world server's sessions, the WAL writer, the checkpointer)."""
+    postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(stat.parent.name) == postmaster or int(fields[1]) == postmaster:
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / TICK
 
 
 def main() -> int:
@@ -68,6 +84,7 @@ def main() -> int:
         agents = {name: w.create_agents("bench_agent_", args.agents) for name, w in worlds.items()}
         workloads = [("GetState", ["get_state"]), ("transfer (durable)", ["transfer"])]
         raw: dict[tuple[str, str, int], list[Point]] = {}
+        pg_us: dict[tuple[str, str, int], list[float]] = {}
         t0 = time.monotonic()
         for r in range(args.rounds):
             for c in CONCURRENCY:
@@ -75,11 +92,16 @@ def main() -> int:
                     order = list(worlds) if (r + c) % 2 == 0 else list(worlds)[::-1]
                     for name in order:
                         w = worlds[name]
+                        cpu0, t0_point = (pg_cpu_seconds(pg.data), time.monotonic()) if pg else (0.0, 0.0)
                         p, _ = bench.measure(label, w.address, "world", world_specs(agents[name], c, ops), w.pid)
+                        if pg:  # PostgreSQL's CPU over the whole point (warm-up included), per call
+                            share = (pg_cpu_seconds(pg.data) - cpu0) / (time.monotonic() - t0_point)
+                            pg_us.setdefault((name, label, c), []).append(share / p.rate * 1e6 if p.rate else 0.0)
                         raw.setdefault((name, label, c), []).append(p)
                     lite, post = raw[("SQLite", label, c)][-1], raw[("PostgreSQL", label, c)][-1]
+                    pg_note = f"; PostgreSQL server CPU {pg_us[('PostgreSQL', label, c)][-1]:,.0f} us/call" if pg else ""
                     print(f"  round {r + 1}, {c:>2} in flight, {label}: SQLite {lite.rate:,.0f}/s, "
-                          f"PostgreSQL {post.rate:,.0f}/s ({post.rate / lite.rate:.2f}x)", flush=True)
+                          f"PostgreSQL {post.rate:,.0f}/s ({post.rate / lite.rate:.2f}x){pg_note}", flush=True)
         notes = {name: w.ledger_ok() for name, w in worlds.items()}
 
         print(f"\nBest round of {args.rounds} (range over rounds); ratio = PostgreSQL / SQLite "
@@ -101,10 +123,12 @@ def main() -> int:
                              f"{statistics.median(per_round):.2f}",
                              f"{lite.pct(0.5):.2f}/{post.pct(0.5):.2f}",
                              f"{lite.us_per_call:,.0f}/{post.us_per_call:,.0f}",
+                             f"{statistics.median(pg_us[('PostgreSQL', label, c)]):,.0f}" if pg else "-",
                              f">={goal} {'ok' if ratio >= goal else 'MISS'}",
                              f"{fmt_errors(lite.errors)}/{fmt_errors(post.errors)}"])
         print_table(["workload", "in flight", "SQLite/s", "range", "PG/s", "range", "PG/SQLite", "per round",
-                     "median", "p50 ms S/PG", "srv us/call S/PG", "goal", "errors S/PG"], rows, "lr" + "r" * 11)
+                     "median", "p50 ms S/PG", "srv us/call S/PG", "PG us/call", "goal", "errors S/PG"], rows,
+                    "lr" + "r" * 12)
         print()
         for name, note in notes.items():
             print(f"{name}: {note}")

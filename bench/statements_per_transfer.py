@@ -3,7 +3,12 @@
 (BEGIN, SAVEPOINT op, ..., RELEASE op, COMMIT), Kernel.idempotent (with a request id),
 Kernel.with_work and Kernel.op_invoke. Not a test; prints the statements and their count.
 
-    PYTHONPATH=. python bench/statements_per_transfer.py [--quiet]
+    PYTHONPATH=. python bench/statements_per_transfer.py [--quiet] [--postgresql]
+
+--postgresql: the same on a PostgreSQL store (a server started here by tests/pg.py, the
+store holding the writer lock as the server's does), counting round trips: every query
+string sent, with the statements it carries (held-back writes and savepoint commands
+travel in front of the next statement, postgres.py).
 """
 
 from __future__ import annotations
@@ -22,11 +27,21 @@ from server.storage.executor import Executor
 
 def main() -> int:
     quiet = "--quiet" in sys.argv
+    postgresql = "--postgresql" in sys.argv
     cfg = config.build({"agents": {"endowment": 1000}})
     kernel = Kernel(cfg)
     with tempfile.TemporaryDirectory() as d:
-        conn = db.connect(Path(d) / db.DB_FILE)
+        pg = None
+        if postgresql:
+            from tests.pg import PgServer
+
+            pg = PgServer()
+            conn = db.open_store(pg.new_database())
+        else:
+            conn = db.connect(Path(d) / db.DB_FILE)
         db.migrate(conn)
+        if postgresql:
+            assert conn.lease_try()  # as the server does: the only writer from now on
         ex = Executor(conn)
         ex.run_blocking(kernel.bootstrap)
         for name in ("alice", "bob"):
@@ -44,16 +59,51 @@ def main() -> int:
 
         asyncio.run(transfer(0))  # warm caches
         seen: list[str] = []
-        conn.set_trace_callback(seen.append)
-        asyncio.run(transfer(1))
-        conn.set_trace_callback(None)
+        if postgresql:
+            trips = _count_round_trips(conn, seen)
+            asyncio.run(transfer(1))
+            trips.stop()
+        else:
+            conn.set_trace_callback(seen.append)
+            asyncio.run(transfer(1))
+            conn.set_trace_callback(None)
         ex.stop()
         conn.close()
+        if pg is not None:
+            pg.stop()
     if not quiet:
         for s in seen:
             print("  " + " ".join(s.split())[:160])
-    print(f"{len(seen)} statements per transfer (including BEGIN/SAVEPOINT/RELEASE/COMMIT of its batch)")
+    if postgresql:
+        statements = sum(s.count("; ") + 1 for s in seen)
+        print(f"{len(seen)} round trips per transfer, carrying {statements} statements "
+              "(including BEGIN/SAVEPOINT/RELEASE/COMMIT of its batch)")
+    else:
+        print(f"{len(seen)} statements per transfer (including BEGIN/SAVEPOINT/RELEASE/COMMIT of its batch)")
     return 0
+
+
+class _count_round_trips:
+    """Records every query string the store's connection sends (psycopg's execute on the
+    connection and on its client-side cursors)."""
+
+    def __init__(self, store, seen: list[str]) -> None:
+        import psycopg
+
+        self._patched = []
+        for cls in (psycopg.Connection, psycopg.ClientCursor, psycopg.Cursor):
+            original = cls.execute
+
+            def execute(obj, query, params=None, *args, _original=original, **kw):
+                seen.append(query if isinstance(query, str) else str(query))
+                return _original(obj, query, params, *args, **kw)
+
+            cls.execute = execute
+            self._patched.append((cls, original))
+
+    def stop(self) -> None:
+        for cls, original in self._patched:
+            cls.execute = original
 
 
 if __name__ == "__main__":
