@@ -141,6 +141,24 @@ PG_MIGRATIONS: list[str] = [
 PG_MIGRATIONS = [m.replace(" TEXT ", ' TEXT COLLATE "C" ') for m in PG_MIGRATIONS]
 
 
+class _Mark(tuple):
+    """An open kernel savepoint (PostgresStore.savepoint): its name, the length of the
+    undo log when it was opened, the PostgreSQL savepoint it stands for, whether it is
+    that savepoint itself (else an alias of it) and, if so, whether the savepoint around
+    it had writes before it."""
+
+    __slots__ = ()
+
+    def __new__(cls, name: str, undo: int, sql: str, real: bool, parent_dirty: bool):
+        return tuple.__new__(cls, (name, undo, sql, real, parent_dirty))
+
+    name = property(lambda self: self[0])
+    undo = property(lambda self: self[1])
+    sql = property(lambda self: self[2])
+    real = property(lambda self: self[3])
+    parent_dirty = property(lambda self: self[4])
+
+
 def _artifact(row) -> Artifact:
     return Artifact(
         id=row[0], content=row[1], created_by=row[2], access_contract_id=row[3],
@@ -264,6 +282,8 @@ class PostgresStore(Store):
     _queued: list[tuple[str, tuple | list, int | None]]
 
     def _execute(self, sql: str, params: tuple | list = ()):
+        if not sql.startswith("SELECT"):
+            self._dirty = True
         queued = self._queued
         if not queued:
             return self._counted(self.conn.execute(sql, params))
@@ -299,6 +319,7 @@ class PostgresStore(Store):
             return
         self._queued.append((sql, params, rows))
         self._changes += rows
+        self._dirty = True
 
     def flush(self) -> None:
         if any(rows is not None for _t, _a, rows in self._queued):
@@ -346,7 +367,7 @@ class PostgresStore(Store):
     def _drop_view(self) -> None:
         self._view.clear()
         self._undo.clear()
-        self._marks = [(name, 0) for name, _ in self._marks]
+        self._marks = [_Mark(m.name, 0, m.sql, m.real, m.parent_dirty) for m in self._marks]
 
     def claim_sole_writer(self) -> None:
         """Nothing but this session writes the database (tests' own schemas; the server
@@ -372,6 +393,7 @@ class PostgresStore(Store):
         write anything, so the writer's view is dropped."""
         self._flush()
         self._drop_view()
+        self._dirty = True
         cur = self.conn.cursor(row_factory=_row_by_index_or_name)
         return cur.execute(sql.replace("%", "%%").replace("?", "%s"), params)
 
@@ -419,10 +441,11 @@ class PostgresStore(Store):
         self._tx = True
         self._undo = []
         self._marks = []
+        self._dirty = False
 
     def _ended(self, *, committed: bool) -> None:
         self._tx = False
-        self._implicit = None
+        self._implicit = False
         self._undo = []
         self._marks = []
         if not (committed and self._sole):
@@ -452,42 +475,69 @@ class PostgresStore(Store):
     # A savepoint outside a transaction begins one, and releasing that outermost savepoint
     # commits it, as on SQLite (kernel code called outside the executor, e.g. by tools and
     # in-process tests, relies on it); PostgreSQL alone would refuse SAVEPOINT there.
-    # `_implicit` is the stack of savepoint names of such a transaction, else None.
-    _implicit: list[str] | None = None
+    # `_implicit`: the transaction was begun so.
+    _implicit = False
+
+    # Savepoints. The kernel nests them freely (an operation, its idempotency record, its
+    # work, each invocation: four deep for a transfer), and most are released without a
+    # rollback. A savepoint opened when nothing was written since the innermost one that
+    # exists in PostgreSQL is only a mark here (an alias of it): rolling back to either
+    # undoes the same writes. Only a savepoint with writes before it is sent, under a name
+    # of its own (`s1`, `s2`...: kernel names repeat when calls nest). A rollback to a mark
+    # with nothing written since costs nothing at all.
+    # `_marks`: one _Mark per open kernel savepoint; `_dirty`: something was written since
+    # the innermost savepoint that exists in PostgreSQL (or since BEGIN).
+    _dirty = False
+    _sp_seq = 0
 
     def savepoint(self, name: str) -> None:
-        if (self._implicit is None and not self._tx
-                and self.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE):
+        if not self._tx and self.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
             self._queued.append(("BEGIN", (), None))
             self._begun()
-            self._implicit = []
-        if self._implicit is not None:
-            self._implicit.append(name)
-        self._marks.append((name, len(self._undo)))
-        self._queued.append((f"SAVEPOINT {name}", (), None))
+            self._implicit = True
+        marks = self._marks
+        if marks and not self._dirty:
+            marks.append(_Mark(name, len(self._undo), marks[-1].sql, False, False))
+            return
+        self._sp_seq += 1
+        sql = f"s{self._sp_seq}"
+        marks.append(_Mark(name, len(self._undo), sql, True, self._dirty))
+        self._dirty = False
+        self._queued.append((f"SAVEPOINT {sql}", (), None))
 
     def _mark(self, name: str) -> int:
         for i in range(len(self._marks) - 1, -1, -1):
-            if self._marks[i][0] == name:
+            if self._marks[i].name == name:
                 return i
         raise RuntimeError(f"no savepoint {name!r}")
 
     def rollback_to(self, name: str) -> None:
         i = self._mark(name)
-        self._undo_to(self._marks[i][1])
+        mark = self._marks[i]
+        self._undo_to(mark.undo)
+        sent_since = any(m.real for m in self._marks[i + 1:])
         del self._marks[i + 1:]
-        self._queued.append((f"ROLLBACK TO SAVEPOINT {name}", (), None))
-        if self._implicit is not None:
-            del self._implicit[len(self._implicit) - self._implicit[::-1].index(name):]
+        if self._dirty or sent_since:
+            self._queued.append((f"ROLLBACK TO SAVEPOINT {mark.sql}", (), None))
+            self._dirty = False
+        # else nothing was written since the mark: nothing to undo
 
     def release(self, name: str) -> None:
-        del self._marks[self._mark(name):]
-        if self._implicit is not None:
-            del self._implicit[len(self._implicit) - 1 - self._implicit[::-1].index(name):]
-            if not self._implicit:
-                self.tx_commit()
-                return
-        self._queued.append((f"RELEASE SAVEPOINT {name}", (), None))
+        i = self._mark(name)
+        released = self._marks[i:]
+        del self._marks[i:]
+        real = [m for m in released if m.real]
+        if real:
+            # Innermost again: the savepoint around the released one. Written since it:
+            # what was written before the released one and what was written inside it.
+            # (A nested savepoint is sent only after a write inside, so the current
+            # `_dirty` says enough about the inside.)
+            self._dirty = real[0].parent_dirty or self._dirty or len(real) > 1
+        if self._implicit and not self._marks:
+            self.tx_commit()
+            return
+        if real:
+            self._queued.append((f"RELEASE SAVEPOINT {real[0].sql}", (), None))
 
     def changes(self) -> int:
         return self._changes

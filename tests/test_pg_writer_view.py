@@ -1,0 +1,222 @@
+"""The PostgreSQL writer's shortcuts against SQLite, on random programs (hypothesis).
+
+PostgresStore holds writes back, keeps a view of the rows it wrote (balances, flow
+buckets, sequence numbers), sends only the savepoints that matter and skips rollbacks with
+nothing to undo (server/storage/postgres.py, "Round trips" and "Savepoints"). None of it
+may change a single answer: every program of nested savepoints, rollbacks, releases,
+debits, credits, bucket updates, journal entries and events gives the same return values,
+the same `changes()` counts and the same rows on both backends, over several transactions
+(the view outlives a COMMIT for the sole writer), committed or rolled back. Runs against a
+real PostgreSQL server (tests/pg.py) whatever ECOLOGY_TEST_DATABASE says.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from server.storage import db
+from tests.conftest import pg_server
+
+PRINCIPALS = ["alice", "bob", "carol"]
+NAMES = ["op", "idem", "work", "invoke"]
+TABLES = ("balances", "flow", "events", "ledger_entries", "ledger_totals", "oplog", "idempotency")
+
+step = st.one_of(
+    st.tuples(st.just("savepoint"), st.sampled_from(NAMES)),
+    st.tuples(st.just("rollback_to"), st.integers(0, 7)),
+    st.tuples(st.just("release"), st.integers(0, 7)),
+    st.tuples(st.just("credit"), st.sampled_from(PRINCIPALS + ["nobody"]), st.integers(1, 50)),
+    st.tuples(st.just("debit"), st.sampled_from(PRINCIPALS + ["nobody"]), st.integers(1, 80)),
+    st.tuples(st.just("balance"), st.sampled_from(PRINCIPALS + ["nobody", "dave"])),
+    st.tuples(st.just("open"), st.sampled_from(["dave", "alice"])),
+    st.tuples(st.just("flow_put"), st.sampled_from(PRINCIPALS + ["nobody"]), st.floats(-5, 100, width=32)),
+    st.tuples(st.just("flow_get"), st.sampled_from(PRINCIPALS + ["nobody"])),
+    st.tuples(st.just("entry"), st.integers(1, 9)),
+    st.tuples(st.just("event"), st.text("ab\x00", max_size=3)),
+    st.tuples(st.just("oplog"),),
+    st.tuples(st.just("idem"), st.integers(0, 10**6)),
+    st.tuples(st.just("mint"), st.integers(1, 9)),
+    st.tuples(st.just("last_seq"),),
+    st.tuples(st.just("totals"),),
+    st.tuples(st.just("flush"),),
+)
+transaction = st.tuples(st.lists(step, max_size=30), st.booleans())  # (steps, commit?)
+
+
+def _setup(store) -> None:
+    store.tx_begin()
+    for p in PRINCIPALS:
+        store.balance_open(p)
+        store.balance_credit(p, 100)
+        store.flow_create(p, "compute", 10.0, 100.0, 50.0, 1.0)
+    store.tx_commit()
+
+
+def _run(store, program) -> list:
+    """Every answer and row count of `program` on `store`."""
+    out = []
+    idem = 0
+    for steps, commit in program:
+        open_marks: list[str] = []
+        before = store.changes()
+        store.tx_begin()
+        for s in steps:
+            kind = s[0]
+            if kind == "savepoint":
+                store.savepoint(s[1])
+                open_marks.append(s[1])
+                continue
+            if kind in ("rollback_to", "release"):
+                if not open_marks:
+                    continue
+                i = s[1] % len(open_marks)
+                name = open_marks[i]
+                # the innermost savepoint of that name, as in SQL
+                i = len(open_marks) - 1 - open_marks[::-1].index(name)
+                if kind == "rollback_to":
+                    store.rollback_to(name)
+                    del open_marks[i + 1:]
+                else:
+                    store.release(name)
+                    del open_marks[i:]
+                continue
+            if kind == "credit":
+                out.append(store.balance_credit(s[1], s[2]))
+            elif kind == "debit":
+                out.append(store.balance_debit(s[1], s[2]))
+            elif kind == "balance":
+                out.append(store.balance_get(s[1]))
+            elif kind == "open":
+                store.balance_open(s[1])
+            elif kind == "flow_put":
+                store.flow_put(s[1], "compute", 10.0, 100.0, float(s[2]), 2.0)
+            elif kind == "flow_get":
+                out.append(store.flow_get(s[1], "compute"))
+            elif kind == "entry":
+                out.append(store.ledger_entry(3.0, "alice", "bob", s[1], "transfer", "m"))
+            elif kind == "event":
+                out.append(store.event_append(3.0, "ledger.transfer", "alice", "genesis_ledger", ["bob"],
+                                              {"memo": s[1]}))
+            elif kind == "oplog":
+                store.oplog_append("invoke", "{}", "{}")
+            elif kind == "idem":
+                idem += 1
+                store.idem_put("alice", f"r{idem}", "m", True, {"n": s[1]}, 3.0)
+            elif kind == "mint":
+                store.ledger_totals_add(minted=s[1])
+            elif kind == "last_seq":
+                out.append(store.events_last_seq())
+            elif kind == "totals":
+                out.append(store.ledger_totals())
+            elif kind == "flush":
+                store.flush()
+            out.append(("changes", store.changes() - before))
+        store.flush()
+        out.append(("changes", store.changes() - before))
+        if commit:
+            store.tx_commit()
+        else:
+            store.tx_rollback()
+        out.append(("after", store.balance_get("alice"), store.events_last_seq(), store.flow_get("bob", "compute")))
+    return out
+
+
+def _rows(store) -> dict:
+    dump = store.dump()
+    return {t: dump[t] for t in TABLES if t in dump}
+
+
+@pytest.fixture(scope="module")
+def pg():
+    return pg_server()
+
+
+# Savepoint "work" opened after "idem" (which followed a write) was released: nothing was
+# written since "idem" went, but a credit was since "op", so "work" must be sent and its
+# rollback must keep that credit.
+NESTED_AFTER_RELEASE = [([("savepoint", "op"), ("credit", "alice", 5), ("savepoint", "idem"), ("release", 1),
+                          ("savepoint", "work"), ("credit", "bob", 1), ("rollback_to", 1), ("balance", "alice"),
+                          ("balance", "bob")], True)]
+# A rollback with nothing written since the mark sends nothing, one with writes in a
+# released inner savepoint does.
+ROLLBACK_OVER_RELEASED = [([("savepoint", "op"), ("savepoint", "invoke"), ("debit", "alice", 7),
+                            ("savepoint", "invoke"), ("credit", "bob", 7), ("release", 2), ("rollback_to", 1),
+                            ("balance", "alice"), ("balance", "bob"), ("rollback_to", 0), ("entry", 3)], True),
+                          ([("debit", "alice", 1), ("event", "a")], False)]
+# Nothing written since the inner savepoint, but it exists because of a write before it:
+# rolling back to the outer one must undo that write.
+ROLLBACK_OVER_SENT = [([("savepoint", "op"), ("debit", "alice", 3), ("savepoint", "work"), ("rollback_to", 0),
+                        ("balance", "alice"), ("release", 0)], True)]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(program=st.lists(transaction, min_size=1, max_size=3))
+@example(program=NESTED_AFTER_RELEASE)
+@example(program=ROLLBACK_OVER_RELEASED)
+@example(program=ROLLBACK_OVER_SENT)
+def test_postgres_writer_answers_as_sqlite(pg, program):
+    lite = db.connect(Path(":memory:"))
+    db.migrate(lite)
+    post = pg.fresh_store()  # the only writer of its schema: its view outlives a COMMIT
+    try:
+        _setup(lite)
+        _setup(post)
+        assert _run(post, program) == _run(lite, program)
+        assert _rows(post) == _rows(lite)
+    finally:
+        lite.close()
+        post.close()
+
+
+def test_a_failing_held_back_write_fails_at_flush_and_rolls_back_with_its_savepoint(pg):
+    """A held-back write PostgreSQL refuses (here: a duplicate idempotency record) raises
+    at flush, inside the savepoint of the op that made it; rolling back to it leaves the
+    transaction usable and the view as before."""
+    import psycopg
+
+    post = pg.fresh_store()
+    try:
+        _setup(post)
+        post.tx_begin()
+        post.idem_put("alice", "dup", "m", True, {}, 1.0)
+        post.savepoint("op")
+        assert post.balance_debit("alice", 30) == 70
+        post.idem_put("alice", "dup", "m", True, {}, 1.0)  # refused by the primary key, but only when sent
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            post.flush()
+        post.rollback_to("op")
+        post.release("op")
+        assert post.balance_get("alice") == 100  # the view undid the debit with the savepoint
+        post.tx_commit()
+        assert post.execute("SELECT scrip FROM balances WHERE principal_id = 'alice'").fetchone()[0] == 100
+        assert post.execute("SELECT COUNT(*) FROM idempotency").fetchone()[0] == 1
+    finally:
+        post.close()
+
+
+def test_a_view_out_of_step_with_the_database_is_caught_and_dropped(pg):
+    """If the view ever disagreed with PostgreSQL (a row changed behind the writer's back),
+    the held-back write's row count says so: the op fails instead of committing a guess."""
+    post = pg.fresh_store()
+    try:
+        _setup(post)
+        assert post.balance_get("alice") == 100  # now in the view
+        other = db.open_store(post.url)
+        other.conn.execute("DELETE FROM flow WHERE principal_id = 'alice'")  # behind the writer's back
+        other.close()
+        post.tx_begin()
+        assert post.flow_get("alice", "compute") is not None  # the view still has it...
+        post.savepoint("op")
+        post.flow_put("alice", "compute", 1.0, 1.0, 1.0, 1.0)  # ...so this is held back
+        with pytest.raises(RuntimeError, match="expected 1"):
+            post.flush()
+        post.rollback_to("op")
+        post.release("op")
+        post.tx_rollback()
+        assert post.flow_get("alice", "compute") is None  # the view was dropped: read again
+    finally:
+        post.close()
