@@ -247,6 +247,7 @@ class WorldServer:
         self.mint = MintRunner(self.kernel, self.executor)
         self.mint.is_paused = lambda: self.gate.paused
         self.reader = db.open_store(path)
+        self.reader.follow(self.writer_conn)  # PostgreSQL: caller checks without a round trip
         self.credentials.load(self.reader)
         self.gate.stopped = self.reader.stopped_all()  # durable (Admin.StopAgent)
         self.hub = EventHub(self.reader)  # starts from the last event number in the database

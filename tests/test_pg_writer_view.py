@@ -6,7 +6,9 @@ nothing to undo (server/storage/postgres.py, "Round trips" and "Savepoints"). No
 may change a single answer: every program of nested savepoints, rollbacks, releases,
 debits, credits, bucket updates, journal entries and events gives the same return values,
 the same `changes()` counts and the same rows on both backends, over several transactions
-(the view outlives a COMMIT for the sole writer), committed or rolled back. Runs against a
+(the view outlives a COMMIT for the sole writer), committed or rolled back; and a reader
+that follows the writer (Store.follow) answers flow_get as the database does, in the middle
+of a transaction and after it. Runs against a
 real PostgreSQL server (tests/pg.py) whatever ECOLOGY_TEST_DATABASE says.
 """
 
@@ -56,8 +58,9 @@ def _setup(store) -> None:
     store.tx_commit()
 
 
-def _run(store, program) -> list:
-    """Every answer and row count of `program` on `store`."""
+def _run(store, program, after_tx=None) -> list:
+    """Every answer and row count of `program` on `store`; `after_tx()` after each
+    transaction and in the middle of each."""
     out = []
     idem = 0
     for steps, commit in program:
@@ -117,11 +120,15 @@ def _run(store, program) -> list:
             out.append(("changes", store.changes() - before))
         store.flush()
         out.append(("changes", store.changes() - before))
+        if after_tx is not None:
+            after_tx()
         if commit:
             store.tx_commit()
         else:
             store.tx_rollback()
         out.append(("after", store.balance_get("alice"), store.events_last_seq(), store.flow_get("bob", "compute")))
+        if after_tx is not None:
+            after_tx()
     return out
 
 
@@ -162,14 +169,24 @@ def test_postgres_writer_answers_as_sqlite(pg, program):
     lite = db.connect(Path(":memory:"))
     db.migrate(lite)
     post = pg.fresh_store()  # the only writer of its schema: its view outlives a COMMIT
+    follower = db.open_store(post.url, readonly=True)  # answers flow_get from what post published
+    follower.follow(post)
+    reader = db.open_store(post.url, readonly=True)  # asks the database
+
+    def followers_see_committed_state():
+        for p in PRINCIPALS + ["nobody"]:
+            assert follower.flow_get(p, "compute") == reader.flow_get(p, "compute")
+
     try:
         _setup(lite)
         _setup(post)
-        assert _run(post, program) == _run(lite, program)
+        assert _run(post, program, followers_see_committed_state) == _run(lite, program)
         assert _rows(post) == _rows(lite)
     finally:
         lite.close()
         post.close()
+        follower.close()
+        reader.close()
 
 
 def test_a_failing_held_back_write_fails_at_flush_and_rolls_back_with_its_savepoint(pg):

@@ -246,6 +246,10 @@ class PostgresStore(Store):
         self._changes = 0
         self._queued = []
         self._view: dict[tuple, Any] = {}
+        # The writer's flow buckets as of its last COMMIT (sole writer only), and a
+        # reader's reference to its writer's (`follow`).
+        self.published: dict[tuple, Any] = {}
+        self._following: dict[tuple, Any] | None = None
         self._undo: list[tuple[tuple, Any]] = []
         self._marks: list[tuple[str, int]] = []
         self.conn = psycopg.connect(url, autocommit=True, application_name=application_name)
@@ -354,6 +358,11 @@ class PostgresStore(Store):
             self._view.pop(key, None)
         else:
             self._view[key] = value
+        if not self._tx and key[0] == "flow":  # a statement of its own: committed already
+            if value is _UNKNOWN:
+                self.published.pop(key, None)
+            else:
+                self.published[key] = value
 
     def _undo_to(self, length: int) -> None:
         undo, view = self._undo, self._view
@@ -366,6 +375,7 @@ class PostgresStore(Store):
 
     def _drop_view(self) -> None:
         self._view.clear()
+        self.published.clear()
         self._undo.clear()
         self._marks = [_Mark(m.name, 0, m.sql, m.real, m.parent_dirty) for m in self._marks]
 
@@ -374,6 +384,28 @@ class PostgresStore(Store):
         after taking the writer lock): the view may outlive a transaction."""
         self._drop_view()
         self._sole = True
+
+    # Publishing. The server checks a caller's compute bucket on its read connection
+    # before it queues a call (Kernel.precheck_usable), on the event loop: a round trip
+    # there holds up every other call. The sole writer therefore publishes the buckets
+    # of each transaction it commits, right after COMMIT returns (`published`), and the
+    # server's reader, once it `follow`s the writer, answers flow_get from them: committed
+    # state, as a read of the database would give, at most one batch younger. Readers
+    # fall back to the database for a bucket the writer has not touched yet.
+
+    def _publish(self) -> None:
+        published, view = self.published, self._view
+        for key, _old in self._undo:
+            if key[0] == "flow":
+                value = view.get(key, _UNKNOWN)
+                if value is _UNKNOWN:
+                    published.pop(key, None)
+                else:
+                    published[key] = value
+
+    def follow(self, writer: Store) -> None:
+        if isinstance(writer, PostgresStore) and writer.url == self.url:
+            self._following = writer.published
 
     def _one(self, sql: str, params: tuple | list = ()):
         return self._execute(sql, params).fetchone()
@@ -460,6 +492,8 @@ class PostgresStore(Store):
             self._ended(committed=False)
             raise
         committed = cur.statusmessage == "COMMIT"
+        if committed and self._sole:
+            self._publish()
         self._ended(committed=committed)
         if not committed:
             # PostgreSQL answers COMMIT in a failed transaction with a ROLLBACK, not an
@@ -853,6 +887,10 @@ class PostgresStore(Store):
 
     def flow_get(self, principal_id: str, resource: str) -> tuple[float, float, float, float] | None:
         key = ("flow", principal_id, resource)
+        if self._following is not None:
+            published = self._following.get(key, _UNKNOWN)
+            if published is not _UNKNOWN:
+                return published
         seen = self._seen(key)
         if seen is not _UNKNOWN:
             return seen

@@ -83,6 +83,9 @@ class SqliteStore(sqlite3.Connection, Store):
     def release(self, name: str) -> None:
         self.execute(f"RELEASE {name}")
 
+    def follow(self, writer: Store) -> None:
+        """Reads are in process: nothing to save."""
+
     def flush(self) -> None:
         """Nothing is held back: every statement runs when called (in process, no round trip)."""
 

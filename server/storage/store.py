@@ -64,6 +64,13 @@ class Store:
     def release(self, name: str) -> None:
         raise NotImplementedError
 
+    def follow(self, writer: "Store") -> None:
+        """Make this reader a follower of `writer`, the same world's writer in this process
+        (the server's): where the backend can, it answers from what the writer published
+        at its last COMMIT instead of asking the database (committed state either way).
+        A backend whose reads cost no round trip does nothing."""
+        raise NotImplementedError
+
     def flush(self) -> None:
         """Send the writes this store has held back to save round trips (postgres.py);
         raises what they raise. The executor calls it at the end of every operation,
