@@ -251,7 +251,7 @@ class PostgresStore(Store):
         self.published: dict[tuple, Any] = {}
         self._following: dict[tuple, Any] | None = None
         self._undo: list[tuple[tuple, Any]] = []
-        self._marks: list[tuple[str, int]] = []
+        self._marks: list[_Mark] = []
         self.conn = psycopg.connect(url, autocommit=True, application_name=application_name)
         self.conn.adapters.register_dumper(str, _StrDumper)
         self.conn.adapters.register_loader("text", _TextLoader)
@@ -390,8 +390,8 @@ class PostgresStore(Store):
     # there holds up every other call. The sole writer therefore publishes the buckets
     # of each transaction it commits, right after COMMIT returns (`published`), and the
     # server's reader, once it `follow`s the writer, answers flow_get from them: committed
-    # state, as a read of the database would give, at most one batch younger. Readers
-    # fall back to the database for a bucket the writer has not touched yet.
+    # state, as a read of the database gives, at most the batch being committed behind.
+    # For a bucket the writer has not touched since it started, the reader asks the database.
 
     def _publish(self) -> None:
         published, view = self.published, self._view
