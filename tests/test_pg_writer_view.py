@@ -1,9 +1,10 @@
-"""The PostgreSQL writer's shortcuts against SQLite, on random programs (hypothesis).
+"""The storage shortcuts against plain SQLite, on random programs (hypothesis).
 
-PostgresStore holds writes back, keeps a view of the rows it wrote (balances, flow
-buckets, sequence numbers), sends only the savepoints that matter and skips rollbacks with
-nothing to undo (server/storage/postgres.py, "Round trips" and "Savepoints"). None of it
-may change a single answer: every program of nested savepoints, rollbacks, releases,
+Both stores send only the savepoints that matter and skip rollbacks with nothing to undo
+(server/storage/savepoints.py); PostgresStore also holds writes back and keeps a view of
+the rows it wrote (balances, flow buckets, sequence numbers: server/storage/postgres.py,
+"Round trips"). None of it may change a single answer against a SQLite store that sends
+every savepoint as it comes: every program of nested savepoints, rollbacks, releases,
 debits, credits, bucket updates, journal entries and events gives the same return values,
 the same `changes()` counts and the same rows on both backends, over several transactions
 (the view outlives a COMMIT for the sole writer), committed or rolled back; and a reader
@@ -14,6 +15,7 @@ real PostgreSQL server (tests/pg.py) whatever ECOLOGY_TEST_DATABASE says.
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from server.storage import db
+from server.storage.sqlite import SqliteStore
 from tests.conftest import pg_server
 
 PRINCIPALS = ["alice", "bob", "carol"]
@@ -137,6 +140,27 @@ def _rows(store) -> dict:
     return {t: dump[t] for t in TABLES if t in dump}
 
 
+class PlainSavepoints(SqliteStore):
+    """The reference: SQLite with every kernel savepoint sent as it is (no aliases, no
+    skipped rollbacks), as the stores did before server/storage/savepoints.py."""
+
+    def savepoint(self, name: str) -> None:
+        self.execute(f"SAVEPOINT {name}")
+
+    def rollback_to(self, name: str) -> None:
+        self.execute(f"ROLLBACK TO {name}")
+
+    def release(self, name: str) -> None:
+        self.execute(f"RELEASE {name}")
+
+
+def _reference():
+    store = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False, factory=PlainSavepoints)
+    store.row_factory = sqlite3.Row
+    db.migrate(store)
+    return store
+
+
 @pytest.fixture(scope="module")
 def pg():
     return pg_server()
@@ -177,12 +201,17 @@ def test_postgres_writer_answers_as_sqlite(pg, program):
         for p in PRINCIPALS + ["nobody"]:
             assert follower.flow_get(p, "compute") == reader.flow_get(p, "compute")
 
+    plain = _reference()
     try:
-        _setup(lite)
-        _setup(post)
-        assert _run(post, program, followers_see_committed_state) == _run(lite, program)
-        assert _rows(post) == _rows(lite)
+        for store in (plain, lite, post):
+            _setup(store)
+        expected = _run(plain, program)
+        assert _run(lite, program) == expected
+        assert _run(post, program, followers_see_committed_state) == expected
+        assert _rows(lite) == _rows(plain)
+        assert _rows(post) == _rows(plain)
     finally:
+        plain.close()
         lite.close()
         post.close()
         follower.close()

@@ -21,9 +21,9 @@ class LedgerArtifact(Genesis):
             {"to": ID, "amount": AMOUNT, "memo": {"type": "string", "maxLength": 200}},
             ("to", "amount"))
     def transfer(self, call: Call, to: str, amount: int, memo: str = "") -> dict:
-        seq = ledger.transfer(call.conn, call.caller, to, amount, now=call.now, memo=memo)  # + its event
-        return {"entry": seq, "from": call.caller, "to": to, "amount": amount,
-                "balance": ledger.balance(call.conn, call.caller)}
+        # + its event; the payer's balance as the debit left it (no second read)
+        seq, left = ledger.transfer_with_balance(call.conn, call.caller, to, amount, now=call.now, memo=memo)
+        return {"entry": seq, "from": call.caller, "to": to, "amount": amount, "balance": left}
 
     @method("Journal entries touching a principal (default: the caller), oldest first, after entry `after`.",
             {"principal_id": ID, "after": COUNT, "limit": LIMIT})

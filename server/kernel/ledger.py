@@ -91,17 +91,23 @@ def transfer(conn, src: str, dst: str, amount: int, *, now: float, memo: str = "
              by: str | None = None) -> int:
     """Move scrip between two principals, with its `ledger.transfer` event (see the module
     docstring). Returns the journal entry's sequence number."""
+    return transfer_with_balance(conn, src, dst, amount, now=now, memo=memo, artifact_id=artifact_id, by=by)[0]
+
+
+def transfer_with_balance(conn, src: str, dst: str, amount: int, *, now: float, memo: str = "",
+                          artifact_id: str = LEDGER_ID, by: str | None = None) -> tuple[int, int]:
+    """`transfer`, returning (the journal entry's sequence number, `src`'s balance after it)."""
     _check_amount(amount)
     if src == dst:
         raise KernelError(Reason.INVALID_ARGS, "cannot transfer to oneself", field="to")
     if SYSTEM_ACCOUNT in (src, dst):
         raise KernelError(Reason.INVALID_ARGS, "the issuance account moves scrip only by mint and burn",
                           field="to" if dst == SYSTEM_ACCOUNT else "from")
-    _debit(conn, src, amount)
+    left = _debit(conn, src, amount)
     _credit(conn, dst, amount)
     entry = _entry(conn, now, src, dst, amount, "transfer", memo)
     _event(conn, "transfer", by or src, artifact_id, now, src, dst, amount, entry, memo)
-    return entry
+    return entry, left
 
 
 def mint(conn, to: str, amount: int, *, now: float, memo: str = "", artifact_id: str = LEDGER_ID,

@@ -31,6 +31,7 @@ from psycopg.types.string import StrDumperUnknown as _BaseStrDumper
 from psycopg.types.string import TextLoader as _BaseTextLoader
 
 from server.kernel.artifacts import Artifact, dumps
+from server.storage.savepoints import Savepoints
 from server.storage.store import Store
 
 _COLUMNS = (
@@ -141,24 +142,6 @@ PG_MIGRATIONS: list[str] = [
 PG_MIGRATIONS = [m.replace(" TEXT ", ' TEXT COLLATE "C" ') for m in PG_MIGRATIONS]
 
 
-class _Mark(tuple):
-    """An open kernel savepoint (PostgresStore.savepoint): its name, the length of the
-    undo log when it was opened, the PostgreSQL savepoint it stands for, whether it is
-    that savepoint itself (else an alias of it) and, if so, whether the savepoint around
-    it had writes before it."""
-
-    __slots__ = ()
-
-    def __new__(cls, name: str, undo: int, sql: str, real: bool, parent_dirty: bool):
-        return tuple.__new__(cls, (name, undo, sql, real, parent_dirty))
-
-    name = property(lambda self: self[0])
-    undo = property(lambda self: self[1])
-    sql = property(lambda self: self[2])
-    real = property(lambda self: self[3])
-    parent_dirty = property(lambda self: self[4])
-
-
 def _artifact(row) -> Artifact:
     return Artifact(
         id=row[0], content=row[1], created_by=row[2], access_contract_id=row[3],
@@ -251,7 +234,8 @@ class PostgresStore(Store):
         self.published: dict[tuple, Any] = {}
         self._following: dict[tuple, Any] | None = None
         self._undo: list[tuple[tuple, Any]] = []
-        self._marks: list[_Mark] = []
+        self._savepoints = Savepoints()
+        self._failures = 0  # statements that failed: each leaves a transaction to roll back
         self.conn = psycopg.connect(url, autocommit=True, application_name=application_name)
         self.conn.adapters.register_dumper(str, _StrDumper)
         self.conn.adapters.register_loader("text", _TextLoader)
@@ -278,7 +262,7 @@ class PostgresStore(Store):
     #   wrote of a few hot tables (balances, flow buckets, the last event, journal and
     #   oplog numbers), so reading them again costs nothing and a debit, credit or insert
     #   can be decided here and deferred. Every change of the view is undone with the
-    #   savepoint it was made in (`_undo`, `_marks`), and the view is dropped at COMMIT -
+    #   savepoint it was made in (`_undo`, `_savepoints`), and the view is dropped at COMMIT -
     #   unless this session holds the world's writer lock (`lease_try`, server/standby.py)
     #   or was told it is the only writer (`claim_sole_writer`): nothing else then writes
     #   these tables, and the view stays valid from one transaction to the next.
@@ -286,11 +270,13 @@ class PostgresStore(Store):
     _queued: list[tuple[str, tuple | list, int | None]]
 
     def _execute(self, sql: str, params: tuple | list = ()):
-        if not sql.startswith("SELECT"):
-            self._dirty = True
         queued = self._queued
         if not queued:
-            return self._counted(self.conn.execute(sql, params))
+            try:
+                return self._counted(self.conn.execute(sql, params))
+            except Exception:
+                self._failures += 1
+                raise
         self._queued = []
         return self._counted(self._send(queued, sql, params))
 
@@ -305,9 +291,14 @@ class PostgresStore(Store):
             texts.append(sql)
             values.extend(params)
         cur = psycopg.ClientCursor(self.conn)
-        cur.execute("; ".join(texts), values)
+        try:
+            cur.execute("; ".join(texts), values)
+        except Exception:
+            self._failures += 1
+            raise
         for i, (text, _args, rows) in enumerate(queued):
             if rows is not None and cur.rowcount != rows:
+                self._failures += 1
                 self._drop_view()
                 raise RuntimeError(f"PostgreSQL changed {cur.rowcount} rows where the writer's view expected "
                                    f"{rows}: {text}")
@@ -323,7 +314,6 @@ class PostgresStore(Store):
             return
         self._queued.append((sql, params, rows))
         self._changes += rows
-        self._dirty = True
 
     def flush(self) -> None:
         if any(rows is not None for _t, _a, rows in self._queued):
@@ -377,7 +367,7 @@ class PostgresStore(Store):
         self._view.clear()
         self.published.clear()
         self._undo.clear()
-        self._marks = [_Mark(m.name, 0, m.sql, m.real, m.parent_dirty) for m in self._marks]
+        self._savepoints.marks = [m._replace(undo=0) for m in self._savepoints.marks]
 
     def claim_sole_writer(self) -> None:
         """Nothing but this session writes the database (tests' own schemas; the server
@@ -425,7 +415,7 @@ class PostgresStore(Store):
         write anything, so the writer's view is dropped."""
         self._flush()
         self._drop_view()
-        self._dirty = True
+        self._failures += 1  # whatever it did, a savepoint around it must be rolled back for real
         cur = self.conn.cursor(row_factory=_row_by_index_or_name)
         return cur.execute(sql.replace("%", "%%").replace("?", "%s"), params)
 
@@ -472,14 +462,13 @@ class PostgresStore(Store):
     def _begun(self) -> None:
         self._tx = True
         self._undo = []
-        self._marks = []
-        self._dirty = False
+        self._savepoints.reset()
 
     def _ended(self, *, committed: bool) -> None:
         self._tx = False
         self._implicit = False
         self._undo = []
-        self._marks = []
+        self._savepoints.reset()
         if not (committed and self._sole):
             self._view.clear()
 
@@ -512,66 +501,31 @@ class PostgresStore(Store):
     # `_implicit`: the transaction was begun so.
     _implicit = False
 
-    # Savepoints. The kernel nests them freely (an operation, its idempotency record, its
-    # work, each invocation: four deep for a transfer), and most are released without a
-    # rollback. A savepoint opened when nothing was written since the innermost one that
-    # exists in PostgreSQL is only a mark here (an alias of it): rolling back to either
-    # undoes the same writes. Only a savepoint with writes before it is sent, under a name
-    # of its own (`s1`, `s2`...: kernel names repeat when calls nest). A rollback to a mark
-    # with nothing written since costs nothing at all.
-    # `_marks`: one _Mark per open kernel savepoint; `_dirty`: something was written since
-    # the innermost savepoint that exists in PostgreSQL (or since BEGIN).
-    _dirty = False
-    _sp_seq = 0
+    # Savepoints: only those that matter are sent (server/storage/savepoints.py). The view's
+    # changes are undone with the kernel's savepoint they were made in, sent or not.
 
     def savepoint(self, name: str) -> None:
         if not self._tx and self.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
             self._queued.append(("BEGIN", (), None))
             self._begun()
             self._implicit = True
-        marks = self._marks
-        if marks and not self._dirty:
-            marks.append(_Mark(name, len(self._undo), marks[-1].sql, False, False))
-            return
-        self._sp_seq += 1
-        sql = f"s{self._sp_seq}"
-        marks.append(_Mark(name, len(self._undo), sql, True, self._dirty))
-        self._dirty = False
-        self._queued.append((f"SAVEPOINT {sql}", (), None))
-
-    def _mark(self, name: str) -> int:
-        for i in range(len(self._marks) - 1, -1, -1):
-            if self._marks[i].name == name:
-                return i
-        raise RuntimeError(f"no savepoint {name!r}")
+        sql = self._savepoints.open(name, self._changes + self._failures, len(self._undo))
+        if sql is not None:
+            self._queued.append((sql, (), None))
 
     def rollback_to(self, name: str) -> None:
-        i = self._mark(name)
-        mark = self._marks[i]
+        mark, sql = self._savepoints.rollback_to(name, self._changes + self._failures)
         self._undo_to(mark.undo)
-        sent_since = any(m.real for m in self._marks[i + 1:])
-        del self._marks[i + 1:]
-        if self._dirty or sent_since:
-            self._queued.append((f"ROLLBACK TO SAVEPOINT {mark.sql}", (), None))
-            self._dirty = False
-        # else nothing was written since the mark: nothing to undo
+        if sql is not None:
+            self._queued.append((sql, (), None))
 
     def release(self, name: str) -> None:
-        i = self._mark(name)
-        released = self._marks[i:]
-        del self._marks[i:]
-        real = [m for m in released if m.real]
-        if real:
-            # Innermost again: the savepoint around the released one. Written since it:
-            # what was written before the released one and what was written inside it.
-            # (A nested savepoint is sent only after a write inside, so the current
-            # `_dirty` says enough about the inside.)
-            self._dirty = real[0].parent_dirty or self._dirty or len(real) > 1
-        if self._implicit and not self._marks:
+        sql = self._savepoints.release(name)
+        if self._implicit and not self._savepoints.marks:
             self.tx_commit()
             return
-        if real:
-            self._queued.append((f"RELEASE SAVEPOINT {real[0].sql}", (), None))
+        if sql is not None:
+            self._queued.append((sql, (), None))
 
     def changes(self) -> int:
         return self._changes

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from server.kernel.artifacts import Artifact, dumps
+from server.storage.savepoints import Savepoints
 from server.storage.store import Store
 
 _COLUMNS = (
@@ -67,21 +68,43 @@ class SqliteStore(sqlite3.Connection, Store):
 
     def tx_begin(self) -> None:
         self.execute("BEGIN IMMEDIATE")
+        self._savepoints.reset()
 
     def tx_commit(self) -> None:
         self.execute("COMMIT")
+        self._savepoints.reset()
 
     def tx_rollback(self) -> None:
+        self._savepoints.reset()
         self.execute("ROLLBACK")
 
+    # Only the savepoints that matter are created (server/storage/savepoints.py): a
+    # transfer's four nested ones are one. The outermost is always real, so outside a
+    # transaction it begins one and its release commits it, as SQLite's own savepoints do.
+    _sps: Savepoints | None = None
+
+    @property
+    def _savepoints(self) -> Savepoints:
+        if self._sps is None:
+            self._sps = Savepoints()
+        return self._sps
+
     def savepoint(self, name: str) -> None:
-        self.execute(f"SAVEPOINT {name}")
+        if not self.in_transaction:
+            self._savepoints.reset()
+        sql = self._savepoints.open(name, self.total_changes)
+        if sql is not None:
+            self.execute(sql)
 
     def rollback_to(self, name: str) -> None:
-        self.execute(f"ROLLBACK TO {name}")
+        _mark, sql = self._savepoints.rollback_to(name, self.total_changes)
+        if sql is not None:
+            self.execute(sql)
 
     def release(self, name: str) -> None:
-        self.execute(f"RELEASE {name}")
+        sql = self._savepoints.release(name)
+        if sql is not None:
+            self.execute(sql)
 
     def follow(self, writer: Store) -> None:
         """Reads are in process: nothing to save."""
