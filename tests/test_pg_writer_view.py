@@ -8,8 +8,8 @@ every savepoint as it comes: every program of nested savepoints, rollbacks, rele
 debits, credits, bucket updates, journal entries and events gives the same return values,
 the same `changes()` counts and the same rows on both backends, over several transactions
 (the view outlives a COMMIT for the sole writer), committed or rolled back; and a reader
-that follows the writer (Store.follow) answers flow_get as the database does, in the middle
-of a transaction and after it. Runs against a
+that follows the writer (Store.follow) answers flow_get and principal_state (GetState) as the
+database does, in the middle of a transaction and after it. Runs against a
 real PostgreSQL server (tests/pg.py) whatever ECOLOGY_TEST_DATABASE says.
 """
 
@@ -28,7 +28,7 @@ from tests.conftest import pg_server
 
 PRINCIPALS = ["alice", "bob", "carol"]
 NAMES = ["op", "idem", "work", "invoke"]
-TABLES = ("balances", "flow", "events", "ledger_entries", "ledger_totals", "oplog", "idempotency")
+TABLES = ("balances", "flow", "stock", "events", "ledger_entries", "ledger_totals", "oplog", "idempotency")
 
 step = st.one_of(
     st.tuples(st.just("savepoint"), st.sampled_from(NAMES)),
@@ -48,6 +48,10 @@ step = st.one_of(
     st.tuples(st.just("last_seq"),),
     st.tuples(st.just("totals"),),
     st.tuples(st.just("flush"),),
+    st.tuples(st.just("stock_used"), st.sampled_from(PRINCIPALS + ["nobody"]), st.integers(0, 500)),
+    st.tuples(st.just("stock_add"), st.sampled_from(PRINCIPALS + ["nobody"]), st.integers(0, 50)),
+    st.tuples(st.just("stock_get"), st.sampled_from(PRINCIPALS + ["nobody", "dave"])),
+    st.tuples(st.just("stock_create"), st.sampled_from(["dave", "alice"]), st.integers(0, 9)),
 )
 transaction = st.tuples(st.lists(step, max_size=30), st.booleans())  # (steps, commit?)
 
@@ -58,6 +62,7 @@ def _setup(store) -> None:
         store.balance_open(p)
         store.balance_credit(p, 100)
         store.flow_create(p, "compute", 10.0, 100.0, 50.0, 1.0)
+        store.stock_create(p, "disk_bytes", 1000)
     store.tx_commit()
 
 
@@ -120,6 +125,14 @@ def _run(store, program, after_tx=None) -> list:
                 out.append(store.ledger_totals())
             elif kind == "flush":
                 store.flush()
+            elif kind == "stock_used":
+                store.stock_set_used(s[1], "disk_bytes", s[2])
+            elif kind == "stock_add":
+                store.stock_add(s[1], "disk_bytes", quota=s[2])
+            elif kind == "stock_get":
+                out.append(store.stock_get(s[1], "disk_bytes"))
+            elif kind == "stock_create":  # a new principal's first row (dave), or nothing (alice)
+                store.stock_create(s[1], "llm_budget", s[2], if_missing=True)
             out.append(("changes", store.changes() - before))
         store.flush()
         out.append(("changes", store.changes() - before))
@@ -198,8 +211,9 @@ def test_postgres_writer_answers_as_sqlite(pg, program):
     reader = db.open_store(post.url, readonly=True)  # asks the database
 
     def followers_see_committed_state():
-        for p in PRINCIPALS + ["nobody"]:
+        for p in PRINCIPALS + ["nobody", "dave"]:
             assert follower.flow_get(p, "compute") == reader.flow_get(p, "compute")
+            assert follower.principal_state(p) == reader.principal_state(p)
 
     plain = _reference()
     try:

@@ -176,6 +176,9 @@ def _like(text: str) -> str:
 # on SQLite; text without these two characters (all of it in practice) is stored as is.
 _NUL, _ONE = "\x00", "\x01"
 _UNKNOWN = object()  # a row the writer's view does not hold (PostgresStore._view)
+def _published(key: tuple) -> bool:
+    """The view's keys a follower may read (see PostgresStore "Publishing")."""
+    return key[0] in ("flow", "stock", "balance") or key == ("seq", "events")
 
 
 def _escape(text: str) -> str:
@@ -229,10 +232,11 @@ class PostgresStore(Store):
         self._changes = 0
         self._queued = []
         self._view: dict[tuple, Any] = {}
-        # The writer's flow buckets as of its last COMMIT (sole writer only), and a
-        # reader's reference to its writer's (`follow`).
+        # What the sole writer published at its last COMMIT (see "Publishing"), the
+        # principals it created rows for in this transaction, and a reader's writer.
         self.published: dict[tuple, Any] = {}
-        self._following: dict[tuple, Any] | None = None
+        self._created: set[str] = set()
+        self._writer: PostgresStore | None = None
         self._undo: list[tuple[tuple, Any]] = []
         self._savepoints = Savepoints()
         self._failures = 0  # statements that failed: each leaves a transaction to roll back
@@ -348,11 +352,8 @@ class PostgresStore(Store):
             self._view.pop(key, None)
         else:
             self._view[key] = value
-        if not self._tx and key[0] == "flow":  # a statement of its own: committed already
-            if value is _UNKNOWN:
-                self.published.pop(key, None)
-            else:
-                self.published[key] = value
+        if not self._tx and _published(key):  # a statement of its own: committed already
+            self._publish_one(key, value)
 
     def _undo_to(self, length: int) -> None:
         undo, view = self._undo, self._view
@@ -365,7 +366,7 @@ class PostgresStore(Store):
 
     def _drop_view(self) -> None:
         self._view.clear()
-        self.published.clear()
+        self.published = {}  # a new one: what a reader puts into the old one is lost with it
         self._undo.clear()
         self._savepoints.marks = [m._replace(undo=0) for m in self._savepoints.marks]
 
@@ -375,27 +376,46 @@ class PostgresStore(Store):
         self._drop_view()
         self._sole = True
 
-    # Publishing. The server checks a caller's compute bucket on its read connection
-    # before it queues a call (Kernel.precheck_usable), on the event loop: a round trip
-    # there holds up every other call. The sole writer therefore publishes the buckets
-    # of each transaction it commits, right after COMMIT returns (`published`), and the
-    # server's reader, once it `follow`s the writer, answers flow_get from them: committed
-    # state, as a read of the database gives, at most the batch being committed behind.
-    # For a bucket the writer has not touched since it started, the reader asks the database.
+    # Publishing. The server's reader answers GetState (principal_state) and the compute
+    # precheck before every call (flow_get) on the event loop, where a round trip holds up
+    # every other call. The sole writer therefore publishes, right after each COMMIT
+    # returns, the rows of the transaction it knows (`published`: balances, flow and
+    # stock rows, the last event number), and a reader that `follow`s it answers from
+    # them: committed state, as a read of the database gives, at most the batch being
+    # committed behind. What the writer has not touched since it started, the reader
+    # reads from the database once and adds with setdefault: a value it read can only be
+    # older than one the writer publishes if the writer changed the row after the read,
+    # and then the writer publishes (overwrites) it. The writer never publishes a row
+    # as unknown; if its view is dropped, `published` is replaced, and whatever a reader
+    # adds to the old one is lost. Which resources a principal has (the names) is kept
+    # per version: `("created", p)` counts the commits that created rows of p, and a
+    # reader's names are kept under the version it read before its query, so names read
+    # before a creation committed are never used after it.
+
+    def _publish_one(self, key: tuple, value) -> None:
+        if value is _UNKNOWN:  # never happens for these keys; if it does, start afresh
+            self.published = {}
+        else:
+            self.published[key] = value
 
     def _publish(self) -> None:
-        published, view = self.published, self._view
+        view = self._view
         for key, _old in self._undo:
-            if key[0] == "flow":
-                value = view.get(key, _UNKNOWN)
-                if value is _UNKNOWN:
-                    published.pop(key, None)
-                else:
-                    published[key] = value
+            if _published(key):
+                self._publish_one(key, view.get(key, _UNKNOWN))
+        published = self.published
+        for principal_id in self._created:
+            published[("created", principal_id)] = published.get(("created", principal_id), 0) + 1
 
     def follow(self, writer: Store) -> None:
-        if isinstance(writer, PostgresStore) and writer.url == self.url:
-            self._following = writer.published
+        if isinstance(writer, PostgresStore) and writer.url == self.url and writer is not self:
+            self._writer = writer
+
+    def _followed(self) -> dict | None:
+        """The writer's `published`, when this reader follows a writer that publishes
+        (only the sole writer does: another's rows would never be overwritten)."""
+        writer = self._writer
+        return writer.published if writer is not None and writer._sole else None
 
     def _one(self, sql: str, params: tuple | list = ()):
         return self._execute(sql, params).fetchone()
@@ -483,6 +503,7 @@ class PostgresStore(Store):
         committed = cur.statusmessage == "COMMIT"
         if committed and self._sole:
             self._publish()
+        self._created = set()
         self._ended(committed=committed)
         if not committed:
             # PostgreSQL answers COMMIT in a failed transaction with a ROLLBACK, not an
@@ -490,6 +511,7 @@ class PostgresStore(Store):
             raise psycopg.errors.InFailedSqlTransaction(f"COMMIT was a {cur.statusmessage}: nothing was applied")
 
     def tx_rollback(self) -> None:
+        self._created = set()
         self._ended(committed=False)
         self._queued = []
         if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
@@ -838,13 +860,15 @@ class PostgresStore(Store):
         self._defer("INSERT INTO flow VALUES (%s, %s, %s, %s, %s, %s)",
                     (principal_id, resource, rate, capacity, balance, updated_at))
         self._see(("flow", principal_id, resource), (rate, capacity, balance, updated_at))
+        self._new_rows_of(principal_id)
 
     def flow_get(self, principal_id: str, resource: str) -> tuple[float, float, float, float] | None:
         key = ("flow", principal_id, resource)
-        if self._following is not None:
-            published = self._following.get(key, _UNKNOWN)
-            if published is not _UNKNOWN:
-                return published
+        published = self._followed()
+        if published is not None:
+            value = published.get(key, _UNKNOWN)
+            if value is not _UNKNOWN:
+                return value
         seen = self._seen(key)
         if seen is not _UNKNOWN:
             return seen
@@ -852,7 +876,16 @@ class PostgresStore(Store):
                         (principal_id, resource))
         value = tuple(row) if row else None
         self._see(key, value)
+        if published is not None:
+            published.setdefault(key, value)
         return value
+
+    def _new_rows_of(self, principal_id: str) -> None:
+        """The writer created a flow or stock row of `principal_id` (its names change)."""
+        if self._tx:
+            self._created.add(principal_id)
+        elif self._sole:
+            self.published[("created", principal_id)] = self.published.get(("created", principal_id), 0) + 1
 
     def flow_put(self, principal_id: str, resource: str, rate: float, capacity: float, balance: float,
                  updated_at: float) -> None:
@@ -876,22 +909,70 @@ class PostgresStore(Store):
             "ORDER BY resource", (principal_id,))]
 
     def principal_state(self, principal_id: str) -> tuple[list, list, int | None, int]:
+        published = self._followed()
+        if published is not None:
+            version = published.get(("created", principal_id), 0)
+            known = self._published_state(published, principal_id, version)
+            if known is not None:
+                return known
         row = self._one(
             "SELECT (SELECT json_agg(json_build_array(resource, rate, capacity, balance, updated_at) "
             "ORDER BY resource) FROM flow WHERE principal_id = %s), "
             "(SELECT json_agg(json_build_array(resource, quota, used) ORDER BY resource) FROM stock "
             "WHERE principal_id = %s), (SELECT scrip FROM balances WHERE principal_id = %s), "
             "(SELECT COALESCE(MAX(seq), 0) FROM events)", (principal_id, principal_id, principal_id))
-        return ([tuple(r) for r in row[0] or ()], [tuple(r) for r in row[1] or ()], row[2], row[3])
+        flow_rows = [tuple(r) for r in row[0] or ()]
+        stock_rows = [tuple(r) for r in row[1] or ()]
+        if published is not None:  # see "Publishing"
+            published.setdefault(("names", principal_id, version),
+                                 (tuple(r[0] for r in flow_rows), tuple(r[0] for r in stock_rows)))
+            for r in flow_rows:
+                published.setdefault(("flow", principal_id, r[0]), tuple(r[1:]))
+            for r in stock_rows:
+                published.setdefault(("stock", principal_id, r[0]), tuple(r[1:]))
+            published.setdefault(("balance", principal_id), row[2])
+            published.setdefault(("seq", "events"), row[3])
+        return flow_rows, stock_rows, row[2], row[3]
+
+    @staticmethod
+    def _published_state(published: dict, principal_id: str, version: int):
+        names = published.get(("names", principal_id, version))
+        if names is None:
+            return None
+        flow_rows, stock_rows = [], []
+        for resource in names[0]:
+            value = published.get(("flow", principal_id, resource))
+            if value is None:
+                return None
+            flow_rows.append((resource, *value))
+        for resource in names[1]:
+            value = published.get(("stock", principal_id, resource))
+            if value is None:
+                return None
+            stock_rows.append((resource, *value))
+        balance = published.get(("balance", principal_id), _UNKNOWN)
+        last = published.get(("seq", "events"))
+        if balance is _UNKNOWN or last is None:
+            return None
+        return flow_rows, stock_rows, balance, last
 
     def stock_create(self, principal_id: str, resource: str, quota: int, *, if_missing: bool = False) -> None:
-        self._run(f"INSERT INTO stock VALUES (%s, %s, %s, 0){' ON CONFLICT DO NOTHING' if if_missing else ''}",
-                  (principal_id, resource, quota))
+        created = self._run(f"INSERT INTO stock VALUES (%s, %s, %s, 0){' ON CONFLICT DO NOTHING' if if_missing else ''}",
+                            (principal_id, resource, quota))
+        if created:
+            self._see(("stock", principal_id, resource), (quota, 0))
+            self._new_rows_of(principal_id)
 
     def stock_get(self, principal_id: str, resource: str) -> tuple[int, int] | None:
+        key = ("stock", principal_id, resource)
+        seen = self._seen(key)
+        if seen is not _UNKNOWN:
+            return seen
         row = self._one("SELECT quota, used FROM stock WHERE principal_id=%s AND resource=%s",
                         (principal_id, resource))
-        return (row[0], row[1]) if row else None
+        value = (row[0], row[1]) if row else None
+        self._see(key, value)
+        return value
 
     def stock_all(self, principal_id: str) -> list[tuple[str, int, int]]:
         return [tuple(r) for r in self._all(
@@ -910,12 +991,17 @@ class PostgresStore(Store):
             stock.setdefault(r[0], []).append(tuple(r)[1:])
         return flow, stock
 
+    # Stock changes are rare (artifact writes, quota transfers): sent at once, and the new
+    # row read back in the same statement for the view.
     def stock_set_used(self, principal_id: str, resource: str, used: int) -> None:
-        self._run("UPDATE stock SET used=%s WHERE principal_id=%s AND resource=%s", (used, principal_id, resource))
+        row = self._one("UPDATE stock SET used=%s WHERE principal_id=%s AND resource=%s RETURNING quota, used",
+                        (used, principal_id, resource))
+        self._see(("stock", principal_id, resource), (row[0], row[1]) if row else None)
 
     def stock_add(self, principal_id: str, resource: str, *, quota: int = 0, used: int = 0) -> None:
-        self._run("UPDATE stock SET quota = quota + %s, used = used + %s WHERE principal_id=%s AND resource=%s",
-                  (quota, used, principal_id, resource))
+        row = self._one("UPDATE stock SET quota = quota + %s, used = used + %s WHERE principal_id=%s AND resource=%s "
+                        "RETURNING quota, used", (quota, used, principal_id, resource))
+        self._see(("stock", principal_id, resource), (row[0], row[1]) if row else None)
 
     # -- events ------------------------------------------------------------------------
 
