@@ -57,7 +57,8 @@ def main() -> int:
                                              invocation.Chain(now=kernel.clock(), work=work), 0)))
             return await ex.run(op)
 
-        asyncio.run(transfer(0))  # warm caches
+        for i in range(3):  # warm caches (and prepare statements, postgres.py)
+            asyncio.run(transfer(100 + i))
         seen: list[str] = []
         if postgresql:
             trips = _count_round_trips(conn, seen)

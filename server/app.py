@@ -246,7 +246,7 @@ class WorldServer:
                 self.kernel, self.executor, self.llm_backend, oracle_cfg["llm_model"])
         self.mint = MintRunner(self.kernel, self.executor)
         self.mint.is_paused = lambda: self.gate.paused
-        self.reader = db.open_store(path)
+        self.reader = db.open_store(path, readonly=True)  # readers never write
         self.reader.follow(self.writer_conn)  # PostgreSQL: caller checks without a round trip
         self.credentials.load(self.reader)
         self.gate.stopped = self.reader.stopped_all()  # durable (Admin.StopAgent)

@@ -103,6 +103,32 @@ def test_same_answers_as_sqlite(pg, tmp_path):
         post.close()
 
 
+def test_json_holding_nul_never_makes_a_query_fail(pg):
+    """jsonb cannot hold U+0000, and any agent can write a document holding it (metadata,
+    a memo): such a row must not make the JSON queries fail for everyone. On PostgreSQL it
+    matches no JSON condition (postgres.py `_jsonb`); the other rows are found as usual."""
+    post = db.open_store(pg.new_database())
+    try:
+        db.migrate(post)
+        post.tx_begin()
+        post.artifact_insert(_art("bad", {"x": 1, "evil": "a\x00b"}, 100.0))
+        post.artifact_insert(_art("good", {"x": 1}, 101.0))
+        post.event_append(1.0, "ledger.transfer", "mallory", "good", [], {"memo": "price of \x00"})
+        post.event_append(1.0, "ledger.transfer", "bob", "good", [], {"memo": "price"})
+        post.event_append(1.0, "artifact.invoked", "mallory", "good", [], {"ok": True, "note": "\x00"})
+        post.event_append(1.0, "artifact.invoked", "bob", "good", [], {"ok": True})
+        post.tx_commit()
+        page = lambda **kw: [a.id for a in post.artifacts_page(after="", limit=10, **kw)]  # noqa: E731
+        assert page(metadata_equals={"x": 1}) == ["good"]
+        assert page(metadata_equals={"evil": "a\x00b"}) == []
+        assert page(metadata_equals={"\x00": None}) == []
+        assert post.event_payers("good", "ledger.transfer", 0.0, "price", "price of ") == {"bob"}
+        assert post.event_ok_counts("good", "artifact.invoked", 0.0) == (1, 0)
+        assert post.artifacts_state_due("alice", "active", 1e9) == ["bad", "good"]  # state is clean in both
+    finally:
+        post.close()
+
+
 def test_text_with_nul_and_control_characters_round_trips_and_sorts_as_on_sqlite(pg, tmp_path):
     """PostgreSQL text cannot hold U+0000; the store escapes it so ids, contents and memos
     with it are kept exactly and still page in SQLite's (code point) order."""

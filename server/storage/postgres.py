@@ -165,6 +165,14 @@ def _reservation(r) -> dict:
             "request_id": r[6], "created_at": r[7]}
 
 
+def _jsonb(column: str) -> str:
+    """`column` (canonical JSON text) as jsonb, or NULL for a document holding U+0000
+    (the escape \\u0000), which jsonb cannot hold: one such row (any agent can write one)
+    must not make a query fail for everyone. Such documents match no JSON condition on
+    PostgreSQL; SQLite's JSON functions can still look inside them."""
+    return f"(CASE WHEN strpos({column}, '\\u0000') = 0 THEN {column}::jsonb END)"
+
+
 def _like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
@@ -239,8 +247,16 @@ class PostgresStore(Store):
         self._writer: PostgresStore | None = None
         self._undo: list[tuple[tuple, Any]] = []
         self._savepoints = Savepoints()
+        self._prepared: dict[str, str] = {}  # statement text -> prepared statement name
+        self._uses: dict[str, int] = {}
+        self._unpreparable: set[str] = set()
         self._failures = 0  # statements that failed: each leaves a transaction to roll back
         self.conn = psycopg.connect(url, autocommit=True, application_name=application_name)
+        if not readonly:
+            # The writer prepares its statements itself (see "Prepared statements"):
+            # psycopg's own would make it send DEALLOCATE ALL after every ROLLBACK TO,
+            # dropping ours with them.
+            self.conn.prepare_threshold = None
         self.conn.adapters.register_dumper(str, _StrDumper)
         self.conn.adapters.register_loader("text", _TextLoader)
         self.conn.execute("SET synchronous_commit = on")
@@ -275,7 +291,7 @@ class PostgresStore(Store):
 
     def _execute(self, sql: str, params: tuple | list = ()):
         queued = self._queued
-        if not queued:
+        if not queued and self.readonly:  # readers: psycopg prepares what they repeat
             try:
                 return self._counted(self.conn.execute(sql, params))
             except Exception:
@@ -288,11 +304,11 @@ class PostgresStore(Store):
         """Queued statements, then `sql` if given, in one round trip; returns the cursor on
         the last result. Checks every deferred write's row count."""
         texts, values = [], []
-        for text, args, _rows in queued:
-            texts.append(text)
+        for text, args, rows in queued:
+            texts.append(text if rows is None else self._statement(text))
             values.extend(args)
         if sql is not None:
-            texts.append(sql)
+            texts.append(self._statement(sql))
             values.extend(params)
         cur = psycopg.ClientCursor(self.conn)
         try:
@@ -309,6 +325,42 @@ class PostgresStore(Store):
             if i < len(queued) - 1 or sql is not None:
                 cur.nextset()
         return cur
+
+    # Prepared statements. A query string is parsed and planned by PostgreSQL statement by
+    # statement, every time: for a transfer's writes that is about a quarter of
+    # PostgreSQL's work. So the writer prepares each statement with parameters once it
+    # has used it twice (PREPARE, outside any transaction, just before its next BEGIN: a
+    # PREPARE that fails, e.g. on a table that does not exist yet, then cannot take a
+    # transaction down) and from then on sends it as EXECUTE with its values. Readers
+    # leave it to psycopg (prepare_threshold).
+    _PREPARE_AFTER = 2
+    _TRACKED = 256  # statement texts counted at most (they are a fixed set of shapes)
+
+    def _statement(self, text: str) -> str:
+        name = self._prepared.get(text)
+        if name is None:
+            if "%s" in text and text not in self._unpreparable and (
+                    text in self._uses or len(self._uses) < self._TRACKED):
+                self._uses[text] = self._uses.get(text, 0) + 1
+            return text
+        n = text.count("%s")
+        return f"EXECUTE {name}({', '.join(['%s'] * n)})" if n else f"EXECUTE {name}"
+
+    def _prepare_used(self) -> None:
+        """PREPARE the statements used often enough (outside a transaction, see above)."""
+        for text, uses in list(self._uses.items()):
+            if uses < self._PREPARE_AFTER or text in self._prepared or text in self._unpreparable:
+                continue
+            name = f"eco_{len(self._prepared) + 1}"
+            numbers = iter(range(1, text.count("%s") + 1))
+            body = re.sub(r"%s", lambda _m: f"${next(numbers)}", text)
+            try:
+                self.conn.execute(f"PREPARE {name} AS {body}")
+            except psycopg.DatabaseError:
+                self._unpreparable.add(text)
+            else:
+                self._prepared[text] = name
+            del self._uses[text]
 
     def _defer(self, sql: str, params: tuple | list, rows: int = 1) -> None:
         """A write whose result the caller does not need: queued inside a transaction (it
@@ -476,6 +528,8 @@ class PostgresStore(Store):
     # -- transactions ----------------------------------------------------------------
 
     def tx_begin(self) -> None:
+        if self._uses and not self._queued and not self.readonly:
+            self._prepare_used()
         self._queued.append(("BEGIN", (), None))
         self._begun()
 
@@ -700,12 +754,15 @@ class PostgresStore(Store):
             where.append("deleted = 0")
         for key, value in (metadata_equals or {}).items():
             # Type-strict equality, as SQLite's json_extract comparisons are.
-            if value is None:  # an explicit JSON null (a missing key matches nothing, as on SQLite)
-                where.append("jsonb_typeof(metadata::jsonb -> %s) = 'null'")
+            wanted = dumps(value)
+            if "\x00" in key or "\\u0000" in wanted:
+                where.append("false")  # jsonb holds no U+0000 (see _jsonb)
+            elif value is None:  # an explicit JSON null (a missing key matches nothing, as on SQLite)
+                where.append(f"jsonb_typeof({_jsonb('metadata')} -> %s) = 'null'")
                 params.append(key)
             else:
-                where.append("metadata::jsonb -> %s = %s::jsonb")
-                params.extend([key, dumps(value)])
+                where.append(f"{_jsonb('metadata')} -> %s = %s::jsonb")
+                params.extend([key, wanted])
         if query:
             like = "%" + _like(query.lower()) + "%"
             where.append("(lower(id) LIKE %s OR lower(metadata) LIKE %s OR lower(interface) LIKE %s)")
@@ -740,17 +797,17 @@ class PostgresStore(Store):
 
     def artifacts_state_due(self, created_by: str, status: str, due_before: float) -> list[str]:
         return [r[0] for r in self._all(
-            "SELECT id FROM artifacts WHERE created_by = %s AND deleted = 0 AND state::jsonb ->> 'status' = %s "
-            "AND CASE WHEN jsonb_typeof(state::jsonb -> 'due_at') = 'number' "
-            "THEN (state::jsonb ->> 'due_at')::float8 <= %s ELSE false END ORDER BY id",
+            f"SELECT id FROM artifacts WHERE created_by = %s AND deleted = 0 AND {_jsonb('state')} ->> 'status' = %s "
+            f"AND CASE WHEN jsonb_typeof({_jsonb('state')} -> 'due_at') = 'number' "
+            f"THEN ({_jsonb('state')} ->> 'due_at')::float8 <= %s ELSE false END ORDER BY id",
             (created_by, status, due_before))]
 
     def artifacts_state_involving(self, created_by: str, principal_id: str) -> list[str]:
         p = principal_id
         return [r[0] for r in self._all(
             "SELECT a.id FROM artifacts a LEFT JOIN escrow_listings e ON e.artifact_id = a.id "
-            "WHERE a.created_by = %s AND a.deleted = 0 AND (a.state::jsonb ->> 'lender' = %s "
-            "OR a.state::jsonb ->> 'borrower' = %s OR a.state::jsonb ->> 'controller' = %s "
+            f"WHERE a.created_by = %s AND a.deleted = 0 AND ({_jsonb('a.state')} ->> 'lender' = %s "
+            f"OR {_jsonb('a.state')} ->> 'borrower' = %s OR {_jsonb('a.state')} ->> 'controller' = %s "
             "OR e.seller = %s) ORDER BY a.created_at, a.id", (created_by, p, p, p, p))]
 
     def artifact_same_content_before(self, art: Artifact) -> str | None:
@@ -1031,13 +1088,13 @@ class PostgresStore(Store):
         # ILIKE: SQLite's LIKE is case-insensitive.
         return {r[0] for r in self._all(
             "SELECT DISTINCT principal_id FROM events WHERE artifact_id = %s AND type = %s AND at >= %s "
-            "AND (data::jsonb ->> 'memo' = %s OR data::jsonb ->> 'memo' ILIKE %s)",
+            f"AND ({_jsonb('data')} ->> 'memo' = %s OR {_jsonb('data')} ->> 'memo' ILIKE %s)",
             (artifact_id, type_, since, memo, _like(memo_prefix) + "%"))}
 
     def event_ok_counts(self, artifact_id: str, type_: str, since: float) -> tuple[int, int]:
         row = self._one(
-            "SELECT COUNT(*) FILTER (WHERE data::jsonb -> 'ok' = 'true'::jsonb), "
-            "COUNT(*) FILTER (WHERE data::jsonb -> 'ok' = 'false'::jsonb) "
+            f"SELECT COUNT(*) FILTER (WHERE {_jsonb('data')} -> 'ok' = 'true'::jsonb), "
+            f"COUNT(*) FILTER (WHERE {_jsonb('data')} -> 'ok' = 'false'::jsonb) "
             "FROM events WHERE artifact_id = %s AND type = %s AND at >= %s", (artifact_id, type_, since))
         return row[0], row[1]
 
