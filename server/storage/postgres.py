@@ -8,7 +8,13 @@ and meaning as sqlite.py, so the kernel cannot tell the two apart:
   operation in its own SAVEPOINT, exactly as on SQLite.
 - Numbering: events, ledger entries, reservations and decisions get MAX(seq)+1 from the
   single writer (not a sequence: sequences are not rolled back with a savepoint, and the
-  event log must stay dense, as SQLite's INTEGER PRIMARY KEY keeps it).
+  event log must stay dense, as SQLite's INTEGER PRIMARY KEY keeps it); the writer
+  remembers the last number it gave (its view, below), so a number costs no round trip.
+- Speed: PostgreSQL costs round trips where SQLite answers in process. The writer holds
+  back writes, keeps a view of the rows it wrote, sends only the savepoints that matter and
+  prepares what it repeats; readers answer hot reads from what the writer published at its
+  last COMMIT. See "Round trips", "Publishing" and "Prepared statements" in the class, and
+  bench/README.md for the figures.
 - JSON columns are TEXT holding the same canonical JSON as on SQLite; queries cast to
   jsonb where they look inside.
 - Schema versions: table `schema_version`; PG_MIGRATIONS[i] takes version i to i+1 and
