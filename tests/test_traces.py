@@ -65,6 +65,31 @@ def test_an_llm_decision_links_to_the_exact_prompt_and_raw_answer(make_server, s
     assert exchange.model and not exchange.truncated
 
 
+def test_calls_without_a_request_id_keep_a_trace_each(make_server, fake_llm):  # noqa: F811
+    """A completion without a request id is traced under its llm.completed event's number,
+    which is never reused: reservation ids are (each reservation is deleted when settled,
+    so the next one gets the same id), and keying by them let each call overwrite the last."""
+    server = make_server(openai_config(fake_llm.url))
+    a = server.agent("alice")
+    answers = []
+    for i in range(3):
+        fake_llm.reply(content=f"answer {i}")
+        answers.append(a.complete([{"role": "user", "content": f"question {i}"}])["content"])
+    store = server.db()
+    try:
+        seqs = [e["seq"] for e in store.events_page(0, 10_000)[0] if e["type"] == "llm.completed"]
+        traced = [store.llm_exchange_get("alice", f"auto-{seq}") for seq in seqs]
+    finally:
+        store.close()
+    assert answers == ["answer 0", "answer 1", "answer 2"] and len(seqs) == 3
+    assert [t["answer"] for t in traced] == answers
+    assert [plain_prompt(t["prompt"]) for t in traced] == [f"question {i}" for i in range(3)]
+
+
+def plain_prompt(prompt) -> str:
+    return prompt[-1]["content"]
+
+
 def test_oversized_fields_are_truncated_and_marked_bad_input_is_refused(make_server):
     server = make_server("[traces]\nmax_field_bytes = 200\n[oracle]\nenabled = false\n")
     alice = server.agent("alice")

@@ -166,13 +166,15 @@ class LlmGateway:
         cost = plan.actual_cost(answer.prompt_tokens, answer.completion_tokens)
         charged = reservations.settle(conn, reserved["id"], cost)
         remaining = reservations.budget(conn, caller)[0]
-        traces.record_llm_exchange(conn, caller, request_id or f"auto-{reserved['id']}", model=answer.model,
-                                   messages=plan.messages, answer=answer.content,
-                                   max_bytes=self.kernel.config["traces"]["max_field_bytes"], now=now)
-        events.append(conn, "llm.completed", principal_id=caller, artifact_id=ID, now=now, data={
+        seq = events.append(conn, "llm.completed", principal_id=caller, artifact_id=ID, now=now, data={
             "model": answer.model, "prompt_tokens": answer.prompt_tokens,
             "completion_tokens": answer.completion_tokens, "cost_micro_usd": charged,
             "reserved_micro_usd": plan.cost, "seconds": round(seconds, 3)})
+        # A call without a request id is traced under its llm.completed event's number:
+        # never reused (reservation ids are, once released), so no trace overwrites another.
+        traces.record_llm_exchange(conn, caller, request_id or f"auto-{seq}", model=answer.model,
+                                   messages=plan.messages, answer=answer.content,
+                                   max_bytes=self.kernel.config["traces"]["max_field_bytes"], now=now)
         result = {
             "content": answer.content, "model": answer.model,
             "usage": {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens},
