@@ -56,7 +56,8 @@ class Metrics:
         self._rpc: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self._event_children: dict[str, Any] = {}
         self._sources: dict[str, Any] = {}
-        self.registry.register(_StateCollector(self._sources))
+        self._state = _StateCollector(self._sources)
+        self.registry.register(self._state)
         self._http = None
 
     # -- feeding ---------------------------------------------------------------------
@@ -119,6 +120,7 @@ class Metrics:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+        self._state.close()  # after the HTTP server: no scrape is running any more
 
 
 class _StateCollector:
@@ -134,6 +136,12 @@ class _StateCollector:
 
             self._reader = db.open_store(self.sources["db_path"], readonly=True)
         return self._reader
+
+    def close(self) -> None:
+        """Close the scraper's read connection (a SQLite reader left open keeps the -wal file)."""
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
 
     def describe(self):
         return []

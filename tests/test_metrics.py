@@ -7,8 +7,10 @@ import json
 import urllib.request
 
 import grpc
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from server.storage import db
 from tests.conftest import fails, wait_until
 
 
@@ -72,3 +74,16 @@ def test_metrics_count_rpcs_rejections_commits_and_the_world(make_server):
 def test_no_metrics_listener_unless_asked(server):
     info = json.loads((server.data_dir / "server.json").read_text())
     assert "metrics" not in info
+
+
+@pytest.mark.sqlite_only
+def test_a_stopped_server_closes_the_scrapers_connection(make_server):
+    """The scraper reads through its own connection; a server that stops closes it, so the
+    database is left whole: no -wal or -shm file of an open connection stays behind."""
+    server = make_server('[server]\nmetrics_listen = "127.0.0.1:0"\n[oracle]\nenabled = false\n')
+    url = json.loads((server.data_dir / "server.json").read_text())["metrics"]
+    server.agent("alice")
+    assert value(scrape(url), "ecology_agents") == 1  # the scraper's connection is open now
+    assert server.stop() == 0
+    left = sorted(p.name for p in server.data_dir.iterdir() if p.name.startswith(db.DB_FILE))
+    assert left == [db.DB_FILE]
