@@ -155,7 +155,9 @@ class LlmGateway:
         plan = self.artifact.plan(args)
         reservation = reservations.reserve(conn, caller, amount=plan.cost, tokens=plan.tokens, compute=compute,
                                            model=plan.model, request_id=request_id, now=now)
-        # Last: the bucket is in memory, so nothing after it may fail and roll the op back.
+        # Last: the bucket is in memory, so nothing after it may fail and roll the op back
+        # (on PostgreSQL the op's held-back writes are still sent after it; PostgreSQL refuses
+        # one only if the writer's view is wrong, a bug: then these tokens stay taken).
         self.artifact.take_tokens(plan.tokens, now)
         return {"plan": plan, "id": reservation}
 
