@@ -272,44 +272,11 @@ def test_a_view_out_of_step_with_the_database_is_caught_and_dropped(pg):
         assert post.flow_get("alice", "compute") is not None  # the view still has it...
         post.savepoint("op")
         post.flow_put("alice", "compute", 1.0, 1.0, 1.0, 1.0)  # ...so this is held back
-        with pytest.raises(RuntimeError, match="writer's view expected"):
+        with pytest.raises(RuntimeError, match="expected 1"):
             post.flush()
         post.rollback_to("op")
         post.release("op")
         post.tx_rollback()
         assert post.flow_get("alice", "compute") is None  # the view was dropped: read again
-    finally:
-        post.close()
-
-
-def test_a_refused_write_held_back_to_commit_stops_the_commit(pg):
-    """The batch's last op's held-back writes travel with COMMIT (executor.py): PostgreSQL
-    checks each one itself, so one that is refused stops the string before COMMIT and the
-    whole transaction is left unapplied, never half-committed."""
-    post = pg.fresh_store()
-    try:
-        _setup(post)
-        assert post.flow_get("bob", "compute") is not None  # in the view
-        other = db.open_store(post.url)
-        other.conn.execute("DELETE FROM flow WHERE principal_id = 'bob'")
-        other.close()
-        post.tx_begin()
-        post.savepoint("op")
-        assert post.balance_credit("carol", 7)
-        post.flush()  # an earlier op of the batch, sent
-        post.release("op")
-        post.savepoint("op")
-        post.event_append(1.0, "x", "alice", "", [], {})
-        post.flow_put("bob", "compute", 1.0, 1.0, 1.0, 1.0)  # the view says the bucket is there
-        post.release("op")
-        with pytest.raises(RuntimeError, match="writer's view expected"):
-            post.tx_commit()
-        post.tx_rollback()
-        reader = db.open_store(post.url, readonly=True)
-        try:
-            assert reader.balance_get("carol") == 100  # nothing of the batch was applied
-            assert reader.events_last_seq() == 0
-        finally:
-            reader.close()
     finally:
         post.close()

@@ -141,18 +141,12 @@ class Executor:
             return
         try:
             conn.tx_begin()
-            last = len(batch) - 1
-            for i, (op, _future, _loop) in enumerate(batch):
+            for op, _future, _loop in batch:
                 conn.savepoint("op")
                 try:
                     before = conn.changes()
                     result = op(conn)
-                    if i < last:
-                        # Held-back writes (postgres.py) fail this op, not the batch. The
-                        # last op's go with COMMIT, saving a round trip: one refused there
-                        # fails the batch (nothing applied), which only a bug in the
-                        # writer's view can cause.
-                        conn.flush()
+                    conn.flush()  # held-back writes fail this op, not the batch
                     self._check_recorded(op, before)
                 except KernelError as err:
                     conn.rollback_to("op")

@@ -306,10 +306,9 @@ class PostgresStore(Store):
         self._queued = []
         return self._counted(self._send(queued, sql, params))
 
-    def _send(self, queued: list, sql: str | None = None, params: tuple | list = (), *, check: bool = True):
+    def _send(self, queued: list, sql: str | None = None, params: tuple | list = ()):
         """Queued statements, then `sql` if given, in one round trip; returns the cursor on
-        the last result. Checks every deferred write's row count (PostgreSQL checks them
-        too, before anything after them runs: see `_defer`)."""
+        the last result. Checks every deferred write's row count."""
         texts, values = [], []
         for text, args, rows in queued:
             texts.append(text if rows is None else self._statement(text))
@@ -320,16 +319,11 @@ class PostgresStore(Store):
         cur = psycopg.ClientCursor(self.conn)
         try:
             cur.execute("; ".join(texts), values)
-        except psycopg.errors.DivisionByZero as err:  # a held-back UPDATE's own check (`_defer`)
-            self._failures += 1
-            self._drop_view()
-            raise RuntimeError("a held-back UPDATE changed another number of rows than the writer's view "
-                               f"expected: {err}") from None
         except Exception:
             self._failures += 1
             raise
         for i, (text, _args, rows) in enumerate(queued):
-            if check and rows is not None and cur.rowcount != rows:
+            if rows is not None and cur.rowcount != rows:
                 self._failures += 1
                 self._drop_view()
                 raise RuntimeError(f"PostgreSQL changed {cur.rowcount} rows where the writer's view expected "
@@ -376,18 +370,11 @@ class PostgresStore(Store):
 
     def _defer(self, sql: str, params: tuple | list, rows: int = 1) -> None:
         """A write whose result the caller does not need: queued inside a transaction (it
-        must change exactly `rows` rows), run at once outside one. An UPDATE is sent so
-        that PostgreSQL itself checks its row count, failing the statement (and so all
-        after it in the query string, a COMMIT included) if it is not `rows`; an INSERT
-        adds its one row or fails anyway."""
+        must change exactly `rows` rows), run at once outside one."""
         if not self._tx:
             self._run(sql, params)
             return
-        if sql.startswith("UPDATE"):
-            sql = f"WITH changed AS ({sql} RETURNING 1) SELECT 1 / (COUNT(*) = {int(rows)})::int FROM changed"
-            self._queued.append((sql, params, 1))  # the check's one row
-        else:
-            self._queued.append((sql, params, rows))
+        self._queued.append((sql, params, rows))
         self._changes += rows
 
     def flush(self) -> None:
@@ -566,12 +553,10 @@ class PostgresStore(Store):
             self._view.clear()
 
     def tx_commit(self) -> None:
-        # Held-back writes still queued (the batch's last operation's: the executor does not
-        # flush it) go in front of COMMIT: each checks itself in PostgreSQL (`_defer`), so
-        # a refused one stops the string before COMMIT and nothing is applied.
+        self.flush()  # deferred writes first: a wrong row count must stop us before COMMIT
         queued, self._queued = self._queued, []
         try:
-            cur = self._send(queued, "COMMIT", check=False)
+            cur = self._send(queued, "COMMIT")
         except BaseException:
             self._ended(committed=False)
             raise
