@@ -548,6 +548,7 @@ class PostgresStore(Store):
         self._tx = False
         self._implicit = False
         self._undo = []
+        self._created = set()
         self._savepoints.reset()
         if not (committed and self._sole):
             self._view.clear()
@@ -563,7 +564,6 @@ class PostgresStore(Store):
         committed = cur.statusmessage == "COMMIT"
         if committed and self._sole:
             self._publish()
-        self._created = set()
         self._ended(committed=committed)
         if not committed:
             # PostgreSQL answers COMMIT in a failed transaction with a ROLLBACK, not an
@@ -571,7 +571,6 @@ class PostgresStore(Store):
             raise psycopg.errors.InFailedSqlTransaction(f"COMMIT was a {cur.statusmessage}: nothing was applied")
 
     def tx_rollback(self) -> None:
-        self._created = set()
         self._ended(committed=False)
         self._queued = []
         if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
