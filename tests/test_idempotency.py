@@ -41,6 +41,24 @@ def test_retried_transfer_returns_first_outcome_and_moves_scrip_once(server):
     check_ledger(server)
 
 
+def test_retry_that_would_now_fail_returns_the_first_success(server):
+    """The kernel runs a call before it looks its request id up (Kernel.idempotent): a retry
+    whose run would now fail (the scrip is gone) still answers the first success, and that
+    run leaves nothing behind."""
+    alice, bob = server.agent("alice"), server.agent("bob")
+    everything = alice.balance()
+    first = alice.transfer("bob", everything, request_id="all-in")
+    assert first["balance"] == 0
+    for _ in range(3):
+        assert alice.transfer("bob", everything, request_id="all-in") == first
+    with pytest.raises(EcologyError) as exc:
+        alice.transfer("bob", everything, request_id="all-in-2")  # a new request does fail
+    assert exc.value.reason == "INSUFFICIENT_FUNDS"
+    assert alice.balance() == 0 and bob.balance() == 2 * everything
+    assert count(server, "SELECT COUNT(*) FROM events WHERE type='ledger.transfer'") == 1
+    check_ledger(server)
+
+
 def test_retried_write_and_delete_return_first_outcome(server):
     alice = server.agent("alice")
     created = alice.write("doc", "v1 text", request_id="w-1")

@@ -32,6 +32,7 @@ from server.errors import KernelError, Reason, invalid
 from server.kernel import artifacts, contracts, events, invocation, ledger, resources, tape
 from server.kernel.artifacts import Artifact, SYSTEM_ACCOUNT, dumps
 from server.storage.executor import Failed
+from server.storage.store import RequestSeen
 
 DEFAULT_CONTRACT = "genesis_freeware"
 AGENT_CONTRACT = "genesis_self_owned"
@@ -141,38 +142,71 @@ class Kernel:
     def idempotent(self, conn, caller: str, request_id: str, method: str,
                    op: Callable[[], Any]) -> Any:
         """Run `op` once per (caller, request_id): a retry returns the first outcome.
-        Failures that waiting could fix (retry_after set) are not remembered."""
+        Failures that waiting could fix (retry_after set) are not remembered.
+
+        The lookup comes last, not first: `op` runs as if the request id were new, inside a
+        savepoint, and its outcome is remembered; a request id remembered already makes that
+        insert fail (RequestSeen), and then everything `op` did is undone and the first
+        outcome returned. A new
+        request (nearly every call) so costs no lookup: on PostgreSQL, one round trip fewer.
+        Retrying a remembered call runs `op` once more and throws it away; `op` is a command
+        on the writer, which never calls out (untrusted code and the LLM run outside it and
+        come back as a DryRun, below), so nothing of that run escapes."""
         if not request_id:
             return op()
         if len(request_id) > 128:
             raise invalid("request_id", "at most 128 characters")
-        row = conn.idem_get(caller, request_id)
-        if row is not None:
-            used_for, ok, outcome = row
-            if used_for != method:
-                raise invalid("request_id", f"already used for {used_for}")
-            if ok:
-                return outcome
-            raise KernelError.from_dict(outcome)
         conn.savepoint("idem")
         try:
             result = op()
         except KernelError as err:
             conn.rollback_to("idem")
-            conn.release("idem")
-            if err.retry_after is not None:
+            if err.retry_after is not None:  # not an outcome: the first one, if any, stands
+                conn.release("idem")
+                if (first := self._first(conn, caller, request_id, method)) is not None:
+                    return first()
                 raise
-            self._remember(conn, caller, request_id, method, False, err.to_dict())
-            return Failed(err)
+            result, ok, outcome = Failed(err), False, err.to_dict()
+        else:
+            if isinstance(result, invocation.DryRun) or (
+                    isinstance(result, Failed) and result.error.retry_after is not None):
+                # Not an outcome (a dry run is rolled back; a failure that waiting could
+                # fix is not remembered): the first one, if any, stands.
+                conn.release("idem")
+                first = self._first(conn, caller, request_id, method)
+                return result if first is None else first()
+            if isinstance(result, Failed):  # failed, but with charges that stand (CPU used)
+                ok, outcome = False, result.error.to_dict()
+            else:
+                ok, outcome = True, result
+        try:
+            self._remember(conn, caller, request_id, method, ok, outcome)
+        except RequestSeen:
+            conn.rollback_to("idem")
+            conn.release("idem")
+            first = self._first(conn, caller, request_id, method)
+            if first is None:
+                raise RuntimeError(f"request {request_id!r} of {caller} was refused as seen, and is not remembered")
+            return first()
         conn.release("idem")
-        if isinstance(result, invocation.DryRun):  # rolled back, not an outcome
-            return result
-        if isinstance(result, Failed):  # failed, but with charges that stand (CPU used)
-            if result.error.retry_after is None:
-                self._remember(conn, caller, request_id, method, False, result.error.to_dict())
-            return result
-        self._remember(conn, caller, request_id, method, True, result)
         return result
+
+    @staticmethod
+    def _first(conn, caller: str, request_id: str, method: str) -> Callable[[], Any] | None:
+        """The first outcome of (caller, request_id), as a call that returns or raises it;
+        None if there is none."""
+        row = conn.idem_get(caller, request_id)
+        if row is None:
+            return None
+        used_for, ok, outcome = row
+        if used_for != method:
+            raise invalid("request_id", f"already used for {used_for}")
+        if ok:
+            return lambda: outcome
+
+        def fail():
+            raise KernelError.from_dict(outcome)
+        return fail
 
     def _remember(self, conn, caller, request_id, method, ok, outcome) -> None:
         conn.idem_put(caller, request_id, method, ok, outcome, self.clock())

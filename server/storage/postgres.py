@@ -38,7 +38,7 @@ from psycopg.types.string import TextLoader as _BaseTextLoader
 
 from server.kernel.artifacts import Artifact, dumps
 from server.storage.savepoints import Savepoints
-from server.storage.store import Store
+from server.storage.store import RequestSeen, Store
 
 _COLUMNS = (
     "id, content, created_by, access_contract_id, has_standing, can_execute, interface, "
@@ -189,6 +189,7 @@ def _like(text: str) -> str:
 # The code is prefix-free and keeps code-point order, so ids still sort and page exactly as
 # on SQLite; text without these two characters (all of it in practice) is stored as is.
 _NUL, _ONE = "\x00", "\x01"
+_IDEM_INSERT = "INSERT INTO idempotency"
 _UNKNOWN = object()  # a row the writer's view does not hold (PostgresStore._view)
 def _published(key: tuple) -> bool:
     """The view's keys a follower may read (see PostgresStore "Publishing")."""
@@ -319,6 +320,17 @@ class PostgresStore(Store):
         cur = psycopg.ClientCursor(self.conn)
         try:
             cur.execute("; ".join(texts), values)
+        except psycopg.errors.UniqueViolation as err:
+            self._failures += 1
+            if err.diag.table_name != "idempotency":
+                raise
+            # idem_put's insert, the last statement sent (idem_put sends at once): not
+            # counted, as on SQLite.
+            if sql is None:
+                if not (queued and queued[-1][0].startswith(_IDEM_INSERT)):
+                    raise
+                self._changes -= queued[-1][2] or 0
+            raise RequestSeen(err.diag.message_detail or "request id remembered already") from None
         except Exception:
             self._failures += 1
             raise
@@ -1132,8 +1144,12 @@ class PostgresStore(Store):
                          (principal_id, request_id)) is not None
 
     def idem_put(self, principal_id: str, request_id: str, method: str, ok: bool, outcome: Any, at: float) -> None:
-        self._defer("INSERT INTO idempotency VALUES (%s,%s,%s,%s,%s,%s)",
+        self._defer(_IDEM_INSERT + " VALUES (%s,%s,%s,%s,%s,%s)",
                     (principal_id, request_id, method, int(ok), dumps(outcome), at))
+        # Sent at once, with the writes held back before it: the kernel runs the operation
+        # first and relies on this insert to say whether the request id was seen
+        # (Kernel.idempotent), which costs no round trip of its own.
+        self.flush()
 
     def idem_purge(self, before: float) -> int:
         return self._run("DELETE FROM idempotency WHERE at < %s", (before,))

@@ -15,7 +15,7 @@ from typing import Any
 
 from server.kernel.artifacts import Artifact, dumps
 from server.storage.savepoints import Savepoints
-from server.storage.store import Store
+from server.storage.store import RequestSeen, Store
 
 _COLUMNS = (
     "id, content, created_by, access_contract_id, has_standing, can_execute, interface, "
@@ -444,8 +444,13 @@ class SqliteStore(sqlite3.Connection, Store):
                             (principal_id, request_id)).fetchone() is not None
 
     def idem_put(self, principal_id: str, request_id: str, method: str, ok: bool, outcome: Any, at: float) -> None:
-        self.execute("INSERT INTO idempotency VALUES (?,?,?,?,?,?)",
-                     (principal_id, request_id, method, int(ok), dumps(outcome), at))
+        try:
+            self.execute("INSERT INTO idempotency VALUES (?,?,?,?,?,?)",
+                         (principal_id, request_id, method, int(ok), dumps(outcome), at))
+        except sqlite3.IntegrityError as err:
+            if err.sqlite_errorname == "SQLITE_CONSTRAINT_PRIMARYKEY":
+                raise RequestSeen(principal_id, request_id) from None
+            raise
 
     def idem_purge(self, before: float) -> int:
         return self.execute("DELETE FROM idempotency WHERE at < ?", (before,)).rowcount

@@ -14,7 +14,8 @@ Rules of the seam (tests/test_storage_seam.py enforces the first one):
   do what, balances never negative, quotas, idempotency semantics, which error a caller
   gets) stays in the kernel and genesis code. A method may refuse only what the schema
   itself forbids (e.g. a CHECK constraint), and says so by returning a value (None/False)
-  or by the backend's integrity error, never by a KernelError.
+  or by the backend's integrity error, never by a KernelError. One refusal has a type of
+  its own, because the kernel relies on it: `RequestSeen` (idem_put).
 - Methods are small, typed and named for what they do to the world's state, not for SQL
   (`balance_debit`, not `update_balances`). Values in and out are plain Python values,
   dicts and the kernel's `Artifact`; JSON columns are encoded and decoded here.
@@ -36,6 +37,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from server.kernel.artifacts import Artifact
+
+
+class RequestSeen(Exception):
+    """idem_put: this (principal, request id) is remembered already; nothing was stored."""
 
 
 class Store:
@@ -362,6 +367,9 @@ class Store:
         raise NotImplementedError
 
     def idem_put(self, principal_id: str, request_id: str, method: str, ok: bool, outcome: Any, at: float) -> None:
+        """Remember an outcome. A (principal, request id) remembered already raises
+        RequestSeen at once (a backend that holds writes back sends them here); the row
+        stays as it was and changes() does not count the refused insert."""
         raise NotImplementedError
 
     def idem_purge(self, before: float) -> int:
