@@ -1,7 +1,8 @@
 """Count the SQL statements one durable genesis_ledger.transfer runs on the writer
 (SQLite trace callback), on the same path as InvokeArtifact: the executor's batch
-(BEGIN, SAVEPOINT op, ..., RELEASE op, COMMIT), Kernel.idempotent (with a request id),
-Kernel.with_work and Kernel.op_invoke. Not a test; prints the statements and their count.
+(BEGIN, SAVEPOINT op, ..., RELEASE op, COMMIT), the "invoke" command and its oplog row
+(server/kernel/commands.py), Kernel.idempotent (with a request id), Kernel.with_work and
+Kernel.op_invoke. Not a test; prints the statements and their count.
 
     PYTHONPATH=. python bench/statements_per_transfer.py [--quiet] [--postgresql]
 
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from server import config
 from server.kernel import invocation
+from server.kernel.commands import Commands
 from server.kernel.kernel import Kernel
 from server.storage import db
 from server.storage.executor import Executor
@@ -48,16 +50,17 @@ def main() -> int:
             ex.run_blocking(lambda c, n=name: kernel.op_create_agent(c, n, "{}"))
         ex.start()
 
-        async def transfer(i: int):
-            def op(c):
-                work = invocation.Work()
-                return kernel.idempotent(c, "alice", f"req-{i}", "InvokeArtifact:genesis_ledger.transfer",
-                                         lambda: kernel.with_work(c, "alice", work, lambda: kernel.op_invoke(
-                                             c, "alice", "genesis_ledger", "transfer", {"to": "bob", "amount": 1},
-                                             invocation.Chain(now=kernel.clock(), work=work), 0)))
-            return await ex.run(op)
+        commands = Commands(kernel, ex)
 
-        for i in range(3):  # warm caches (and prepare statements, postgres.py)
+        async def transfer(i: int):
+            # As server/rpc/outside.py submits a genesis method: the "invoke" command,
+            # recorded in the oplog.
+            chain = invocation.Chain(now=kernel.clock(), work=invocation.Work())
+            return await ex.run(commands.op("invoke", {
+                "caller": "alice", "request_id": f"req-{i}", "artifact_id": "genesis_ledger", "method": "transfer",
+                "args": {"to": "bob", "amount": 1}, "max_spend": 0, "chain": chain}))
+
+        for i in range(5):  # warm caches (and prepare statements, postgres.py)
             asyncio.run(transfer(100 + i))
         seen: list[str] = []
         if postgresql:

@@ -190,6 +190,7 @@ def _like(text: str) -> str:
 # on SQLite; text without these two characters (all of it in practice) is stored as is.
 _NUL, _ONE = "\x00", "\x01"
 _IDEM_INSERT = "INSERT INTO idempotency"
+_RIDES_ALONG = "INSERT INTO oplog (seq"  # see "Round trips"
 _UNKNOWN = object()  # a row the writer's view does not hold (PostgresStore._view)
 def _published(key: tuple) -> bool:
     """The view's keys a follower may read (see PostgresStore "Publishing")."""
@@ -293,6 +294,12 @@ class PostgresStore(Store):
     #   unless this session holds the world's writer lock (`lease_try`, server/standby.py)
     #   or was told it is the only writer (`claim_sole_writer`): nothing else then writes
     #   these tables, and the view stays valid from one transaction to the next.
+    #   One deferred write does not make `flush()` send: an operation's oplog row
+    #   (`_RIDES_ALONG`). It is appended after the operation's outcome is known (the
+    #   kernel's own writes were sent by then, with its idempotency record), and it can
+    #   only fail on a bug (its number comes from the view), so it travels with the next
+    #   operation's first statement or with COMMIT. Should it ever fail, the batch fails,
+    #   and nothing in it is acknowledged.
     # Counting (`changes()`) is the same as on SQLite: a deferred write counts when queued.
     _queued: list[tuple[str, tuple | list, int | None]]
 
@@ -390,7 +397,7 @@ class PostgresStore(Store):
         self._changes += rows
 
     def flush(self) -> None:
-        if any(rows is not None for _t, _a, rows in self._queued):
+        if any(rows is not None and not text.startswith(_RIDES_ALONG) for text, _a, rows in self._queued):
             queued, self._queued = self._queued, []
             self._send(queued)
 
