@@ -99,7 +99,7 @@ class _count_round_trips:
             original = cls.execute
 
             def execute(obj, query, params=None, *args, _original=original, **kw):
-                seen.append(query if isinstance(query, str) else str(query))
+                seen.append(query.decode() if isinstance(query, bytes) else query if isinstance(query, str) else str(query))
                 return _original(obj, query, params, *args, **kw)
 
             cls.execute = execute
