@@ -68,6 +68,12 @@ class Command:
     decode: Callable[[World, Any, Any], dict]     # (world, conn, JSON) -> inputs
     skip: Callable[[Any], bool]                   # result -> committed nothing by design
     always: bool = False                          # recorded even if it changed no row
+    # (world, inputs) -> may this run twice? True only where the run's every effect is on
+    # the store and the inputs are not consumed by it: the executor may then roll it back
+    # with its whole batch and run it again (server/storage/executor.py "Held batches").
+    # Not so where a run touches memory (genesis_llm's tokens-per-minute bucket, the
+    # kernel's pre-checked code outcomes, a user-code run's recorded chain).
+    rerunnable: Callable[[World, dict], bool] = lambda w, i: False
 
 
 COMMANDS: dict[str, Command] = {}
@@ -77,10 +83,10 @@ def _same(inputs):
     return inputs
 
 
-def command(name: str, encode=None, decode=None, skip=None, always=False):
+def command(name: str, encode=None, decode=None, skip=None, always=False, rerunnable=None):
     def register(fn):
         COMMANDS[name] = Command(name, fn, encode or _same, decode or (lambda w, c, j: j),
-                                 skip or (lambda r: False), always)
+                                 skip or (lambda r: False), always, rerunnable or (lambda w, i: False))
         return fn
     return register
 
@@ -116,6 +122,7 @@ class Commands:
             return result
 
         run.command = name  # the executor does not log it as unrecorded
+        run.rerunnable = cmd.rerunnable(world, inputs)
         return run
 
     async def run(self, name: str, inputs: dict) -> Any:
@@ -236,7 +243,7 @@ def _purge(w: World, conn, i: dict) -> int:
     return w.kernel.purge_idempotency(conn)
 
 
-@command("read", *_WORK)
+@command("read", *_WORK, rerunnable=lambda w, i: True)
 def _read(w: World, conn, i: dict) -> dict:
     k = w.kernel
     return k.with_work(conn, i["caller"], i["work"], lambda: k.op_read(conn, i["caller"], i["artifact_id"]))
@@ -259,7 +266,10 @@ def _delete(w: World, conn, i: dict) -> dict:
 @command("invoke",
          encode=lambda i: {**{k: v for k, v in i.items() if k != "chain"}, "chain": encode_chain(i["chain"])},
          decode=lambda w, conn, j: {**j, "chain": decode_chain(conn, j["chain"])},
-         skip=lambda result: isinstance(result, invocation.DryRun))
+         skip=lambda result: isinstance(result, invocation.DryRun),
+         # A genesis method: only the store (genesis_llm.complete, the one with memory,
+         # goes through server/llm/gateway.py, not this command).
+         rerunnable=lambda w, i: i["artifact_id"] in w.kernel.genesis)
 def _invoke(w: World, conn, i: dict) -> Any:
     k, caller, chain = w.kernel, i["caller"], i["chain"]
     return k.idempotent(conn, caller, i["request_id"], f"InvokeArtifact:{i['artifact_id']}.{i['method']}",

@@ -61,6 +61,8 @@ class Executor:
         self._commit_listeners: list[Callable[[], None]] = []
         self.batches = 0
         self.ops = 0
+        self.held_batches = 0  # batches whose writes were all held back to the end (_run_held)
+        self.held_refused = 0  # ... that were refused and ran again op by op
         # Called on the writer thread after each batch: (ops in it, seconds BEGIN..COMMIT).
         self.on_batch: Callable[[int, float], None] | None = None
         # Set by the server (exact replay): called inside the op's savepoint after an op
@@ -140,27 +142,12 @@ class Executor:
             self._answer(batch, [(False, fenced_error())] * len(batch), started)
             return
         try:
-            conn.tx_begin()
-            for op, _future, _loop in batch:
-                conn.savepoint("op")
-                try:
-                    before = conn.changes()
-                    result = op(conn)
-                    conn.flush()  # held-back writes fail this op, not the batch
-                    self._check_recorded(op, before)
-                except KernelError as err:
-                    conn.rollback_to("op")
-                    outcomes.append((False, err))
-                except Exception as err:  # a bug: contain it to this op
-                    conn.rollback_to("op")
-                    log.exception("op_failed", error=repr(err))
-                    outcomes.append((False, KernelError(Reason.INTERNAL, "internal error")))
-                else:
-                    if isinstance(result, Failed):
-                        outcomes.append((False, result.error))
-                    else:
-                        outcomes.append((True, result))
-                conn.release("op")
+            held = self._run_held(batch) if self._may_hold(batch) else None
+            if held is not None:
+                outcomes = held
+            else:
+                conn.tx_begin()
+                outcomes = self._run_ops(batch, held=False)
             committing = True
             conn.tx_commit()
         except Exception as err:
@@ -188,6 +175,71 @@ class Executor:
                 if self.on_connection_lost is not None:
                     self.on_connection_lost()
         self._answer(batch, outcomes, started)
+
+    def _run_ops(self, batch: list, *, held: bool) -> list[tuple[bool, Any]]:
+        """Each op in its savepoint. A KernelError fails its own op; any other exception
+        does too (a bug, contained) - except in a held batch, where it may come from an
+        earlier op's held-back writes and so ends the attempt (`_run_held`)."""
+        conn = self._conn
+        outcomes: list[tuple[bool, Any]] = []
+        for op, _future, _loop in batch:
+            conn.savepoint("op")
+            try:
+                before = conn.changes()
+                result = op(conn)
+                conn.flush()  # held-back writes fail this op, not the batch (unless held)
+                self._check_recorded(op, before)
+            except KernelError as err:
+                conn.rollback_to("op")
+                outcomes.append((False, err))
+            except Exception as err:  # a bug: contain it to this op
+                if held:
+                    raise
+                conn.rollback_to("op")
+                log.exception("op_failed", error=repr(err))
+                outcomes.append((False, KernelError(Reason.INTERNAL, "internal error")))
+            else:
+                if isinstance(result, Failed):
+                    outcomes.append((False, result.error))
+                else:
+                    outcomes.append((True, result))
+            conn.release("op")
+        return outcomes
+
+    # Held batches. Where the store holds writes back (PostgreSQL: server/storage/
+    # postgres.py "Round trips"), sending them at the end of every op costs a round trip
+    # per op, for the rare op whose writes are refused. A batch of ops that may run twice
+    # (`op.rerunnable`: their only effects are on the store, see server/kernel/commands.py)
+    # runs with every write held back to the end of the batch instead: one round trip for
+    # all of them, then COMMIT. If any is refused (a request id seen before, a bug), the
+    # whole transaction is rolled back - nothing of it was applied or answered - and the
+    # batch runs again op by op, where each refusal fails only its op.
+
+    def _may_hold(self, batch: list) -> bool:
+        return self._conn.holds_writes and len(batch) > 1 and all(
+            getattr(op, "rerunnable", False) for op, _f, _l in batch)
+
+    def _run_held(self, batch: list) -> list[tuple[bool, Any]] | None:
+        """The batch's outcomes, its writes sent and checked, ready to COMMIT; None if
+        they were refused (rolled back: run the batch again op by op)."""
+        conn = self._conn
+        conn.tx_begin()
+        try:
+            conn.hold_writes(True)
+            try:
+                outcomes = self._run_ops(batch, held=True)
+            finally:
+                conn.hold_writes(False)
+            conn.flush()
+        except Exception as err:
+            if conn.connection_lost(err):
+                raise
+            log.info("held_batch_refused", ops=len(batch), error=repr(err))
+            self.held_refused += 1
+            conn.tx_rollback()
+            return None
+        self.held_batches += 1
+        return outcomes
 
     def _answer(self, batch: list, outcomes: list, started: float) -> None:
         self.batches += 1

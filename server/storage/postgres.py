@@ -422,7 +422,15 @@ class PostgresStore(Store):
         self._queued.append((sql, params, rows))
         self._changes += rows
 
+    holds_writes = True
+    _holding = False
+
+    def hold_writes(self, on: bool) -> None:
+        self._holding = on
+
     def flush(self) -> None:
+        if self._holding:
+            return
         if any(rows is not None and not text.startswith(_RIDES_ALONG) for text, _a, rows in self._queued):
             queued, self._queued = self._queued, []
             self._send(queued)
@@ -591,6 +599,7 @@ class PostgresStore(Store):
 
     def _ended(self, *, committed: bool) -> None:
         self._tx = False
+        self._holding = False
         self._implicit = False
         self._undo = []
         self._created = set()

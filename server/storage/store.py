@@ -76,6 +76,16 @@ class Store:
         A backend whose reads cost no round trip does nothing."""
         raise NotImplementedError
 
+    # Whether this store holds writes back (flush() may send something): the executor
+    # then runs a batch of ops that may run twice with `hold_writes(True)` (executor.py
+    # "Held batches").
+    holds_writes = False
+
+    def hold_writes(self, on: bool) -> None:
+        """While on, flush() sends nothing (nor does idem_put): every held-back write waits
+        for the flush() after `hold_writes(False)` or for COMMIT, and a refused one - a
+        RequestSeen included - is raised there, for the whole batch."""
+
     def flush(self) -> None:
         """Send the writes this store has held back to save round trips (postgres.py);
         raises what they raise. The executor calls it at the end of every operation,
