@@ -35,6 +35,7 @@ from pathlib import Path
 
 DEFAULT_DATA_DIR = "./data"
 DEFAULT_DASHBOARD = "127.0.0.1:8765"
+FENCED_GRACE_SECONDS = 2.0  # a fenced server (lost its writer session) still answers the calls in flight
 
 
 def _serve(args) -> int:
@@ -85,7 +86,10 @@ def _serve(args) -> int:
             print("ecology: lost the database session holding the writer lock; nothing more is "
                   "applied here; exiting with status 3", file=sys.stderr, flush=True)
             try:
-                await server.stop(0)
+                # A short grace, so that the calls in flight still get their answers
+                # (OUTCOME_UNKNOWN, STANDBY) rather than a cut connection: nothing more can
+                # be applied here, and the standby takes over meanwhile.
+                await server.stop(FENCED_GRACE_SECONDS)
             except Exception:
                 pass
             return 3

@@ -224,6 +224,9 @@ def test_postgres_writer_answers_as_sqlite(pg, program):
         for p in PRINCIPALS + ["nobody", "dave"]:
             assert follower.flow_get(p, "compute") == reader.flow_get(p, "compute")
             assert follower.principal_state(p) == reader.principal_state(p)
+        last = reader.events_last_seq()
+        for after, limit in ((0, 5000), (max(0, last - 3), 2), (last, 10), (last + 1, 10)):
+            assert follower.events_page(after, limit) == reader.events_page(after, limit)
 
     plain = _reference()
     try:

@@ -27,6 +27,7 @@ like SQLite's readers; the writer opens its transactions explicitly.
 
 from __future__ import annotations
 
+import collections
 import json
 import re
 from collections.abc import Callable, Iterable
@@ -195,7 +196,10 @@ _RIDES_ALONG = "INSERT INTO oplog (seq"  # see "Round trips"
 _UNKNOWN = object()  # a row the writer's view does not hold (PostgresStore._view)
 def _published(key: tuple) -> bool:
     """The view's keys a follower may read (see PostgresStore "Publishing")."""
-    return key[0] in ("flow", "stock", "balance") or key == ("seq", "events")
+    return key[0] in ("flow", "stock", "balance", "event") or key == ("seq", "events")
+
+
+PUBLISHED_EVENTS = 10_000  # the newest events the sole writer keeps published
 
 
 def _escape(text: str) -> str:
@@ -252,6 +256,7 @@ class PostgresStore(Store):
         # What the sole writer published at its last COMMIT (see "Publishing"), the
         # principals it created rows for in this transaction, and a reader's writer.
         self.published: dict[tuple, Any] = {}
+        self._published_events: collections.deque[int] = collections.deque()
         self._created: set[str] = set()
         self._writer: PostgresStore | None = None
         self._undo: list[tuple[tuple, Any]] = []
@@ -496,7 +501,9 @@ class PostgresStore(Store):
     # committed behind. What the writer has not touched since it started, the reader
     # reads from the database once and adds with setdefault: a value it read can only be
     # older than one the writer publishes if the writer changed the row after the read,
-    # and then the writer publishes (overwrites) it. The writer never publishes a row
+    # and then the writer publishes (overwrites) it. The newest events are published too
+    # (PUBLISHED_EVENTS of them, as rows): the event hub's read after every commit
+    # (events_page) costs no round trip when it has kept up. The writer never publishes a row
     # as unknown; if its view is dropped, `published` is replaced, and whatever a reader
     # adds to the old one is lost. Which resources a principal has (the names) is kept
     # per version: `("created", p)` counts the commits that created rows of p, and a
@@ -506,8 +513,15 @@ class PostgresStore(Store):
     def _publish_one(self, key: tuple, value) -> None:
         if value is _UNKNOWN:  # never happens for these keys; if it does, start afresh
             self.published = {}
-        else:
-            self.published[key] = value
+            return
+        published = self.published
+        published[key] = value
+        if key[0] == "event":  # the newest PUBLISHED_EVENTS only; the view keeps none
+            self._view.pop(key, None)
+            window = self._published_events
+            window.append(key[1])
+            while len(window) > PUBLISHED_EVENTS:
+                published.pop(("event", window.popleft()), None)
 
     def _publish(self) -> None:
         view = self._view
@@ -697,6 +711,8 @@ class PostgresStore(Store):
         else:
             seq = last + 1
             self._defer(f"{insert} VALUES ({', '.join(['%s'] * (len(params) + 1))})", (seq, *params))
+        if table == "events":  # the row as a read returns it, before the number (Publishing)
+            self._see(("event", seq), (seq, *params))
         self._see(key, seq)
         return seq
 
@@ -1136,12 +1152,32 @@ class PostgresStore(Store):
 
     def events_page(self, after: int, limit: int,
                     keep_type: Callable[[str], bool] | None = None) -> tuple[list[dict], int, int]:
-        rows = self._all("SELECT seq, at, type, principal_id, artifact_id, related, data FROM events "
-                         "WHERE seq > %s ORDER BY seq LIMIT %s", (after, limit))
+        rows = self._published_events_after(after, limit)
+        if rows is None:
+            rows = self._all("SELECT seq, at, type, principal_id, artifact_id, related, data FROM events "
+                             "WHERE seq > %s ORDER BY seq LIMIT %s", (after, limit))
         if not rows:
             return [], after, 0
         kept = [_event(r) for r in rows if keep_type is None or keep_type(r[2])]
         return kept, rows[-1][0], len(rows)
+
+    def _published_events_after(self, after: int, limit: int) -> list[tuple] | None:
+        """The committed events after `after` (at most `limit`) from the writer this reader
+        follows, if it published every one of them; else None (read the database). The
+        server's event hub asks after every commit for what is new."""
+        published = self._followed()
+        if published is None:
+            return None
+        last = published.get(("seq", "events"))
+        if not isinstance(last, int) or last < after:
+            return None
+        rows = []
+        for seq in range(after + 1, min(last, after + limit) + 1):
+            row = published.get(("event", seq))
+            if row is None:
+                return None
+            rows.append(row)
+        return rows
 
     def event_payers(self, artifact_id: str, type_: str, since: float, memo: str, memo_prefix: str) -> set[str]:
         # ILIKE: SQLite's LIKE is case-insensitive.
