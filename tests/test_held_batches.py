@@ -92,12 +92,21 @@ def world(request, tmp_path):
 
 
 def test_a_batch_of_new_transfers_is_held_and_applied_once(world):
+    world.batch([("alice", "warm", "carol", 1)])  # the writer's view now knows these rows
+    trips = []
+    if world.backend == "postgresql":  # count the query strings sent (server/storage/postgres.py _send)
+        send = world.store._send
+        world.store._send = lambda *a, **k: trips.append(1) or send(*a, **k)
     out = world.batch([("alice", f"a{i}", "bob", 10) for i in range(6)])
+    if world.backend == "postgresql":
+        world.store._send = send
+        assert len(trips) == 2, "a held batch: all its writes in one round trip, then COMMIT"
+    assert world.balance("carol") == 1001
     assert [o["amount"] for o in out] == [10] * 6
-    assert [o["balance"] for o in out] == [990, 980, 970, 960, 950, 940]
-    assert world.balance("alice") == 940 and world.balance("bob") == 1060
-    assert world.count("SELECT COUNT(*) FROM ledger_entries WHERE kind = 'transfer'") == 6
-    assert world.count("SELECT COUNT(*) FROM oplog WHERE command = 'invoke'") == 6
+    assert [o["balance"] for o in out] == [989, 979, 969, 959, 949, 939]
+    assert world.balance("alice") == 939 and world.balance("bob") == 1060
+    assert world.count("SELECT COUNT(*) FROM ledger_entries WHERE kind = 'transfer'") == 7
+    assert world.count("SELECT COUNT(*) FROM oplog WHERE command = 'invoke'") == 7
     assert (world.held_batches, world.held_refused) == ((1, 0) if world.backend == "postgresql" else (0, 0))
     ledger.check_invariants(world.store)
 
