@@ -112,6 +112,9 @@ class SqliteStore(sqlite3.Connection, Store):
     def flush(self) -> None:
         """Nothing is held back: every statement runs when called (in process, no round trip)."""
 
+    def hold_writes(self, on: bool) -> None:
+        """Nothing to hold (holds_writes is False: the executor never asks)."""
+
     def changes(self) -> int:
         return self.total_changes
 

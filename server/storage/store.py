@@ -84,7 +84,9 @@ class Store:
     def hold_writes(self, on: bool) -> None:
         """While on, flush() sends nothing (nor does idem_put): every held-back write waits
         for the flush() after `hold_writes(False)` or for COMMIT, and a refused one - a
-        RequestSeen included - is raised there, for the whole batch."""
+        RequestSeen included - is raised there, for the whole batch. A backend that holds
+        nothing back (holds_writes False) does nothing."""
+        raise NotImplementedError
 
     def flush(self) -> None:
         """Send the writes this store has held back to save round trips (postgres.py);
