@@ -365,8 +365,8 @@ class PostgresStore(Store):
     _TEMPLATES = 512  # statement texts whose split is kept (they are a fixed set of shapes)
 
     def _bind(self, chunks: list[bytes], text: str, args: tuple | list) -> None:
-        if not args:
-            chunks.append(text.encode())
+        if not args:  # "%%" is "%" either way, as psycopg reads it
+            chunks.append((text.replace("%%", "%") if "%" in text else text).encode())
             return
         parts = self._templates.get(text)
         if parts is None:
