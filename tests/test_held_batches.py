@@ -79,14 +79,20 @@ def world(request, tmp_path):
             store = db.open_store(url)
             assert store.lease_try()  # the only writer, as the server is
             return store
+
+        def behind_its_back():
+            return db.open_store(url)
     else:
         def connect():
             return db.connect(tmp_path / db.DB_FILE)
+
+        behind_its_back = connect
     store = connect()
     db.migrate(store)
     w = World(store)
     w.backend = request.param
     w.connect = connect
+    w.behind_its_back = behind_its_back
     yield w
     w.store.close()
 
@@ -100,14 +106,14 @@ def test_a_batch_of_new_transfers_is_held_and_applied_once(world):
     out = world.batch([("alice", f"a{i}", "bob", 10) for i in range(6)])
     if world.backend == "postgresql":
         world.store._send = send
-        assert len(trips) == 2, "a held batch: all its writes in one round trip, then COMMIT"
+        assert len(trips) == 1, "a held batch: all its writes, their check and COMMIT in one round trip"
     assert world.balance("carol") == 1001
     assert [o["amount"] for o in out] == [10] * 6
     assert [o["balance"] for o in out] == [989, 979, 969, 959, 949, 939]
     assert world.balance("alice") == 939 and world.balance("bob") == 1060
     assert world.count("SELECT COUNT(*) FROM ledger_entries WHERE kind = 'transfer'") == 7
     assert world.count("SELECT COUNT(*) FROM oplog WHERE command = 'invoke'") == 7
-    assert (world.held_batches, world.held_refused) == ((1, 0) if world.backend == "postgresql" else (0, 0))
+    assert (world.held_batches, world.held_refused) == ((2, 0) if world.backend == "postgresql" else (0, 0))
     ledger.check_invariants(world.store)
 
 
@@ -160,3 +166,34 @@ def test_a_refusal_met_by_a_later_op_s_read_in_a_held_batch(world):
     if world.backend == "postgresql":
         assert world.held_refused == 1
     ledger.check_invariants(world.store)
+
+
+def test_a_held_batch_whose_rows_changed_behind_the_writer_is_caught_before_commit(world):
+    """The held writes go with COMMIT behind one check of the rows they leave: if a balance
+    is not what the writer's view says, or a compute bucket it holds is gone (here another
+    session did it: a bug, were it to happen), the check fails the transaction before
+    COMMIT, and the batch runs again op by op from what the database holds."""
+    def behind_its_back(sql):
+        side = world.behind_its_back()
+        try:
+            side.execute(sql)
+        finally:
+            side.close()
+
+    world.batch([("alice", "p1", "bob", 1), ("carol", "c0", "alice", 1)])  # the view holds their rows now
+    behind_its_back("UPDATE balances SET scrip = scrip + 5 WHERE principal_id = 'bob'")
+    out = world.batch([("alice", "p2", "bob", 1)])
+    assert out[0]["balance"] == 999
+    assert world.balance("bob") == 1000 + 1 + 5 + 1
+    world.batch([("carol", "c1", "alice", 1)])  # (a refusal drops the view: carol's bucket read again)
+    # A bucket the view holds is written whole (its level is the view's), so what can go
+    # wrong with it is a row that is gone: its UPDATE matches nothing and raises nothing.
+    behind_its_back("DELETE FROM flow WHERE principal_id = 'carol'")
+    out = world.batch([("carol", "c2", "alice", 1)])
+    # What the database says: carol has no compute left to charge, so the call fails (held,
+    # the UPDATE of the missing bucket would have matched nothing and the transfer committed).
+    assert isinstance(out[0], KernelError) and out[0].reason.value == "INSUFFICIENT_RESOURCES"
+    assert world.balance("alice") == 1000 and world.balance("carol") == 998
+    assert world.count("SELECT COUNT(*) FROM flow WHERE principal_id = 'carol'") == 0
+    if world.backend == "postgresql":
+        assert world.held_refused == 2 and world.held_batches == 2

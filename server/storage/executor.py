@@ -142,14 +142,20 @@ class Executor:
             self._answer(batch, [(False, fenced_error())] * len(batch), started)
             return
         try:
-            held = self._run_held(batch) if self._may_hold(batch) else None
+            held = None
+            if self._may_hold(batch):
+                held = self._run_held(batch)
+                if held is not None:
+                    committing = True
+                    if not self._commit_held(len(batch)):
+                        committing, held = False, None
             if held is not None:
                 outcomes = held
             else:
                 conn.tx_begin()
                 outcomes = self._run_ops(batch, held=False)
-            committing = True
-            conn.tx_commit()
+                committing = True
+                conn.tx_commit()
         except Exception as err:
             lost = conn.connection_lost(err)
             log.exception("commit_failed", error=repr(err), connection_lost=lost, during_commit=committing)
@@ -210,36 +216,53 @@ class Executor:
     # postgres.py "Round trips"), sending them at the end of every op costs a round trip
     # per op, for the rare op whose writes are refused. A batch of ops that may run twice
     # (`op.rerunnable`: their only effects are on the store, see server/kernel/commands.py)
-    # runs with every write held back to the end of the batch instead: one round trip for
-    # all of them, then COMMIT. If any is refused (a request id seen before, a bug), the
-    # whole transaction is rolled back - nothing of it was applied or answered - and the
-    # batch runs again op by op, where each refusal fails only its op.
+    # runs with every write held back to the end of the batch instead, and they go with
+    # its COMMIT (Store.tx_commit_held: on PostgreSQL one round trip for the whole batch).
+    # If any is refused (a request id seen before, a bug), the whole transaction is rolled
+    # back - nothing of it was applied or answered - and the batch runs again op by op,
+    # where each refusal fails only its op.
 
     def _may_hold(self, batch: list) -> bool:
-        return self._conn.holds_writes and len(batch) > 1 and all(
-            getattr(op, "rerunnable", False) for op, _f, _l in batch)
+        return self._conn.holds_writes and all(getattr(op, "rerunnable", False) for op, _f, _l in batch)
 
     def _run_held(self, batch: list) -> list[tuple[bool, Any]] | None:
-        """The batch's outcomes, its writes sent and checked, ready to COMMIT; None if
-        they were refused (rolled back: run the batch again op by op)."""
+        """The batch's outcomes, its writes still held; None if one was refused while the
+        ops ran (rolled back: run the batch again op by op)."""
         conn = self._conn
         conn.tx_begin()
         try:
             conn.hold_writes(True)
             try:
-                outcomes = self._run_ops(batch, held=True)
+                return self._run_ops(batch, held=True)
             finally:
                 conn.hold_writes(False)
-            conn.flush()
         except Exception as err:
             if conn.connection_lost(err):
                 raise
-            log.info("held_batch_refused", ops=len(batch), error=repr(err))
-            self.held_refused += 1
-            conn.tx_rollback()
+            self._refused(len(batch), err)
             return None
+
+    def _commit_held(self, ops: int) -> bool:
+        """COMMIT a held batch with its writes (Store.tx_commit_held); False if they were
+        refused, and nothing was committed (rolled back: run the batch again op by op)."""
+        conn = self._conn
+        try:
+            conn.tx_commit_held()
+        except Exception as err:
+            if conn.connection_lost(err):
+                raise  # COMMIT may have run: the outcome is unknown
+            self._refused(ops, err)
+            return False
         self.held_batches += 1
-        return outcomes
+        return True
+
+    def _refused(self, ops: int, err: Exception) -> None:
+        log.info("held_batch_refused", ops=ops, error=repr(err))
+        self.held_refused += 1
+        try:
+            self._conn.tx_rollback()
+        except Exception:
+            pass
 
     def _answer(self, batch: list, outcomes: list, started: float) -> None:
         self.batches += 1

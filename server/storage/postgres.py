@@ -322,9 +322,10 @@ class PostgresStore(Store):
         self._queued = []
         return self._counted(self._send(queued, sql, params))
 
-    def _send(self, queued: list, sql: str | None = None, params: tuple | list = ()):
+    def _send(self, queued: list, sql: str | None = None, params: tuple | list = (), *, counts: bool = True):
         """Queued statements, then `sql` if given, in one round trip; returns the cursor on
-        the last result. Checks every deferred write's row count."""
+        the last result. Checks every deferred write's row count (unless `counts` is
+        False: tx_commit_held checks the rows they leave instead)."""
         chunks: list[bytes] = []
         for text, args, rows in queued:
             self._bind(chunks, text if rows is None else self._statement(text), args)
@@ -348,7 +349,7 @@ class PostgresStore(Store):
             self._failures += 1
             raise
         for i, (text, _args, rows) in enumerate(queued):
-            if rows is not None and cur.rowcount != rows:
+            if counts and rows is not None and cur.rowcount != rows:
                 self._failures += 1
                 self._drop_view()
                 raise RuntimeError(f"PostgreSQL changed {cur.rowcount} rows where the writer's view expected "
@@ -637,6 +638,75 @@ class PostgresStore(Store):
             # PostgreSQL answers COMMIT in a failed transaction with a ROLLBACK, not an
             # error: nothing was applied, and the caller must not acknowledge anything.
             raise psycopg.errors.InFailedSqlTransaction(f"COMMIT was a {cur.statusmessage}: nothing was applied")
+
+    # A held batch's COMMIT (executor.py "Held batches"): its writes, one statement that
+    # checks the rows they leave, and COMMIT, in one round trip. A write PostgreSQL refuses
+    # stops the string there (COMMIT is never run); the check fails the transaction the
+    # same way (a division by zero) unless every balance, compute bucket and the totals
+    # row the held UPDATEs touched now holds what the view says - which also catches the
+    # UPDATE that matched no row, the one failure that raises nothing (INSERTs raise).
+    # Where a held write is of another kind, its row count is checked first, as always.
+
+    def tx_commit_held(self) -> None:
+        check = self._held_check(self._queued)
+        if check is None:
+            self.tx_commit()
+            return
+        queued, self._queued = self._queued, []
+        queued.append((check[0], check[1], None))
+        try:
+            cur = self._send(queued, "COMMIT", counts=False)
+        except BaseException:
+            self._ended(committed=False)
+            raise
+        committed = cur.statusmessage == "COMMIT"
+        if committed and self._sole:
+            self._publish()
+        self._ended(committed=committed)
+        if not committed:
+            raise psycopg.errors.InFailedSqlTransaction(f"COMMIT was a {cur.statusmessage}: nothing was applied")
+
+    def _held_check(self, queued: list) -> tuple[str, list] | None:
+        """The statement that fails unless the rows the held UPDATEs touched hold what the
+        view says; None if some held write is not one it can check."""
+        balances: dict[str, None] = {}
+        flows: dict[tuple[str, str], None] = {}
+        totals = False
+        for text, args, rows in queued:
+            if rows is None or (text.startswith("INSERT INTO ") and "ON CONFLICT" not in text):
+                continue  # an INSERT that inserts nothing raises
+            if text.startswith("UPDATE balances SET scrip = scrip "):
+                balances[args[1]] = None
+            elif text.startswith("UPDATE flow SET rate=%s, capacity=%s, balance=%s, updated_at=%s "):
+                flows[(args[4], args[5])] = None
+            elif text.startswith("UPDATE ledger_totals "):
+                totals = True
+            else:
+                return None
+        view = self._view
+        conditions, params = [], []
+        if balances:
+            for p in balances:
+                scrip = view.get(("balance", p), _UNKNOWN)
+                if not isinstance(scrip, int):
+                    return None
+                params += [p, scrip]
+            conditions.append(f"(SELECT COUNT(*) FROM balances WHERE (principal_id, scrip) IN "
+                              f"({', '.join(['(%s, %s)'] * len(balances))})) = {len(balances)}")
+        if flows:
+            for p, resource in flows:
+                bucket = view.get(("flow", p, resource), _UNKNOWN)
+                if not isinstance(bucket, tuple):
+                    return None
+                params += [p, resource, *bucket]
+            conditions.append(f"(SELECT COUNT(*) FROM flow WHERE (principal_id, resource, rate, capacity, balance, "
+                              f"updated_at) IN ({', '.join(['(%s, %s, %s, %s, %s, %s)'] * len(flows))})) "
+                              f"= {len(flows)}")
+        if totals:
+            conditions.append("(SELECT COUNT(*) FROM ledger_totals WHERE id = 1) = 1")
+        if not conditions:
+            return "SELECT 1", []
+        return f"SELECT 1 / ({' AND '.join(conditions)})::int", params
 
     def tx_rollback(self) -> None:
         self._ended(committed=False)

@@ -115,6 +115,9 @@ class SqliteStore(sqlite3.Connection, Store):
     def hold_writes(self, on: bool) -> None:
         """Nothing to hold (holds_writes is False: the executor never asks)."""
 
+    def tx_commit_held(self) -> None:
+        self.tx_commit()
+
     def changes(self) -> int:
         return self.total_changes
 

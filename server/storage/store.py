@@ -88,6 +88,12 @@ class Store:
         nothing back (holds_writes False) does nothing."""
         raise NotImplementedError
 
+    def tx_commit_held(self) -> None:
+        """COMMIT a transaction run with hold_writes, its held writes with it (PostgreSQL:
+        in one round trip, the rows they leave checked in the same string). If it raises,
+        nothing was committed - unless connection_lost(err), when the outcome is unknown."""
+        raise NotImplementedError
+
     def flush(self) -> None:
         """Send the writes this store has held back to save round trips (postgres.py);
         raises what they raise. The executor calls it at the end of every operation,
