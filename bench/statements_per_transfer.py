@@ -80,7 +80,7 @@ def main() -> int:
             print("  " + " ".join(s.split())[:160])
     if postgresql:
         statements = sum(s.count("; ") + 1 for s in seen)
-        print(f"{len(seen)} round trips per transfer, carrying {statements} statements "
+        print(f"{len(seen)} round trip{'' if len(seen) == 1 else 's'} per transfer, carrying {statements} statements "
               "(including BEGIN/SAVEPOINT/RELEASE/COMMIT of its batch)")
     else:
         print(f"{len(seen)} statements per transfer (including BEGIN/SAVEPOINT/RELEASE/COMMIT of its batch)")
