@@ -625,8 +625,12 @@ class PostgresStore(Store):
     def tx_commit(self) -> None:
         self.flush()  # deferred writes first: a wrong row count must stop us before COMMIT
         queued, self._queued = self._queued, []
+        self._commit(queued, counts=True)
+
+    def _commit(self, queued: list, *, counts: bool) -> None:
+        """`queued`, then COMMIT, in one round trip."""
         try:
-            cur = self._send(queued, "COMMIT")
+            cur = self._send(queued, "COMMIT", counts=counts)
         except BaseException:
             self._ended(committed=False)
             raise
@@ -654,17 +658,7 @@ class PostgresStore(Store):
             return
         queued, self._queued = self._queued, []
         queued.append((check[0], check[1], None))
-        try:
-            cur = self._send(queued, "COMMIT", counts=False)
-        except BaseException:
-            self._ended(committed=False)
-            raise
-        committed = cur.statusmessage == "COMMIT"
-        if committed and self._sole:
-            self._publish()
-        self._ended(committed=committed)
-        if not committed:
-            raise psycopg.errors.InFailedSqlTransaction(f"COMMIT was a {cur.statusmessage}: nothing was applied")
+        self._commit(queued, counts=False)
 
     def _held_check(self, queued: list) -> tuple[str, list] | None:
         """The statement that fails unless the rows the held UPDATEs touched hold what the
