@@ -147,8 +147,8 @@ class Kernel:
         The lookup comes last, not first: `op` runs as if the request id were new, inside a
         savepoint, and its outcome is remembered; a request id remembered already makes that
         insert fail (RequestSeen), and then everything `op` did is undone and the first
-        outcome returned. A new
-        request (nearly every call) so costs no lookup: on PostgreSQL, one round trip fewer.
+        outcome returned. A new request (nearly every call) so costs no lookup: on
+        PostgreSQL, one round trip fewer.
         Retrying a remembered call runs `op` once more and throws it away; `op` is a command
         on the writer, which never calls out (untrusted code and the LLM run outside it and
         come back as a DryRun, below), so nothing of that run escapes."""
@@ -163,7 +163,7 @@ class Kernel:
             conn.rollback_to("idem")
             if err.retry_after is not None:  # not an outcome: the first one, if any, stands
                 conn.release("idem")
-                if (first := self._first(conn, caller, request_id, method)) is not None:
+                if (first := self.first_outcome(conn, caller, request_id, method)) is not None:
                     return first()
                 raise
             result, ok, outcome = Failed(err), False, err.to_dict()
@@ -173,7 +173,7 @@ class Kernel:
                 # Not an outcome (a dry run is rolled back; a failure that waiting could
                 # fix is not remembered): the first one, if any, stands.
                 conn.release("idem")
-                first = self._first(conn, caller, request_id, method)
+                first = self.first_outcome(conn, caller, request_id, method)
                 return result if first is None else first()
             if isinstance(result, Failed):  # failed, but with charges that stand (CPU used)
                 ok, outcome = False, result.error.to_dict()
@@ -184,7 +184,7 @@ class Kernel:
         except RequestSeen:
             conn.rollback_to("idem")
             conn.release("idem")
-            first = self._first(conn, caller, request_id, method)
+            first = self.first_outcome(conn, caller, request_id, method)
             if first is None:
                 raise RuntimeError(f"request {request_id!r} of {caller} was refused as seen, and is not remembered")
             return first()
@@ -192,7 +192,7 @@ class Kernel:
         return result
 
     @staticmethod
-    def _first(conn, caller: str, request_id: str, method: str) -> Callable[[], Any] | None:
+    def first_outcome(conn, caller: str, request_id: str, method: str) -> Callable[[], Any] | None:
         """The first outcome of (caller, request_id), as a call that returns or raises it;
         None if there is none."""
         row = conn.idem_get(caller, request_id)

@@ -122,14 +122,9 @@ class LlmGateway:
         if request_id:
             if len(request_id) > 128:
                 raise invalid("request_id", "at most 128 characters")
-            row = conn.idem_get(caller, request_id)
-            if row is not None:
-                used_for, ok, outcome = row
-                if used_for != IDEMPOTENCY_KEY:
-                    raise invalid("request_id", f"already used for {used_for}")
-                if ok:
-                    return {"replay": outcome}
-                raise KernelError.from_dict(outcome)
+            first = self.kernel.first_outcome(conn, caller, request_id, IDEMPOTENCY_KEY)
+            if first is not None:
+                return {"replay": first()}  # or raises the remembered failure
             if conn.reservation_exists(caller, request_id):
                 raise KernelError(Reason.CONFLICT, f"a call with request_id {request_id!r} is still in flight",
                                   field="request_id", retry_after=IN_FLIGHT_RETRY_SECONDS)

@@ -192,6 +192,11 @@ def _like(text: str) -> str:
 # on SQLite; text without these two characters (all of it in practice) is stored as is.
 _NUL, _ONE = "\x00", "\x01"
 _IDEM_INSERT = "INSERT INTO idempotency"
+# The held UPDATEs whose rows tx_commit_held checks (they may match no row without an error).
+_CREDIT = "UPDATE balances SET scrip = scrip + %s WHERE principal_id = %s"
+_DEBIT = "UPDATE balances SET scrip = scrip - %s WHERE principal_id = %s"
+_FLOW_PUT = "UPDATE flow SET rate=%s, capacity=%s, balance=%s, updated_at=%s WHERE principal_id=%s AND resource=%s"
+_TOTALS_ADD = "UPDATE ledger_totals SET minted = minted + %s, burned = burned + %s WHERE id = 1"
 _RIDES_ALONG = "INSERT INTO oplog (seq"  # see "Round trips"
 _UNKNOWN = object()  # a row the writer's view does not hold (PostgresStore._view)
 def _published(key: tuple) -> bool:
@@ -669,11 +674,11 @@ class PostgresStore(Store):
         for text, args, rows in queued:
             if rows is None or (text.startswith("INSERT INTO ") and "ON CONFLICT" not in text):
                 continue  # an INSERT that inserts nothing raises
-            if text.startswith("UPDATE balances SET scrip = scrip "):
+            if text in (_CREDIT, _DEBIT):
                 balances[args[1]] = None
-            elif text.startswith("UPDATE flow SET rate=%s, capacity=%s, balance=%s, updated_at=%s "):
+            elif text == _FLOW_PUT:
                 flows[(args[4], args[5])] = None
-            elif text.startswith("UPDATE ledger_totals "):
+            elif text == _TOTALS_ADD:
                 totals = True
             else:
                 return None
@@ -991,7 +996,7 @@ class PostgresStore(Store):
         if seen is None:
             return False  # no account: an UPDATE that would change nothing
         if seen is not _UNKNOWN and self._tx:
-            self._defer("UPDATE balances SET scrip = scrip + %s WHERE principal_id = %s", (amount, principal_id))
+            self._defer(_CREDIT, (amount, principal_id))
             self._see(key, seen + amount)
             return True
         row = self._one("UPDATE balances SET scrip = scrip + %s WHERE principal_id = %s RETURNING scrip",
@@ -1005,7 +1010,7 @@ class PostgresStore(Store):
         if seen is None or (seen is not _UNKNOWN and seen < amount):
             return None  # no account, or not enough: an UPDATE that would change nothing
         if seen is not _UNKNOWN and self._tx:
-            self._defer("UPDATE balances SET scrip = scrip - %s WHERE principal_id = %s", (amount, principal_id))
+            self._defer(_DEBIT, (amount, principal_id))
             self._see(key, seen - amount)
             return seen - amount
         row = self._one("UPDATE balances SET scrip = scrip - %s WHERE principal_id = %s AND scrip >= %s "
@@ -1019,8 +1024,7 @@ class PostgresStore(Store):
                               (at, debit, credit, amount, kind, memo))
 
     def ledger_totals_add(self, *, minted: int = 0, burned: int = 0) -> None:
-        self._defer("UPDATE ledger_totals SET minted = minted + %s, burned = burned + %s WHERE id = 1",
-                    (minted, burned))
+        self._defer(_TOTALS_ADD, (minted, burned))
 
     def ledger_issued(self) -> tuple[int, int]:
         row = self._one("SELECT minted, burned FROM ledger_totals")
@@ -1086,8 +1090,7 @@ class PostgresStore(Store):
     def flow_put(self, principal_id: str, resource: str, rate: float, capacity: float, balance: float,
                  updated_at: float) -> None:
         key = ("flow", principal_id, resource)
-        sql = ("UPDATE flow SET rate=%s, capacity=%s, balance=%s, updated_at=%s "
-               "WHERE principal_id=%s AND resource=%s")
+        sql = _FLOW_PUT
         params = (rate, capacity, balance, updated_at, principal_id, resource)
         seen = self._seen(key)
         if seen is None:
