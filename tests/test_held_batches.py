@@ -197,3 +197,30 @@ def test_a_held_batch_whose_rows_changed_behind_the_writer_is_caught_before_comm
     assert world.count("SELECT COUNT(*) FROM flow WHERE principal_id = 'carol'") == 0
     if world.backend == "postgresql":
         assert world.held_refused == 2 and world.held_batches == 2
+
+
+def test_the_prepared_check_of_a_small_batch_still_catches_a_changed_row(world):
+    """A transfer alone is checked by the same statement text every time, so the writer
+    prepares it (postgres.py "Prepared statements"): sent as EXECUTE, with this batch's
+    values, it must still fail a transaction whose balance changed behind the writer."""
+    for i in range(4):  # the check's shape is used, then prepared (before a BEGIN), then EXECUTEd
+        world.batch([("alice", f"w{i}", "bob", 1)])
+    if world.backend == "postgresql":
+        checks = [text for text in world.store._prepared if text.startswith("SELECT 1 / (")]
+        assert len(checks) == 1, "the check of a lone transfer is prepared"
+        sent = []
+        send = world.store._send
+        world.store._send = lambda queued, *a, **k: sent.extend(t for t, _a, _r in queued) or send(queued, *a, **k)
+    side = world.behind_its_back()
+    try:
+        side.execute("UPDATE balances SET scrip = scrip + 5 WHERE principal_id = 'bob'")
+    finally:
+        side.close()
+    out = world.batch([("alice", "p", "bob", 1)])
+    assert out[0]["balance"] == 1000 - 5
+    assert world.balance("bob") == 1000 + 4 + 5 + 1
+    if world.backend == "postgresql":
+        world.store._send = send
+        assert any(t.startswith("EXECUTE eco_") and t.endswith(")") and t.count("%s") == 10 for t in sent), \
+            "the check went as EXECUTE of the prepared statement, with 2 balances and a bucket's values"
+        assert world.held_refused == 1 and world.held_batches == 4
