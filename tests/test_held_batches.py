@@ -100,13 +100,15 @@ def world(request, tmp_path):
 def test_a_batch_of_new_transfers_is_held_and_applied_once(world):
     world.batch([("alice", "warm", "carol", 1)])  # the writer's view now knows these rows
     trips = []
-    if world.backend == "postgresql":  # count the query strings sent (server/storage/postgres.py _send)
+    if world.backend == "postgresql":  # the query strings sent (server/storage/postgres.py _send)
         send = world.store._send
-        world.store._send = lambda *a, **k: trips.append(1) or send(*a, **k)
+        world.store._send = lambda queued, *a, **k: trips.append([t for t, _a, _r in queued]) or send(queued, *a, **k)
     out = world.batch([("alice", f"a{i}", "bob", 10) for i in range(6)])
     if world.backend == "postgresql":
         world.store._send = send
         assert len(trips) == 1, "a held batch: all its writes, their check and COMMIT in one round trip"
+        assert trips[0][0] == "BEGIN" and not [t for t in trips[0] if "SAVEPOINT" in t], \
+            "no op's savepoint reaches PostgreSQL: each was released before anything was sent"
     assert world.balance("carol") == 1001
     assert [o["amount"] for o in out] == [10] * 6
     assert [o["balance"] for o in out] == [989, 979, 969, 959, 949, 939]
@@ -224,3 +226,22 @@ def test_the_prepared_check_of_a_small_batch_still_catches_a_changed_row(world):
         assert any(t.startswith("EXECUTE eco_") and t.endswith(")") and t.count("%s") == 10 for t in sent), \
             "the check went as EXECUTE of the prepared statement, with 2 balances and a bucket's values"
         assert world.held_refused == 1 and world.held_batches == 4
+
+
+def test_a_failing_op_inside_a_held_batch_that_commits_is_undone_alone(world):
+    """A transfer that fails (no such scrip) in a held batch with no retry in it: its
+    partial writes are undone (on PostgreSQL they were never sent: dropped from the
+    queue, the batch has no savepoint in the database), its failure is remembered, and the
+    ops around it commit with the batch."""
+    out = world.batch([("alice", "a1", "bob", 5), ("carol", "broke", "bob", 5000), ("bob", "b1", "carol", 7)])
+    assert out[0]["amount"] == 5 and out[2]["amount"] == 7
+    assert isinstance(out[1], KernelError) and out[1].reason.value == "INSUFFICIENT_FUNDS"
+    if world.backend == "postgresql":
+        assert (world.held_batches, world.held_refused) == (1, 0)
+    assert world.balance("alice") == 995 and world.balance("bob") == 998 and world.balance("carol") == 1007
+    assert world.count("SELECT COUNT(*) FROM ledger_entries WHERE kind = 'transfer'") == 2
+    assert world.count("SELECT COUNT(*) FROM idempotency") == 3
+    again = world.batch([("carol", "broke", "bob", 1)])  # the remembered failure, not a new try
+    assert isinstance(again[0], KernelError) and again[0].reason.value == "INSUFFICIENT_FUNDS"
+    assert world.balance("carol") == 1007
+    ledger.check_invariants(world.store)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import queue
 import random
+import time
 
 from agent_runtime.client import WorldClient
 from agent_runtime.errors import EcologyError
@@ -165,3 +166,44 @@ def test_concurrent_transfers_conserve_scrip(make_server):
     assert all(v >= 0 for v in actual.values())
     totals = check_ledger(server)
     assert totals["total_balances"] == sum(actual.values()) == endowment * len(agents)
+
+
+def test_the_ledger_audit_sees_one_committed_state_while_transfers_commit(make_server):
+    """The invariant check (`ecology status`, the summary of `ecology run`, these tests)
+    reads the journal and the balances apart; read in separate snapshots they straddle
+    transfers and report a journal replay that differs from a balance (I3) although
+    nothing is wrong. Store.snapshot makes the reads one committed state."""
+    import threading
+
+    server = make_server("[agents]\nendowment = 1000\n")
+    ann, bo = server.agent("audit_ann"), server.agent("audit_bo")
+    stop = threading.Event()
+    sent = []
+
+    def transfers(me, other):
+        client = WorldClient(server.address, me.token)
+        try:
+            while not stop.is_set():
+                client.transfer(other.agent_id, 1)
+                sent.append(1)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=transfers, args=pair, daemon=True) for pair in ((ann, bo), (bo, ann))]
+    for t in threads:
+        t.start()
+    try:
+        while len(sent) < 20:  # transfers are committing
+            threading.Event().wait(0.01)
+        before, audits = len(sent), 0
+        deadline = time.monotonic() + 60
+        while (audits < 20 or len(sent) - before < 40) and time.monotonic() < deadline:
+            check_ledger(server)  # raises AssertionError on a torn read
+            audits += 1
+        assert len(sent) - before >= 40, "transfers kept committing during the audits"
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+    totals = check_ledger(server)
+    assert totals["total_balances"] == totals["minted"] - totals["burned"]

@@ -31,6 +31,7 @@ from __future__ import annotations
 from server.errors import KernelError, Reason
 from server.kernel import events
 from server.kernel.artifacts import SYSTEM_ACCOUNT
+from server.storage.store import one_snapshot
 
 LEDGER_ID = "genesis_ledger"
 
@@ -144,8 +145,9 @@ def totals(conn) -> dict:
 def check_invariants(conn) -> dict:
     """Assert I1-I4 over the whole database; returns the totals. Used by tests and
     `ecology status`."""
-    t = totals(conn)
-    audit = conn.ledger_audit()
+    with one_snapshot(conn):  # the totals and the audit of one committed state
+        t = totals(conn)
+        audit = conn.ledger_audit()
     assert audit["negative"] == 0, "I1: negative balance"
     assert t["total_balances"] == t["minted"] - t["burned"], f"I2 broken: {t}"
     sums = audit["sums"]

@@ -40,7 +40,7 @@ from psycopg.types.string import TextLoader as _BaseTextLoader
 
 from server.kernel.artifacts import Artifact, dumps
 from server.storage.savepoints import Savepoints
-from server.storage.store import RequestSeen, Store
+from server.storage.store import RequestSeen, Store, one_snapshot
 
 _COLUMNS = (
     "id, content, created_by, access_contract_id, has_standing, can_execute, interface, "
@@ -730,6 +730,19 @@ class PostgresStore(Store):
 
     # Savepoints: only those that matter are sent (server/storage/savepoints.py). The view's
     # changes are undone with the kernel's savepoint they were made in, sent or not.
+    # A savepoint whose SAVEPOINT is still queued (nothing since it was sent: in a held
+    # batch, every op's) never reaches PostgreSQL: releasing it drops it from the queue,
+    # with the savepoints opened inside it, and rolling back to it drops what was queued
+    # after it. Each savepoint PostgreSQL runs is a subtransaction, and the statements to
+    # open and release it; a held batch of transfers now has none.
+
+    def _unsent(self, savepoint: str) -> int | None:
+        """Where `SAVEPOINT savepoint` is in the queue, if it was not sent yet."""
+        queued, statement = self._queued, f"SAVEPOINT {savepoint}"
+        for i in range(len(queued) - 1, -1, -1):
+            if queued[i][0] == statement:
+                return i
+        return None
 
     def savepoint(self, name: str) -> None:
         if not self._tx and self.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
@@ -744,7 +757,11 @@ class PostgresStore(Store):
         mark, sql = self._savepoints.rollback_to(name, self._changes + self._failures)
         self._undo_to(mark.undo)
         if sql is not None:
-            self._queued.append((sql, (), None))
+            at = self._unsent(mark.sql)
+            if at is None:
+                self._queued.append((sql, (), None))
+            else:  # the changes to undo were never sent: forget them (the savepoint stays open)
+                del self._queued[at + 1:]
 
     def release(self, name: str) -> None:
         sql = self._savepoints.release(name)
@@ -752,7 +769,11 @@ class PostgresStore(Store):
             self.tx_commit()
             return
         if sql is not None:
-            self._queued.append((sql, (), None))
+            at = self._unsent(sql.rsplit(" ", 1)[1])
+            if at is None:
+                self._queued.append((sql, (), None))
+            else:  # never sent, nor any savepoint inside it (all are after it in the queue)
+                self._queued[at:] = [q for q in self._queued[at + 1:] if not q[0].startswith("SAVEPOINT ")]
 
     def changes(self) -> int:
         return self._changes
@@ -762,6 +783,9 @@ class PostgresStore(Store):
 
     def read_end(self) -> None:
         self.conn.execute("ROLLBACK")
+
+    def in_transaction_now(self) -> bool:
+        return self._tx or self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
 
     # -- agents the operator stopped -------------------------------------------------
 
@@ -1048,19 +1072,21 @@ class PostgresStore(Store):
         return [dict(zip(keys, r)) for r in rows]
 
     def ledger_totals(self) -> dict:
-        minted, burned = self.ledger_issued()
-        total = self._one("SELECT COALESCE(SUM(scrip), 0) FROM balances")[0]
-        entries = self._one("SELECT COUNT(*) FROM ledger_entries")[0]
+        with one_snapshot(self):
+            minted, burned = self.ledger_issued()
+            total = self._one("SELECT COALESCE(SUM(scrip), 0) FROM balances")[0]
+            entries = self._one("SELECT COUNT(*) FROM ledger_entries")[0]
         return {"minted": minted, "burned": burned, "total_balances": int(total), "entries": entries}
 
     def ledger_audit(self) -> dict:
-        return {
-            "negative": self._one("SELECT COUNT(*) FROM balances WHERE scrip < 0")[0],
-            "sums": {k: int(s) for k, s in self._all(
-                "SELECT kind, COALESCE(SUM(amount), 0) FROM ledger_entries GROUP BY kind")},
-            "entries": [tuple(r) for r in self._all("SELECT debit, credit, amount FROM ledger_entries")],
-            "balances": dict(self._all("SELECT principal_id, scrip FROM balances")),
-        }
+        with one_snapshot(self):
+            return {
+                "negative": self._one("SELECT COUNT(*) FROM balances WHERE scrip < 0")[0],
+                "sums": {k: int(s) for k, s in self._all(
+                    "SELECT kind, COALESCE(SUM(amount), 0) FROM ledger_entries GROUP BY kind")},
+                "entries": [tuple(r) for r in self._all("SELECT debit, credit, amount FROM ledger_entries")],
+                "balances": dict(self._all("SELECT principal_id, scrip FROM balances")),
+            }
 
     # -- resources -------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from server.kernel.artifacts import Artifact, dumps
 from server.storage.savepoints import Savepoints
-from server.storage.store import RequestSeen, Store
+from server.storage.store import RequestSeen, Store, one_snapshot
 
 _COLUMNS = (
     "id, content, created_by, access_contract_id, has_standing, can_execute, interface, "
@@ -126,6 +126,9 @@ class SqliteStore(sqlite3.Connection, Store):
 
     def read_end(self) -> None:
         self.execute("ROLLBACK")
+
+    def in_transaction_now(self) -> bool:
+        return self.in_transaction
 
     # -- agents the operator stopped -------------------------------------------------
 
@@ -314,19 +317,21 @@ class SqliteStore(sqlite3.Connection, Store):
         return [dict(r) for r in rows]
 
     def ledger_totals(self) -> dict:
-        minted, burned = self.execute("SELECT minted, burned FROM ledger_totals").fetchone()
-        total = self.execute("SELECT COALESCE(SUM(scrip), 0) FROM balances").fetchone()[0]
-        entries = self.execute("SELECT COUNT(*) FROM ledger_entries").fetchone()[0]
+        with one_snapshot(self):
+            minted, burned = self.execute("SELECT minted, burned FROM ledger_totals").fetchone()
+            total = self.execute("SELECT COALESCE(SUM(scrip), 0) FROM balances").fetchone()[0]
+            entries = self.execute("SELECT COUNT(*) FROM ledger_entries").fetchone()[0]
         return {"minted": minted, "burned": burned, "total_balances": total, "entries": entries}
 
     def ledger_audit(self) -> dict:
-        return {
-            "negative": self.execute("SELECT COUNT(*) FROM balances WHERE scrip < 0").fetchone()[0],
-            "sums": {k: s for k, s in self.execute(
-                "SELECT kind, COALESCE(SUM(amount),0) FROM ledger_entries GROUP BY kind")},
-            "entries": [tuple(r) for r in self.execute("SELECT debit, credit, amount FROM ledger_entries")],
-            "balances": {p: s for p, s in self.execute("SELECT principal_id, scrip FROM balances")},
-        }
+        with one_snapshot(self):
+            return {
+                "negative": self.execute("SELECT COUNT(*) FROM balances WHERE scrip < 0").fetchone()[0],
+                "sums": {k: s for k, s in self.execute(
+                    "SELECT kind, COALESCE(SUM(amount),0) FROM ledger_entries GROUP BY kind")},
+                "entries": [tuple(r) for r in self.execute("SELECT debit, credit, amount FROM ledger_entries")],
+                "balances": {p: s for p, s in self.execute("SELECT principal_id, scrip FROM balances")},
+            }
 
     # -- resources -------------------------------------------------------------------
 

@@ -32,7 +32,8 @@ each backend.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -110,6 +111,10 @@ class Store:
         raise NotImplementedError
 
     def read_end(self) -> None:
+        raise NotImplementedError
+
+    def in_transaction_now(self) -> bool:
+        """A transaction (or a read_begin snapshot) is open on this connection."""
         raise NotImplementedError
 
     # -- agents the operator stopped (Admin.StopAgent / StartAgent) --------------------
@@ -505,3 +510,19 @@ class Store:
         backend are equal exactly when the stored state is (tests/test_durability.py compares
         the world before and after a crash this way, on either backend)."""
         raise NotImplementedError
+
+
+@contextlib.contextmanager
+def one_snapshot(store: Store) -> Iterator[None]:
+    """The reads inside see one committed state (read_begin .. read_end), for reads that
+    must agree with each other while the writer commits (the ledger's audit: its journal
+    and its balances read apart could straddle a transfer). Inside an open transaction it
+    adds nothing: there the reads already agree."""
+    if store.in_transaction_now():
+        yield
+        return
+    store.read_begin()
+    try:
+        yield
+    finally:
+        store.read_end()
