@@ -175,10 +175,12 @@ def test_the_ledger_audit_sees_one_committed_state_while_transfers_commit(make_s
     nothing is wrong. Store.snapshot makes the reads one committed state."""
     import threading
 
-    server = make_server("[agents]\nendowment = 1000\n")
+    # Compute raised: two clients transferring without pause would otherwise run into
+    # compute debt (INSUFFICIENT_RESOURCES), which is not what this test is about.
+    server = make_server("[agents]\nendowment = 1000\ncompute_rate = 1e9\ncompute_capacity = 1e9\n")
     ann, bo = server.agent("audit_ann"), server.agent("audit_bo")
     stop = threading.Event()
-    sent = []
+    sent, errors = [], []
 
     def transfers(me, other):
         client = WorldClient(server.address, me.token)
@@ -186,6 +188,8 @@ def test_the_ledger_audit_sees_one_committed_state_while_transfers_commit(make_s
             while not stop.is_set():
                 client.transfer(other.agent_id, 1)
                 sent.append(1)
+        except Exception as err:  # reported by the test, not lost in a thread
+            errors.append(err)
         finally:
             client.close()
 
@@ -193,11 +197,12 @@ def test_the_ledger_audit_sees_one_committed_state_while_transfers_commit(make_s
     for t in threads:
         t.start()
     try:
-        while len(sent) < 20:  # transfers are committing
-            threading.Event().wait(0.01)
+        started = time.monotonic() + 30
+        while len(sent) < 20 and not errors and time.monotonic() < started:  # transfers are committing
+            time.sleep(0.01)
         before, audits = len(sent), 0
         deadline = time.monotonic() + 60
-        while (audits < 20 or len(sent) - before < 40) and time.monotonic() < deadline:
+        while (audits < 20 or len(sent) - before < 40) and time.monotonic() < deadline and not errors:
             check_ledger(server)  # raises AssertionError on a torn read
             audits += 1
         assert len(sent) - before >= 40, "transfers kept committing during the audits"
@@ -205,5 +210,6 @@ def test_the_ledger_audit_sees_one_committed_state_while_transfers_commit(make_s
         stop.set()
         for t in threads:
             t.join(timeout=10)
+    assert not errors, errors
     totals = check_ledger(server)
     assert totals["total_balances"] == totals["minted"] - totals["burned"]
