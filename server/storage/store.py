@@ -24,7 +24,8 @@ Rules of the seam (tests/test_storage_seam.py enforces the first one):
   the balance suffices, in one statement.
 - Transactions: only the executor (and migrations, and tools before the writer starts)
   begins and commits. Kernel code nests with `savepoint` / `rollback_to` / `release`.
-- Readers never write.
+- Readers never write. Reads that must agree with each other while the writer commits
+  (the ledger's audit, its totals) run inside `one_snapshot(store)`: one committed state.
 
 An implementation must give every method below the same meaning; the test suite runs on
 each backend.
