@@ -629,9 +629,12 @@ def test_restart_just_before_a_scheduled_resolution_resolves_it_once(make_server
     server.start()
     a = server.client(token)
     time.sleep(0.5)
-    all_rounds = rounds(server)
+    for _ in range(5):  # the rounds and their events as of one moment (a round every 2 s goes on)
+        all_rounds = rounds(server)
+        evs = [e for e in a.events(types=["oracle.resolved"], limit=500)]
+        if rounds(server) == all_rounds:
+            break
     assert len({at for _, at in all_rounds}) == len(all_rounds) and not (before - set(all_rounds))
-    evs = [e for e in a.events(types=["oracle.resolved"], limit=500)]
     assert [e["data"]["round"] for e in evs] == [r for r, _ in all_rounds]
     wins = [e for e in evs if e["data"]["winners"]]
     assert len(wins) == 1  # one bid, won once
