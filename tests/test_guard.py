@@ -582,7 +582,10 @@ def test_well_behaved_agent_keeps_throughput_while_another_floods(tmp_path):
     ratios = asyncio.run(main())
     flood = [ln["code"] for ln in log.lines if ln["principal"] == "flood"]
     assert flood.count("OK") > 0 and flood.count("RESOURCE_EXHAUSTED") > 0
-    assert sorted(ratios)[len(ratios) // 2] >= 0.8, ratios
+    # Without the flood protection the median is ~0.02. With it, ~1.0 on a quiet machine; a
+    # CI run on a busy 2-core machine saw a median of 0.76 (cycles 0.71-1.52), so the bar
+    # is 0.5: still 25 times what an unprotected server gives.
+    assert sorted(ratios)[len(ratios) // 2] >= 0.5, ratios
 
 
 def test_servicer_errors_and_access_log(tmp_path):
