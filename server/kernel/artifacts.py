@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -11,6 +12,7 @@ import jsonschema
 import referencing.exceptions
 
 from server.errors import KernelError, Reason, invalid
+from server.kernel import fastcheck
 
 # Ids: 1..128 characters from [A-Za-z0-9._:-], starting with a letter or digit.
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}")
@@ -162,7 +164,7 @@ def validate_interface(methods: Any, limits: dict) -> list[dict]:
     return out
 
 
-_validators: dict[tuple, jsonschema.protocols.Validator] = {}
+_validators: dict[tuple, tuple[jsonschema.protocols.Validator, Callable[[Any], bool] | None]] = {}
 
 
 def validate_args(art: Artifact, method: str, args: dict) -> None:
@@ -174,13 +176,19 @@ def validate_args(art: Artifact, method: str, args: dict) -> None:
         )
     # Compiled validators are reused per artifact version (checked equal to the schema,
     # so two worlds in one process cannot mix them up).
+    # `accept` (fastcheck) answers the common case, valid args of a simple schema, without
+    # jsonschema; whatever it does not accept, jsonschema decides.
     key = (art.id, art.version, method)
-    validator = _validators.get(key)
-    if validator is None or validator.schema != spec["input_schema"]:
-        validator = jsonschema.Draft202012Validator(spec["input_schema"])
+    cached = _validators.get(key)
+    if cached is None or cached[0].schema != spec["input_schema"]:
+        cached = (jsonschema.Draft202012Validator(spec["input_schema"]),
+                  fastcheck.compile_accept(spec["input_schema"]))
         if len(_validators) >= 4096:
             _validators.clear()
-        _validators[key] = validator
+        _validators[key] = cached
+    validator, accept = cached
+    if accept is not None and accept(args):
+        return
     try:
         if validator.is_valid(args):  # the common case; best_match is the slow path
             return
