@@ -47,6 +47,7 @@ BENCH = Path(__file__).resolve().parent
 CONCURRENCY = (1, 16, 64)
 ECHO_METHOD = "/bench.Echo/Echo"
 ECHO_PAYLOAD = bytes(range(64)) * 2  # 128 bytes, about a GetState response
+HOP_LABEL = "echo via thread hop"
 
 # Limits raised so that they never throttle parts 1-2 (rate limits and compute).
 RAISED_CONFIG = """
@@ -350,10 +351,12 @@ class WorldProc(Server):
                 f"{'yes' if holds else 'NO'}")
 
 
-def start_echo(workdir: Path) -> Server:
-    ready = workdir / "echo.json"
-    return Server("echo", workdir, [sys.executable, str(BENCH / "echo_server.py"),
-                                    "--listen", "127.0.0.1:0", "--ready-file", str(ready)],
+def start_echo(workdir: Path, *, hop: bool = False) -> Server:
+    name = "echo-hop" if hop else "echo"
+    ready = workdir / f"{name}.json"
+    return Server(name, workdir, [sys.executable, str(BENCH / "echo_server.py"),
+                                  "--listen", "127.0.0.1:0", "--ready-file", str(ready),
+                                  *(["--hop"] if hop else [])],
                   ready, dict(os.environ))
 
 
@@ -614,17 +617,25 @@ def main() -> int:
         # and the world points at the same concurrency are measured back to back.
         echo = start_echo(workdir)
         servers.append(echo)
+        # A second reference: the echo answered from another thread, as the writer thread
+        # answers a transfer (echo_server.py --hop). Not a goal's ceiling; it shows what the
+        # hop to a thread costs by itself.
+        echo_hop = start_echo(workdir, hop=True)
+        servers.append(echo_hop)
         world = WorldProc("world-raised", workdir, RAISED_CONFIG, log_level=args.log_level)
         servers.append(world)
         agents = world.create_agents("bench_agent_", args.agents)
-        workloads = [("echo (ceiling)", None), ("GetState", ["get_state"]), ("transfer (durable)", ["transfer"])]
+        workloads = [("echo (ceiling)", None), (HOP_LABEL, None), ("GetState", ["get_state"]),
+                     ("transfer (durable)", ["transfer"])]
+        echoes = {"echo (ceiling)": echo, HOP_LABEL: echo_hop}
         raw12: dict[tuple[str, int], list[Point]] = {}
         for r in range(args.rounds):
             for c in CONCURRENCY:
                 order = workloads if r % 2 == 0 else workloads[::-1]
                 for label, ops in order:
                     if ops is None:
-                        p, _ = bench.measure(label, echo.address, "echo", [{"ops": ["echo"]}] * c, echo.pid)
+                        e = echoes[label]
+                        p, _ = bench.measure(label, e.address, "echo", [{"ops": ["echo"]}] * c, e.pid)
                     else:
                         if r == 0 and c == max(CONCURRENCY):
                             bench.spy(world.pid, f"world-{ops[0]}-{c}")
@@ -635,7 +646,7 @@ def main() -> int:
                       + ", ".join(f"{label} {raw12[(label, c)][-1].rate:,.0f}/s" for label, _ in workloads),
                       flush=True)
         ledger_note = world.ledger_ok()
-        for s in (echo, world):
+        for s in (echo, echo_hop, world):
             s.stop()
             servers.remove(s)
         pts = {k: best(v) for k, v in raw12.items()}
@@ -725,9 +736,12 @@ def main() -> int:
     headers = ["workload", "in flight", "calls/s", "p50 ms", "p99 ms", "srv CPU", "srv us/call", "gen CPU",
                "x ceiling", "goal", "errors"]
     rows = [point_row(pts[("echo (ceiling)", c)], None, None) for c in CONCURRENCY]
+    rows += [point_row(pts[(HOP_LABEL, c)], pts[("echo (ceiling)", c)], None) for c in CONCURRENCY]
     for label, goal in (("GetState", 0.7), ("transfer (durable)", 0.5)):
         rows += [point_row(pts[(label, c)], pts[("echo (ceiling)", c)], goal) for c in CONCURRENCY]
     print_table(headers, rows, "lrrrrrrrrll")
+    print("(echo via thread hop: the echo server answering every call from another thread, as the "
+          "writer answers a transfer; its x ceiling is what the hop alone costs)")
     print(f"(world server via `python -m server.cli serve`, log level {args.log_level}, {args.agents} agents, "
           f"rate limits and compute raised; a transfer is InvokeArtifact genesis_ledger.transfer with a "
           f"request id, each committed with synchronous=FULL before the reply; {ledger_note})")

@@ -1,10 +1,12 @@
 """Fan-out of committed events to Subscribe streams.
 
 After every commit the hub reads the new events ONCE (read connection: committed state
-only), keeps the most recent ones in memory with their protobuf form, and wakes the
-streams; each stream filters that shared window in memory instead of querying the
+only), keeps the most recent ones in memory, and wakes the streams; each stream filters that shared window in memory instead of querying the
 database. A stream whose cursor is older than the window (a replay from far back) reads
 from the database until it catches up.
+
+An event's protobuf form is built once, when a stream first needs it (with nobody
+subscribed, none is built: that cost ~8 us per event on the event loop).
 
 Waiters take `current()` *before* reading, so a commit between their read and their wait
 is never missed.
@@ -29,7 +31,7 @@ class EventHub:
         self._event = asyncio.Event()
         self.last_seq = events.last_seq(reader)
         self._seqs: list[int] = []
-        self._items: list[tuple[dict, object]] = []  # (event dict, proto Event)
+        self._items: list[list] = []  # [event dict, proto Event or None until needed]
         # Called with each list of newly committed events (e.g. server.metrics).
         self.listeners: list = []
 
@@ -42,7 +44,7 @@ class EventHub:
             new = events.since(self._reader, self.last_seq)
             for ev in new:
                 self._seqs.append(ev["seq"])
-                self._items.append((ev, convert.event(ev)))
+                self._items.append([ev, None])
             if new:
                 self.last_seq = new[-1]["seq"]
                 for listener in self.listeners:
@@ -64,10 +66,15 @@ class EventHub:
             return [convert.event(ev) for ev in found], cursor
         out = []
         cursor = after
+        items = self._items
         for i in range(bisect.bisect_right(self._seqs, after), len(self._seqs)):
-            ev, message = self._items[i]
+            item = items[i]
+            ev = item[0]
             cursor = ev["seq"]
             if events.matches(ev, types, artifact_set, principal_set):
+                message = item[1]
+                if message is None:
+                    message = item[1] = convert.event(ev)
                 out.append(message)
                 if len(out) >= PAGE:
                     break
