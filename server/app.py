@@ -49,6 +49,13 @@ log = structlog.get_logger("server")
 READY_FILE = "server.json"
 HEALTH_NAMES = ("", "ecology.v1.World", "ecology.v1.Admin")
 PURGE_INTERVAL_SECONDS = 60.0
+# The interpreter's GIL switch interval while a server runs (CPython's default: 5 ms). The
+# event loop, gRPC's poller thread and the writer thread take turns on one GIL; a thread
+# that wants it waits up to this long for a busy holder to let go, and the writer asks for
+# it again after each SQLite statement. At 0.5 ms durable transfers at 64 in flight ran
+# ~10% faster on a 2-core machine (bench/bench_server.py, interleaved runs: medians
+# 907-1,002/s against 800-814/s), with no change at 1 and 16 in flight or for GetState.
+GIL_SWITCH_SECONDS = 0.0005
 
 
 def resolve_admin_token(config: Config, data_dir: Path) -> str:
@@ -92,6 +99,7 @@ class WorldServer:
         database is free), or stand by until the lock is free (server/standby.py). Returns
         once listening; `self.active` says which (`self.activated` is set on takeover)."""
         self._loop = asyncio.get_running_loop()
+        sys.setswitchinterval(GIL_SWITCH_SECONDS)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock = open(self.data_dir / "lock", "w")
         try:
