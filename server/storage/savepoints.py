@@ -9,7 +9,8 @@ is a write in four nested subtransactions). So:
 - A savepoint opened when nothing changed since the innermost savepoint the database has
   is only a mark here, an alias of that one: rolling back to either undoes the same
   changes. Only a savepoint with changes before it is created in the database, under a
-  name of its own (`s1`, `s2`, ...: kernel names repeat when calls nest).
+  name of its own among those open (`s1`, `s2`, ... by depth: kernel names repeat when
+  calls nest).
 - Releasing an alias does nothing; releasing a real one releases it (and what it holds).
 - A rollback to a mark with nothing changed since, and no real savepoint opened after it,
   does nothing at all.
@@ -40,8 +41,7 @@ class Savepoints:
 
     def __init__(self) -> None:
         self.marks: list[Mark] = []
-        self._since: dict[str, int] = {}  # real savepoint -> the change count it holds from
-        self._seq = 0
+        self._since: dict[str, int] = {}  # open real savepoint -> the change count it holds from
 
     def reset(self) -> None:
         self.marks = []
@@ -52,8 +52,10 @@ class Savepoints:
         if marks and self._since[marks[-1].sql] == changes:
             marks.append(Mark(name, marks[-1].sql, False, undo))
             return None
-        self._seq += 1
-        sql = f"s{self._seq}"
+        # Named by depth among the open real savepoints (s1 is the outermost): a name is
+        # never that of another open one, and the statements repeat, so SQLite's statement
+        # cache has them prepared (a fresh name cost ~3.5 us more per SAVEPOINT + RELEASE).
+        sql = f"s{len(self._since) + 1}"
         marks.append(Mark(name, sql, True, undo))
         self._since[sql] = changes
         return f"SAVEPOINT {sql}"
