@@ -1,9 +1,10 @@
 """Fan-out of committed events to Subscribe streams.
 
 After every commit the hub reads the new events ONCE (read connection: committed state
-only), keeps the most recent ones in memory, and wakes the streams; each stream filters that shared window in memory instead of querying the
-database. A stream whose cursor is older than the window (a replay from far back) reads
-from the database until it catches up.
+only), keeps the most recent ones in memory, and wakes the streams; each stream filters
+that shared window in memory instead of querying the database. A stream whose cursor is
+older than the window (a replay from far back) reads from the database until it catches
+up.
 
 An event's protobuf form is built once, when a stream first needs it (with nobody
 subscribed, none is built: that cost ~8 us per event on the event loop).
