@@ -33,30 +33,47 @@ from server.storage.executor import Executor  # noqa: E402
 CONCURRENCY = (1, 16, 64)
 
 
+def open_world(directory: str, agents: dict, *, postgresql: bool = False):
+    """A kernel with `alice` and `bob` on a fresh store (SQLite under `directory`, or a
+    database on a PostgreSQL server started here, the store holding the writer lock as the
+    server's does), and its writer thread started: (kernel, store, executor, pg or None)."""
+    kernel = Kernel(config.build({"agents": agents}))
+    pg = None
+    if postgresql:
+        from tests.pg import PgServer
+
+        pg = PgServer()
+        conn = db.open_store(pg.new_database())
+    else:
+        conn = db.connect(Path(directory) / db.DB_FILE)
+    db.migrate(conn)
+    if postgresql:
+        assert conn.lease_try()  # as the server does: the only writer from now on
+    ex = Executor(conn)
+    ex.run_blocking(kernel.bootstrap)
+    for name in ("alice", "bob"):
+        ex.run_blocking(lambda c, n=name: kernel.op_create_agent(c, n, "{}"))
+    return kernel, conn, ex, pg
+
+
+def transfer_op(kernel: Kernel, commands: Commands, request_id: str):
+    """alice pays bob 1, as server/rpc/outside.py submits a genesis method: the "invoke"
+    command, recorded in the oplog."""
+    chain = invocation.Chain(now=kernel.clock(), work=invocation.Work())
+    return commands.op("invoke", {
+        "caller": "alice", "request_id": request_id, "artifact_id": "genesis_ledger", "method": "transfer",
+        "args": {"to": "bob", "amount": 1}, "max_spend": 0, "chain": chain})
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=3.0, help="seconds per point (default 3)")
     ap.add_argument("--postgresql", action="store_true", help="on PostgreSQL (tests/pg.py starts a server)")
     args = ap.parse_args()
 
-    cfg = config.build({"agents": {"endowment": 10**12, "compute_rate": 1e12, "compute_capacity": 1e12}})
-    kernel = Kernel(cfg)
-    pg = None
     with tempfile.TemporaryDirectory() as d:
-        if args.postgresql:
-            from tests.pg import PgServer
-
-            pg = PgServer()
-            conn = db.open_store(pg.new_database())
-        else:
-            conn = db.connect(Path(d) / db.DB_FILE)
-        db.migrate(conn)
-        if args.postgresql:
-            assert conn.lease_try()  # as the server does: the only writer from now on
-        ex = Executor(conn)
-        ex.run_blocking(kernel.bootstrap)
-        for name in ("alice", "bob"):
-            ex.run_blocking(lambda c, n=name: kernel.op_create_agent(c, n, "{}"))
+        kernel, conn, ex, pg = open_world(
+            d, {"endowment": 10**12, "compute_rate": 1e12, "compute_capacity": 1e12}, postgresql=args.postgresql)
         sizes: list[int] = []
         ex.on_batch = lambda n, _seconds: sizes.append(n)
         ex.start()
@@ -64,10 +81,7 @@ def main() -> int:
         ids = iter(range(10**12))
 
         def op():
-            chain = invocation.Chain(now=kernel.clock(), work=invocation.Work())
-            return commands.op("invoke", {
-                "caller": "alice", "request_id": f"req-{next(ids)}", "artifact_id": "genesis_ledger",
-                "method": "transfer", "args": {"to": "bob", "amount": 1}, "max_spend": 0, "chain": chain})
+            return transfer_op(kernel, commands, f"req-{next(ids)}")
 
         async def point(inflight: int, seconds: float) -> tuple[int, float]:
             done = 0

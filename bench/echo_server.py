@@ -15,7 +15,9 @@ import argparse
 import asyncio
 import json
 import os
+import queue
 import signal
+import threading
 from pathlib import Path
 
 import grpc
@@ -34,15 +36,10 @@ class _Hop:
     back to the event loop with one call_soon_threadsafe per batch. No other work."""
 
     def __init__(self) -> None:
-        import queue
-        import threading
-
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         threading.Thread(target=self._run, name="hop", daemon=True).start()
 
     def _run(self) -> None:
-        import queue
-
         while True:
             batch = [self._queue.get()]
             while True:

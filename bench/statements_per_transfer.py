@@ -17,48 +17,21 @@ from __future__ import annotations
 import asyncio
 import sys
 import tempfile
-from pathlib import Path
 
-from server import config
-from server.kernel import invocation
+from bench_kernel import open_world, transfer_op
 from server.kernel.commands import Commands
-from server.kernel.kernel import Kernel
-from server.storage import db
-from server.storage.executor import Executor
 
 
 def main() -> int:
     quiet = "--quiet" in sys.argv
     postgresql = "--postgresql" in sys.argv
-    cfg = config.build({"agents": {"endowment": 1000}})
-    kernel = Kernel(cfg)
     with tempfile.TemporaryDirectory() as d:
-        pg = None
-        if postgresql:
-            from tests.pg import PgServer
-
-            pg = PgServer()
-            conn = db.open_store(pg.new_database())
-        else:
-            conn = db.connect(Path(d) / db.DB_FILE)
-        db.migrate(conn)
-        if postgresql:
-            assert conn.lease_try()  # as the server does: the only writer from now on
-        ex = Executor(conn)
-        ex.run_blocking(kernel.bootstrap)
-        for name in ("alice", "bob"):
-            ex.run_blocking(lambda c, n=name: kernel.op_create_agent(c, n, "{}"))
+        kernel, conn, ex, pg = open_world(d, {"endowment": 1000}, postgresql=postgresql)
         ex.start()
-
         commands = Commands(kernel, ex)
 
         async def transfer(i: int):
-            # As server/rpc/outside.py submits a genesis method: the "invoke" command,
-            # recorded in the oplog.
-            chain = invocation.Chain(now=kernel.clock(), work=invocation.Work())
-            return await ex.run(commands.op("invoke", {
-                "caller": "alice", "request_id": f"req-{i}", "artifact_id": "genesis_ledger", "method": "transfer",
-                "args": {"to": "bob", "amount": 1}, "max_spend": 0, "chain": chain}))
+            return await ex.run(transfer_op(kernel, commands, f"req-{i}"))
 
         for i in range(5):  # warm caches (and prepare statements, postgres.py)
             asyncio.run(transfer(100 + i))

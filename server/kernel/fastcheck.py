@@ -33,7 +33,7 @@ _KEYWORDS = frozenset({
 
 
 def _is_number(x: Any) -> bool:
-    return (type(x) is int or type(x) is float)
+    return type(x) is int or type(x) is float
 
 
 def _is_integer(x: Any) -> bool:
@@ -53,10 +53,6 @@ _TYPES: dict[str, Predicate] = {
 
 class Unsupported(Exception):
     """The schema uses something the fast path does not implement."""
-
-
-def _real(value: Any) -> bool:
-    return type(value) in (int, float)
 
 
 def _count(value: Any) -> int:
@@ -102,7 +98,7 @@ def _compile(schema: Any) -> Predicate:
                       ("exclusiveMinimum", lambda x, b: x > b), ("exclusiveMaximum", lambda x, b: x < b)):
         if key in schema:
             bound = schema[key]
-            if not _real(bound) or type(bound) is bool:
+            if not _is_number(bound):
                 raise Unsupported(key)
             bounds.append((test, bound))
     if bounds:
